@@ -1,0 +1,126 @@
+"""Export a Hugging Face masked diffusion LM to the ONNX folder tie-lite runs.
+
+    python -m export SOURCE OUT_DIR [options]
+
+or, from Python, `export_model(source, out_dir)`. SOURCE is a Hub id or a local
+folder with a transformers masked-LM checkpoint and a fast tokenizer. The folder
+written holds `model.onnx` (statistics graph, see export/graph.py),
+`tokenizer.json` and `tie_lite.json` (the manifest the runtime reads).
+This package is the only part of tie-lite that uses torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import tie_lite
+
+__all__ = ["export_model", "ExportError", "DEFAULT_TOP_K", "DEFAULT_ANSWER_MARKER"]
+
+DEFAULT_TOP_K = 4                 # top ids/probs per position in the graph (>= 2 for margins)
+DEFAULT_ANSWER_MARKER = "Answer:"  # reasoning-as-infilling marker (paper, section 1)
+_SENTINEL = "\u2063TIE_LITE_PROMPT\u2063"  # stands for the user's text while rendering a chat template
+
+
+class ExportError(RuntimeError):
+    """The source cannot be exported; the message says why."""
+
+
+def export_model(source: str | Path, out_dir: str | Path, *, top_k: int = DEFAULT_TOP_K,
+                 prompt_format: Optional[str] = None, answer_marker: str = DEFAULT_ANSWER_MARKER,
+                 name: Optional[str] = None, opset: Optional[int] = None, trust_remote_code: bool = False,
+                 log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)) -> Path:
+    """Export `source` to `out_dir`; validate it against PyTorch; return the manifest's path.
+
+    prompt_format: text with "{prompt}" where the user's text goes; default from the
+    tokenizer's chat template (rendered now, so the runtime needs no template engine),
+    else "{prompt}".
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
+
+    from .graph import export_graph, suppressed_columns
+    from .validate import validate
+
+    if top_k < 2:
+        raise ExportError(f"top_k must be >= 2, got {top_k}")
+    out_dir = Path(out_dir)
+    log(f"loading {source}")
+    config = _load(AutoConfig.from_pretrained, source, trust_remote_code)
+    family = _family(config)
+    tokenizer = _load(AutoTokenizer.from_pretrained, source, trust_remote_code)
+    model = _load(AutoModelForMaskedLM.from_pretrained, source, trust_remote_code, torch_dtype=torch.float32)
+    model.eval()
+    ids = special_ids(tokenizer)
+    vocab_size = min(len(tokenizer), model.config.vocab_size)
+    is_suppressed = suppressed_columns(model.config.vocab_size, vocab_size, [ids["mask_id"]])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log(f"exporting {config.model_type} ({family.name}) with optimum to {out_dir / 'model.onnx'}")
+    onnx_path = export_graph(model, out_dir, family, is_suppressed, top_k, opset)
+    max_length = int(getattr(config, "max_position_embeddings", 512))
+    log("validating ONNX against PyTorch")
+    report = validate(onnx_path, model, is_suppressed, top_k, vocab_size, ids["mask_id"], max_length,
+                      family.logits_shift)
+    tokenizer_path = out_dir / "tokenizer.json"
+    tokenizer.backend_tokenizer.save(str(tokenizer_path))
+    manifest = tie_lite.Manifest(
+        family=family.name, logits_shift=family.logits_shift, max_length=max_length,
+        vocab_size=vocab_size, graph_vocab_size=int(model.config.vocab_size), top_k=top_k,
+        prompt_format=prompt_format or chat_prompt_format(tokenizer), answer_marker=answer_marker,
+        tokenizer_sha256=hashlib.sha256(tokenizer_path.read_bytes()).hexdigest(),
+        name=name or Path(str(source)).name, extra={"source": str(source), "validation": report.as_dict()},
+        **ids)
+    return write_manifest(manifest, out_dir)
+
+
+def _load(loader, source, trust_remote_code: bool, **kwargs):
+    try:
+        return loader(str(source), trust_remote_code=trust_remote_code, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"cannot load {source}: {str(exc).strip().splitlines()[0]}") from None
+
+
+def _family(config):
+    from .families import family_for
+
+    try:
+        return family_for(config.model_type)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
+
+
+def special_ids(tokenizer) -> dict:
+    """mask / eos / pad / stop ids from a transformers tokenizer; EOS falls back to [SEP]."""
+    mask_id = tokenizer.mask_token_id
+    if mask_id is None:
+        raise ExportError("the tokenizer has no mask token: not a masked diffusion LM")
+    eos_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    if eos_id is None:
+        raise ExportError("the tokenizer has neither an EOS nor a SEP token to end generation")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    return {"mask_id": int(mask_id), "eos_id": int(eos_id), "pad_id": int(pad_id), "stop_ids": (int(eos_id),)}
+
+
+def chat_prompt_format(tokenizer) -> str:
+    """The chat template rendered around a placeholder, as "prefix{prompt}suffix"; "{prompt}" if none."""
+    if not getattr(tokenizer, "chat_template", None):
+        return tie_lite.PROMPT_SLOT
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": _SENTINEL}],
+                                             tokenize=False, add_generation_prompt=True)
+    if rendered.count(_SENTINEL) != 1:
+        raise ExportError("the chat template does not place the user's message exactly once; "
+                          "pass prompt_format explicitly")
+    return rendered.replace(_SENTINEL, tie_lite.PROMPT_SLOT)
+
+
+def write_manifest(manifest: "tie_lite.Manifest", out_dir: Path) -> Path:
+    """Write tie_lite.json after checking it reads back as the runtime will read it."""
+    data = manifest.to_dict()
+    tie_lite.Manifest.from_dict(data, where="manifest being written")
+    path = out_dir / tie_lite.MANIFEST_NAME
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path

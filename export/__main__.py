@@ -1,0 +1,39 @@
+"""CLI: python -m export SOURCE OUT_DIR [options]."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import DEFAULT_ANSWER_MARKER, DEFAULT_TOP_K, ExportError, export_model
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m export", description=__doc__)
+    p.add_argument("source", help="Hub id or local folder of a transformers masked LM")
+    p.add_argument("out_dir", help="folder to write model.onnx, tokenizer.json and tie_lite.json to")
+    p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="top ids/probs per position")
+    p.add_argument("--prompt-format", help='prompt text with "{prompt}" for the user text (default: chat template)')
+    p.add_argument("--answer-marker", default=DEFAULT_ANSWER_MARKER, help="reasoning-as-infilling marker")
+    p.add_argument("--name", help="display name (default: the source's last path part)")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: optimum's)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run the model repository's own Python code (only for sources you trust)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        path = export_model(args.source, args.out_dir, top_k=args.top_k, prompt_format=args.prompt_format,
+                            answer_marker=args.answer_marker, name=args.name, opset=args.opset,
+                            trust_remote_code=args.trust_remote_code)
+    except (ExportError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Check an exported statistics graph against the PyTorch model it came from."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import ExportError
+from .graph import confidence_statistics
+
+PROB_ATOL = 1e-4      # |p_onnx - p_torch| allowed for every returned top-k probability
+ENTROPY_ATOL = 1e-3   # nats
+TIE_MARGIN = 2e-4     # a top-1 id may differ only where torch's top-1 and top-2 are this close
+
+
+class ExportValidationError(ExportError):
+    """The ONNX graph disagrees with PyTorch beyond the stated tolerances."""
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    cases: int               # sample canvases run through both
+    positions: int           # gathered positions compared
+    top1_agree: int          # positions whose top-1 id is equal
+    near_ties: int           # disagreeing positions where torch's top-2 gap < TIE_MARGIN
+    max_prob_diff: float
+    max_entropy_diff: float
+    prob_atol: float = PROB_ATOL
+    entropy_atol: float = ENTROPY_ATOL
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def sample_canvases(vocab_size: int, mask_id: int, max_length: int, seed: int = 0) -> list[np.ndarray]:
+    """A few (L,) int64 canvases: random tokens with a masked tail, at two lengths."""
+    rng = np.random.default_rng(seed)
+    canvases = []
+    for length in sorted({min(16, max_length), min(96, max_length)}):
+        tokens = rng.integers(0, vocab_size, size=length)
+        tokens[length // 2:] = mask_id
+        canvases.append(tokens.astype(np.int64))
+    return canvases
+
+
+def torch_statistics(model, tokens: np.ndarray, positions: np.ndarray, is_suppressed, top_k: int,
+                     logits_shift: int) -> dict:
+    """The reference: the full transformers forward, then the same statistics as the graph."""
+    with torch.no_grad():
+        ids = torch.from_numpy(tokens)[None]
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0]  # (L, Vg)
+        read_at = torch.from_numpy(np.maximum(positions - logits_shift, 0))
+        stats = confidence_statistics(logits[read_at][None], is_suppressed, top_k)
+    return {k: v[0].numpy() for k, v in stats.items()}
+
+
+def validate(onnx_path: Path, model, is_suppressed, top_k: int, vocab_size: int, mask_id: int,
+             max_length: int, logits_shift: int = 0) -> ValidationReport:
+    """Run sample canvases through ONNX and PyTorch; raise ExportValidationError if they disagree."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    totals = dict(cases=0, positions=0, top1_agree=0, near_ties=0, max_prob_diff=0.0, max_entropy_diff=0.0)
+    for tokens in sample_canvases(vocab_size, mask_id, max_length):
+        positions = np.arange(tokens.size, dtype=np.int64)
+        ref = torch_statistics(model, tokens, positions, is_suppressed, top_k, logits_shift)
+        feed = {"input_ids": tokens[None], "attention_mask": np.ones((1, tokens.size), np.int64),
+                "positions": np.maximum(positions - logits_shift, 0)[None]}
+        top_ids, top_probs, entropy = (x[0] for x in session.run(["top_ids", "top_probs", "entropy"], feed))
+        _accumulate(totals, ref, top_ids, top_probs, entropy)
+    report = ValidationReport(**totals)
+    _check(report)
+    return report
+
+
+def _accumulate(totals: dict, ref: dict, top_ids, top_probs, entropy) -> None:
+    agree = top_ids[:, 0] == ref["top_ids"][:, 0]
+    gap = ref["top_probs"][:, 0] - ref["top_probs"][:, 1]
+    totals["cases"] += 1
+    totals["positions"] += agree.size
+    totals["top1_agree"] += int(agree.sum())
+    totals["near_ties"] += int((~agree & (gap < TIE_MARGIN)).sum())
+    totals["max_prob_diff"] = max(totals["max_prob_diff"], float(np.abs(top_probs - ref["top_probs"]).max()))
+    totals["max_entropy_diff"] = max(totals["max_entropy_diff"], float(np.abs(entropy - ref["entropy"]).max()))
+
+
+def _check(report: ValidationReport) -> None:
+    disagree = report.positions - report.top1_agree - report.near_ties
+    if disagree:
+        raise ExportValidationError(f"ONNX top-1 ids differ from PyTorch at {disagree} of {report.positions} "
+                                    "positions (not near-ties)")
+    if report.max_prob_diff > PROB_ATOL:
+        raise ExportValidationError(f"ONNX probabilities differ from PyTorch by {report.max_prob_diff:.2e} "
+                                    f"> {PROB_ATOL:.0e}")
+    if report.max_entropy_diff > ENTROPY_ATOL:
+        raise ExportValidationError(f"ONNX entropy differs from PyTorch by {report.max_entropy_diff:.2e} "
+                                    f"> {ENTROPY_ATOL:.0e}")

@@ -1,0 +1,59 @@
+"""Tiny random-weight masked LMs with their own tokenizers, saved as Hugging Face folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (BertConfig, BertForMaskedLM, ModernBertConfig, ModernBertForMaskedLM,
+                          PreTrainedTokenizerFast)
+
+SPECIALS = ["[PAD]", "[UNK]", "[MASK]", "[EOS]"]
+WORDS = ("the a is of and to in what how many plus minus times equals answer yes no one two three four "
+         "five six seven eight nine ten cat dog sun moon red blue big small ? . , :").split()
+
+
+def word_tokenizer() -> PreTrainedTokenizerFast:
+    """A whitespace word-level tokenizer over a small fixed vocabulary (ids 0-3 are specials)."""
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + WORDS)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]",
+                                   mask_token="[MASK]", eos_token="[EOS]")
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+    """A character-level tokenizer: a different vocabulary from word_tokenizer's."""
+    chars = list("abcdefghijklmnopqrstuvwxyz0123456789 ?.,:+-*=")
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + chars)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]",
+                                   mask_token="[MASK]", eos_token="[EOS]")
+
+
+def tiny_model(arch: str, vocab_size: int, seed: int, max_length: int = 128, extra_columns: int = 0):
+    """A random masked LM; extra_columns widens the LM head past the tokenizer (never sampled)."""
+    torch.manual_seed(seed)
+    common = dict(vocab_size=vocab_size + extra_columns, hidden_size=32, num_hidden_layers=2,
+                  num_attention_heads=2, intermediate_size=64, max_position_embeddings=max_length,
+                  pad_token_id=0)
+    if arch == "bert":
+        return BertForMaskedLM(BertConfig(**common)).eval()
+    if arch == "modernbert":
+        config = ModernBertConfig(**common, reference_compile=False, bos_token_id=3, eos_token_id=3,
+                                  cls_token_id=3, sep_token_id=3, global_attn_every_n_layers=1)
+        return ModernBertForMaskedLM(config).eval()
+    raise ValueError(f"unknown arch {arch!r}")
+
+
+def save_tiny(folder: Path, arch: str, tokenizer: str = "word", seed: int = 0, **kwargs) -> Path:
+    """Write a Hugging Face folder (config, safetensors, tokenizer) for a tiny model."""
+    tok = word_tokenizer() if tokenizer == "word" else char_tokenizer()
+    model = tiny_model(arch, len(tok), seed, **kwargs)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

@@ -1,0 +1,637 @@
+"""tie-lite: a small, PyTorch-free runtime for masked diffusion language models.
+
+Loads models exported by `python -m export`, decodes them with semi-autoregressive
+blocks and confidence-based unmasking, and (with two or more models) ensembles
+them while they decode with TIE, Trajectory-based Iterative Ensembling
+(arXiv 2606.16281).
+
+    python tie_lite.py --model models/a --prompt "What is 12 + 7?"
+
+Needs only numpy, onnxruntime and tokenizers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+__all__ = [
+    "TieLiteError", "ConfigError", "ModelError",
+    "DecodeConfig", "Manifest", "Model", "Stats",
+    "Canvas", "StepEvent", "GenerateResult",
+    "softmax", "transfer_schedule", "pick_by_confidence", "pick_above_threshold", "gumbel_argmax",
+    "build_canvas", "decode", "generate", "main",
+    "SCHEMA_VERSION", "MANIFEST_NAME",
+]
+
+SCHEMA_VERSION = 1                 # tie_lite.json schema this runtime reads and export writes
+MANIFEST_NAME = "tie_lite.json"    # the manifest's file name inside a model folder
+PROMPT_SLOT = "{prompt}"           # where the user's text goes in a manifest's prompt format
+
+
+class TieLiteError(Exception):
+    """Base of every error tie-lite raises on bad input, models or options."""
+
+
+class ConfigError(TieLiteError, ValueError):
+    """An option or combination of options is invalid; the message names the bad value."""
+
+
+class ModelError(TieLiteError):
+    """A model folder, manifest, tokenizer or ONNX graph is missing or inconsistent."""
+
+
+# ---------------------------------------------------------------------------
+# config
+# ---------------------------------------------------------------------------
+
+STRATEGIES = ("schedule", "threshold", "topk")
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How one model decodes. Defaults are the CLI's defaults."""
+
+    gen_length: int = 64           # masked positions generated after the prompt (reasoning + answer)
+    answer_length: int = 0         # > 0: reasoning-as-infilling, the last answer_length masks follow the marker
+    block_size: int = 16           # semi-autoregressive block, in masked positions
+    steps: Optional[int] = None    # strategy "schedule": total steps; None = gen_length (one token per step)
+    strategy: str = "schedule"     # schedule (LLaDA low-confidence), threshold (commit p > threshold), topk
+    threshold: float = 0.9         # strategy "threshold": commit every masked position above it (>= 1 a step)
+    tokens_per_step: int = 2       # strategy "topk": commit this many highest-confidence positions a step
+    temperature: float = 0.0       # 0 = greedy; > 0 = Gumbel-max sampling from softmax(logits / T)
+    seed: int = 0                  # seeds the sampler's np.random.Generator (used when temperature > 0)
+
+    def __post_init__(self):
+        _require(self.gen_length > 0, f"gen_length must be positive, got {self.gen_length}")
+        _require(self.block_size > 0, f"block_size must be positive, got {self.block_size}")
+        _require(self.gen_length % self.block_size == 0,
+                 f"gen_length {self.gen_length} is not divisible by block_size {self.block_size}")
+        _require(0 <= self.answer_length < self.gen_length,
+                 f"answer_length must be in [0, gen_length={self.gen_length}), got {self.answer_length}")
+        _require(self.answer_length % self.block_size == 0,
+                 f"answer_length {self.answer_length} is not divisible by block_size {self.block_size}"
+                 " (a block may not hold both reasoning and answer positions)")
+        _require(self.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        self._check_steps()
+        _require(0.0 < self.threshold < 1.0, f"threshold must be in (0, 1), got {self.threshold}")
+        _require(self.tokens_per_step > 0, f"tokens_per_step must be positive, got {self.tokens_per_step}")
+        _require(np.isfinite(self.temperature) and self.temperature >= 0,
+                 f"temperature must be a finite number >= 0, got {self.temperature}")
+        _require(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+
+    def _check_steps(self):
+        if self.steps is None:
+            return
+        _require(self.strategy == "schedule",
+                 f"steps applies only to strategy 'schedule', not {self.strategy!r}")
+        _require(self.steps > 0, f"steps must be positive, got {self.steps}")
+        _require(self.steps <= self.gen_length,
+                 f"steps {self.steps} exceeds gen_length {self.gen_length} (a step commits at least one token)")
+        _require(self.steps % self.num_blocks == 0,
+                 f"steps {self.steps} is not divisible by the number of blocks {self.num_blocks}")
+
+    @property
+    def num_blocks(self) -> int:
+        return self.gen_length // self.block_size
+
+    @property
+    def steps_per_block(self) -> int:
+        return (self.steps or self.gen_length) // self.num_blocks
+
+    @property
+    def infill(self) -> bool:
+        return self.answer_length > 0
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+# ---------------------------------------------------------------------------
+# numerics (pure functions, no I/O)
+# ---------------------------------------------------------------------------
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, in float64."""
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def transfer_schedule(mask_count: int, steps: int) -> np.ndarray:
+    """Tokens to commit at each of `steps` steps for a block of `mask_count` masks (LLaDA).
+
+    The masks are spread evenly; the remainder goes one each to the first steps.
+    """
+    counts = np.full(steps, mask_count // steps, dtype=np.int64)  # (steps,)
+    counts[: mask_count % steps] += 1
+    return counts
+
+
+def pick_by_confidence(confidence: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k highest confidences; ties go to the lower index."""
+    return np.argsort(-confidence, kind="stable")[:k]
+
+
+def pick_above_threshold(confidence: np.ndarray, threshold: float) -> np.ndarray:
+    """Indices with confidence > threshold, highest first; at least the single most confident."""
+    order = np.argsort(-confidence, kind="stable")
+    above = int(np.count_nonzero(confidence > threshold))
+    return order[: max(above, 1)]
+
+
+def gumbel_argmax(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
+    """Sample one token per row of logits (K, V) from softmax(logits / T) by the Gumbel-max trick.
+
+    Same distribution as LLaDA's `exp(logits) / (-log u) ** T` argmax, written in log space
+    so large logits cannot overflow.
+    """
+    noise = rng.random(logits.shape)  # (K, V) float64 in [0, 1)
+    gumbel = -np.log(-np.log(np.clip(noise, 1e-300, None)))
+    return np.argmax(logits.astype(np.float64) + temperature * gumbel, axis=-1)
+
+
+def first_index(tokens: np.ndarray, ids: Sequence[int]) -> int:
+    """Index of the first token in `ids`, or len(tokens) if none."""
+    hits = np.flatnonzero(np.isin(tokens, ids))
+    return int(hits[0]) if hits.size else len(tokens)
+
+
+# ---------------------------------------------------------------------------
+# model
+# ---------------------------------------------------------------------------
+
+GRAPH_INPUTS = ("input_ids", "attention_mask", "positions")
+GRAPH_OUTPUTS = ("top_ids", "top_probs", "entropy", "logits")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The contents of a model folder's tie_lite.json (written by `python -m export`)."""
+
+    family: str               # model family the export used (modernbert, bert, ...)
+    mask_id: int              # the [MASK] token id
+    eos_id: int               # end of sequence; generation pads with it
+    pad_id: int               # padding id
+    stop_ids: tuple           # output is cut at the first of these (EOS and any end-of-turn ids)
+    logits_shift: int         # 1: token i is read from the logits at i - 1 (Dream-style)
+    max_length: int           # longest canvas the model accepts (prompt + generation)
+    vocab_size: int           # tokenizer columns; wider graph columns are never produced
+    graph_vocab_size: int     # width of the graph's logits
+    top_k: int                # top ids/probs the graph returns per position
+    prompt_format: str        # chat prompt rendered at export, with {prompt} where the user text goes
+    answer_marker: str        # text between reasoning and answer in reasoning-as-infilling
+    tokenizer_sha256: str     # sha256 of tokenizer.json: equal hashes relay token ids exactly
+    name: str = ""            # display name
+    extra: dict = field(default_factory=dict)  # everything else the manifest holds (source, validation)
+
+    _INT_FIELDS = ("mask_id", "eos_id", "pad_id", "logits_shift", "max_length", "vocab_size",
+                   "graph_vocab_size", "top_k")
+    _STR_FIELDS = ("family", "prompt_format", "answer_marker", "tokenizer_sha256")
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "manifest") -> "Manifest":
+        """Validate a parsed manifest; ModelError names the bad field."""
+        if not isinstance(data, dict):
+            raise ModelError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ModelError(f"{where}: schema_version {version!r} is not supported (this tie-lite reads "
+                             f"{SCHEMA_VERSION}); re-export the model with this version's export")
+        for name in cls._INT_FIELDS:
+            _check_type(data, name, int, where)
+        for name in cls._STR_FIELDS:
+            _check_type(data, name, str, where)
+        _check_type(data, "stop_ids", list, where)
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra", "name", "stop_ids"}
+        manifest = cls(stop_ids=tuple(data["stop_ids"]), name=str(data.get("name", "")),
+                       extra={k: v for k, v in data.items() if k not in known | {"stop_ids", "name"}},
+                       **{k: data[k] for k in known})
+        manifest._check_values(where)
+        return manifest
+
+    def _check_values(self, where: str) -> None:
+        named_ids = [("mask_id", self.mask_id), ("eos_id", self.eos_id), ("pad_id", self.pad_id)]
+        named_ids += [(f"stop_ids[{i}]", v) for i, v in enumerate(self.stop_ids)]
+        for name, value in named_ids:
+            if not (isinstance(value, int) and 0 <= value < self.vocab_size):
+                raise ModelError(f"{where}: {name} {value!r} is outside the vocabulary [0, {self.vocab_size})")
+        if self.logits_shift not in (0, 1):
+            raise ModelError(f"{where}: logits_shift must be 0 or 1, got {self.logits_shift}")
+        if not 0 < self.vocab_size <= self.graph_vocab_size:
+            raise ModelError(f"{where}: vocab_size {self.vocab_size} must be in (0, graph_vocab_size="
+                             f"{self.graph_vocab_size}]")
+        if self.top_k < 2 or self.max_length < 2:
+            raise ModelError(f"{where}: top_k {self.top_k} and max_length {self.max_length} must be >= 2")
+        if self.prompt_format.count(PROMPT_SLOT) != 1:
+            raise ModelError(f"{where}: prompt_format must contain {PROMPT_SLOT} exactly once, "
+                             f"got {self.prompt_format!r}")
+
+    def to_dict(self) -> dict:
+        data = {"schema_version": SCHEMA_VERSION, **dataclasses.asdict(self)}
+        data.update(data.pop("extra"))
+        data["stop_ids"] = list(self.stop_ids)
+        return data
+
+
+def _check_type(data: dict, name: str, kind: type, where: str) -> None:
+    if name not in data:
+        raise ModelError(f"{where}: required field {name!r} is missing")
+    value = data[name]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ModelError(f"{where}: field {name!r} must be {kind.__name__}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Stats:
+    """The graph's statistics at K gathered positions."""
+
+    top_ids: np.ndarray          # (K, k) int64, most probable first
+    top_probs: np.ndarray        # (K, k) float32
+    entropy: np.ndarray          # (K,) float32, nats
+    logits: Optional[np.ndarray]  # (K, V) float32, only when asked for (sampling)
+
+
+class Model:
+    """One exported model: an onnxruntime session, its tokenizer and its manifest."""
+
+    def __init__(self, folder: Path, manifest: Manifest, tokenizer, session):
+        self.folder = folder
+        self.manifest = manifest
+        self.tokenizer = tokenizer
+        self.session = session
+        self.name = manifest.name or folder.name
+
+    @classmethod
+    def load(cls, folder, provider: str = "cpu", threads: Optional[int] = None) -> "Model":
+        """Load an exported model folder. provider: "cpu" or "cuda" (never falls back silently)."""
+        if provider not in PROVIDERS:
+            raise ConfigError(f"provider must be one of {tuple(PROVIDERS)}, got {provider!r}")
+        if threads is not None and threads <= 0:
+            raise ConfigError(f"threads must be positive, got {threads}")
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ModelError(f"model folder not found: {folder}")
+        manifest = _read_manifest(folder)
+        tokenizer = _load_tokenizer(folder, manifest)
+        session = _open_session(folder / "model.onnx", provider, threads)
+        return cls(folder, manifest, tokenizer, session)
+
+    def encode(self, text: str) -> np.ndarray:
+        """Token ids (n,) int64 of text, without special tokens added around it."""
+        return np.asarray(self.tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+
+    def decode(self, ids: np.ndarray) -> str:
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def stats(self, tokens: np.ndarray, positions: np.ndarray, with_logits: bool = False) -> Stats:
+        """Predictions at `positions` (K,) of the canvas `tokens` (L,); honours the manifest's shift."""
+        read_at = np.maximum(positions - self.manifest.logits_shift, 0)  # (K,) position 0 reads itself
+        feed = {
+            "input_ids": tokens[None, :],                           # (1, L) int64
+            "attention_mask": np.ones((1, tokens.size), np.int64),  # (1, L)
+            "positions": read_at[None, :].astype(np.int64),         # (1, K)
+        }
+        wanted = list(GRAPH_OUTPUTS if with_logits else GRAPH_OUTPUTS[:3])
+        outputs = self.session.run(wanted, feed)
+        logits = outputs[3][0] if with_logits else None
+        return Stats(outputs[0][0], outputs[1][0], outputs[2][0], logits)
+
+
+def _read_manifest(folder: Path) -> Manifest:
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        raise ModelError(f"{folder} has no {MANIFEST_NAME}: is it a folder written by `python -m export`?")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"cannot read {path}: {exc}") from None
+    return Manifest.from_dict(data, where=str(path))
+
+
+def _load_tokenizer(folder: Path, manifest: Manifest):
+    from tokenizers import Tokenizer
+
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        raise ModelError(f"{folder} has no tokenizer.json")
+    raw = path.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != manifest.tokenizer_sha256:
+        raise ModelError(f"{path} does not match the manifest's tokenizer_sha256: re-export the model")
+    try:
+        tokenizer = Tokenizer.from_str(raw.decode("utf-8"))
+    except Exception as exc:  # tokenizers raises bare Exception subclasses
+        raise ModelError(f"cannot read {path}: {exc}") from None
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    if size < manifest.vocab_size:
+        raise ModelError(f"{path} has {size} tokens but the manifest's vocab_size is {manifest.vocab_size}")
+    return tokenizer
+
+
+def _open_session(path: Path, provider: str, threads: Optional[int]):
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise ModelError(f"ONNX graph not found: {path}")
+    wanted = PROVIDERS[provider]
+    if wanted not in ort.get_available_providers():
+        raise ModelError(f"provider {provider!r} is not available in this onnxruntime "
+                         f"(available: {', '.join(ort.get_available_providers())})")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or 0
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=[wanted])
+    except Exception as exc:  # onnxruntime raises its own exception types for corrupt graphs
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot load ONNX graph {path}: {first_line}") from None
+    if session.get_providers()[0] != wanted:
+        raise ModelError(f"onnxruntime did not give the session the {wanted} provider")
+    _check_graph_io(session, path)
+    return session
+
+
+def _check_graph_io(session, path: Path) -> None:
+    inputs = tuple(i.name for i in session.get_inputs())
+    outputs = tuple(o.name for o in session.get_outputs())
+    if sorted(inputs) != sorted(GRAPH_INPUTS) or sorted(outputs) != sorted(GRAPH_OUTPUTS):
+        raise ModelError(f"{path} has inputs {inputs} and outputs {outputs}; tie-lite needs "
+                         f"{GRAPH_INPUTS} and {GRAPH_OUTPUTS}: export it with `python -m export`")
+
+
+# ---------------------------------------------------------------------------
+# decoding (one model)
+# ---------------------------------------------------------------------------
+
+@dataclass
+class Canvas:
+    """A model's sequence being decoded, and where its regions lie."""
+
+    tokens: np.ndarray       # (L,) int64, mask_id where not yet decoded
+    prompt_length: int       # tokens before the generated region
+    gen_idx: np.ndarray      # (G,) int64 canvas positions of the generated masks, in order
+    answer_idx: np.ndarray   # (A,) int64 canvas positions of the answer masks (empty in plain mode)
+    marker_length: int       # tokens of the answer marker between reasoning and answer
+
+
+def build_canvas(model: Model, prompt: str, config: DecodeConfig) -> Canvas:
+    """Lay out `prompt | [MASK] x G` or `prompt | [MASK] x R | marker | [MASK] x A`."""
+    if not prompt.strip():
+        raise ConfigError("prompt is empty")
+    m = model.manifest
+    prompt_ids = model.encode(m.prompt_format.replace(PROMPT_SLOT, prompt))  # (P,)
+    marker_ids = model.encode(m.answer_marker) if config.infill else np.zeros(0, np.int64)  # (Mk,)
+    reasoning = config.gen_length - config.answer_length
+    length = prompt_ids.size + config.gen_length + marker_ids.size
+    if length > m.max_length:
+        raise ConfigError(f"prompt ({prompt_ids.size} tokens) + gen_length {config.gen_length}"
+                          + (f" + marker ({marker_ids.size})" if config.infill else "")
+                          + f" = {length} tokens exceeds {model.name}'s max length {m.max_length}")
+    masks = lambda n: np.full(n, m.mask_id, np.int64)  # noqa: E731
+    tokens = np.concatenate([prompt_ids, masks(reasoning), marker_ids, masks(config.answer_length)])  # (L,)
+    answer_start = prompt_ids.size + reasoning + marker_ids.size
+    gen_idx = np.concatenate([np.arange(prompt_ids.size, prompt_ids.size + reasoning),
+                              np.arange(answer_start, length)]).astype(np.int64)  # (G,)
+    return Canvas(tokens, int(prompt_ids.size), gen_idx, gen_idx[reasoning:], int(marker_ids.size))
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """What a step did; handed to `on_step` and kept in the history."""
+
+    step: int                 # 1-based count of forward passes so far
+    block: int                # block index the step decoded in
+    committed_idx: np.ndarray  # (c,) int64 canvas positions committed this step
+    committed_ids: np.ndarray  # (c,) int64 token ids written there
+    confidence: np.ndarray    # (c,) float64 their probabilities
+    tokens: np.ndarray        # (L,) int64 the canvas after the step (a copy)
+    model: str                # name of the model that decoded
+
+
+OnStep = Callable[[StepEvent], Optional[bool]]  # return False to stop decoding
+
+
+@dataclass
+class DecodeState:
+    """Where one model's decode stands: canvas, current block and its step schedule."""
+
+    canvas: Canvas
+    block: int = 0                 # current block
+    block_step: int = 0            # steps taken in the current block
+    steps: int = 0                 # forward passes taken so far
+    schedule: Optional[np.ndarray] = None  # (steps_per_block,) commits per step of the current block
+
+    @property
+    def tokens(self) -> np.ndarray:
+        return self.canvas.tokens
+
+
+def block_masked_idx(state: DecodeState, config: DecodeConfig, mask_id: int) -> np.ndarray:
+    """Still-masked canvas positions (c,) of the current block."""
+    start = state.block * config.block_size
+    block_idx = state.canvas.gen_idx[start: start + config.block_size]
+    return block_idx[state.tokens[block_idx] == mask_id]
+
+
+def advance_block(state: DecodeState, config: DecodeConfig, mask_id: int) -> np.ndarray:
+    """Move past finished blocks; return the current block's masked positions (empty when done)."""
+    while state.block < config.num_blocks:
+        masked_idx = block_masked_idx(state, config, mask_id)
+        if masked_idx.size:
+            if state.schedule is None:
+                state.schedule = transfer_schedule(masked_idx.size, config.steps_per_block)
+            return masked_idx
+        state.block, state.block_step, state.schedule = state.block + 1, 0, None
+    return np.zeros(0, np.int64)
+
+
+def commit_count(state: DecodeState, config: DecodeConfig, candidates: int) -> Optional[int]:
+    """How many positions this step commits; None means 'by threshold'."""
+    if config.strategy == "schedule":
+        return int(state.schedule[state.block_step])
+    if config.strategy == "topk":
+        return min(config.tokens_per_step, candidates)
+    return None
+
+
+def propose(model: Model, tokens: np.ndarray, masked_idx: np.ndarray, config: DecodeConfig,
+            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Proposed token ids (c,) and their confidences (c,) at masked_idx."""
+    stats = model.stats(tokens, masked_idx, with_logits=config.temperature > 0)
+    if config.temperature == 0:
+        return stats.top_ids[:, 0].astype(np.int64), stats.top_probs[:, 0].astype(np.float64)
+    proposed = gumbel_argmax(stats.logits, config.temperature, rng)  # (c,)
+    probs = softmax(stats.logits)  # (c, V) float64
+    return proposed.astype(np.int64), probs[np.arange(proposed.size), proposed]
+
+
+def decode_step(model: Model, state: DecodeState, config: DecodeConfig,
+                rng: np.random.Generator) -> Optional[StepEvent]:
+    """One forward pass and commit; None when every block is done."""
+    masked_idx = advance_block(state, config, model.manifest.mask_id)
+    if masked_idx.size == 0:
+        return None
+    proposed, confidence = propose(model, state.tokens, masked_idx, config, rng)
+    count = commit_count(state, config, masked_idx.size)
+    picked = (pick_above_threshold(confidence, config.threshold) if count is None
+              else pick_by_confidence(confidence, count))
+    state.tokens[masked_idx[picked]] = proposed[picked]
+    state.block_step += 1
+    state.steps += 1
+    return StepEvent(state.steps, state.block, masked_idx[picked], proposed[picked], confidence[picked],
+                     state.tokens.copy(), model.name)
+
+
+def decode(model: Model, state: DecodeState, config: DecodeConfig, rng: np.random.Generator,
+           max_steps: Optional[int] = None, on_step: Optional[OnStep] = None,
+           history: Optional[list] = None) -> bool:
+    """Decode up to max_steps steps (all, if None). Returns False if on_step asked to stop."""
+    taken = 0
+    while max_steps is None or taken < max_steps:
+        event = decode_step(model, state, config, rng)
+        if event is None:
+            break
+        taken += 1
+        if history is not None:
+            history.append(event)
+        if on_step is not None and on_step(event) is False:
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    """A finished (or stopped) generation."""
+
+    text: str                   # the generated text: reasoning + marker + answer in infilling mode
+    tokens: np.ndarray          # (n,) int64 generated ids, cut at the first stop id (per region)
+    answer: Optional[str]       # the answer region's text (infilling mode), else None
+    steps: int                  # forward passes taken
+    stopped: bool               # True if on_step stopped the decode early
+    model: str                  # name of the model whose output this is
+    history: Optional[list] = None  # StepEvents, when asked for
+
+
+def trim_at_stop(tokens: np.ndarray, stop_ids: Sequence[int]) -> np.ndarray:
+    """tokens up to (not including) the first stop id."""
+    return tokens[: first_index(tokens, stop_ids)]
+
+
+def finish(model: Model, canvas: Canvas, config: DecodeConfig) -> tuple[str, np.ndarray, Optional[str]]:
+    """Text, kept token ids and answer text of a decoded canvas."""
+    m = model.manifest
+    reasoning_idx = canvas.gen_idx[: config.gen_length - config.answer_length]
+    reasoning = trim_at_stop(canvas.tokens[reasoning_idx], m.stop_ids)
+    if not config.infill:
+        return model.decode(reasoning), reasoning, None
+    answer_ids = trim_at_stop(canvas.tokens[canvas.answer_idx], m.stop_ids)
+    answer = model.decode(answer_ids)
+    text = model.decode(reasoning) + m.answer_marker + answer
+    return text, np.concatenate([reasoning, answer_ids]), answer
+
+
+def generate(model: Model, prompt: str, config: DecodeConfig = DecodeConfig(),
+             on_step: Optional[OnStep] = None, record_history: bool = False) -> GenerateResult:
+    """Decode `prompt` with one model."""
+    state = DecodeState(build_canvas(model, prompt, config))
+    rng = np.random.default_rng(config.seed)
+    history = [] if record_history else None
+    completed = decode(model, state, config, rng, on_step=on_step, history=history)
+    text, tokens, answer = finish(model, state.canvas, config)
+    return GenerateResult(text, tokens, answer, state.steps, not completed, model.name, history)
+
+
+# ---------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------
+
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parent / "models"
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    d = DecodeConfig()
+    p = argparse.ArgumentParser(prog="tie_lite.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--prompt", required=True, help="the user's text")
+    p.add_argument("--model", type=Path, help="exported model folder (python -m export)")
+    p.add_argument("--gen-length", type=int, default=d.gen_length, help="masked positions to generate")
+    p.add_argument("--answer-length", type=int, default=d.answer_length,
+                   help="> 0: reasoning-as-infilling with this many answer positions after the marker")
+    p.add_argument("--block-size", type=int, default=d.block_size, help="semi-autoregressive block size")
+    p.add_argument("--steps", type=int, default=d.steps, help="total steps (strategy schedule); default gen length")
+    p.add_argument("--strategy", choices=STRATEGIES, default=d.strategy, help="how many positions a step commits")
+    p.add_argument("--threshold", type=float, default=d.threshold, help="strategy threshold: confidence bar")
+    p.add_argument("--tokens-per-step", type=int, default=d.tokens_per_step, help="strategy topk: commits a step")
+    p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy")
+    p.add_argument("--seed", type=int, default=d.seed, help="sampling seed")
+    p.add_argument("--provider", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--history", action="store_true", help="with --json: include every step")
+    return p.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> DecodeConfig:
+    return DecodeConfig(gen_length=args.gen_length, answer_length=args.answer_length,
+                        block_size=args.block_size, steps=args.steps, strategy=args.strategy,
+                        threshold=args.threshold, tokens_per_step=args.tokens_per_step,
+                        temperature=args.temperature, seed=args.seed)
+
+
+def default_model_dir() -> Path:
+    candidates = sorted(p for p in DEFAULT_MODELS_DIR.glob("*/onnx") if (p / MANIFEST_NAME).is_file())
+    if not candidates:
+        raise ModelError(f"no --model given and no default model is installed under {DEFAULT_MODELS_DIR}")
+    return candidates[0]
+
+
+def result_json(result: GenerateResult, with_history: bool) -> dict:
+    out = {"text": result.text, "answer": result.answer, "tokens": result.tokens.tolist(),
+           "steps": result.steps, "stopped": result.stopped, "model": result.model}
+    if with_history and result.history is not None:
+        out["history"] = [{"step": e.step, "block": e.block, "positions": e.committed_idx.tolist(),
+                           "ids": e.committed_ids.tolist(), "confidence": e.confidence.tolist()}
+                          for e in result.history]
+    return out
+
+
+def _check_text(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{what} is not valid UTF-8") from None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        _check_text(args.prompt, "--prompt")
+        config = config_from_args(args)
+        model = Model.load(args.model or default_model_dir(), provider=args.provider, threads=args.threads)
+        result = generate(model, args.prompt, config, record_history=args.history)
+    except TieLiteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(result_json(result, args.history), ensure_ascii=False))
+    else:
+        print(result.text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
