@@ -560,9 +560,16 @@ def generate(model: Model, prompt: str, config: DecodeConfig = DecodeConfig(),
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent / "models"
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors raise ConfigError, so main() reports them in one line."""
+
+    def error(self, message):
+        raise ConfigError(message)
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     d = DecodeConfig()
-    p = argparse.ArgumentParser(prog="tie_lite.py", description=__doc__.split("\n\n")[0])
+    p = _ArgumentParser(prog="tie_lite.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--prompt", required=True, help="the user's text")
     p.add_argument("--model", type=Path, help="exported model folder (python -m export)")
     p.add_argument("--gen-length", type=int, default=d.gen_length, help="masked positions to generate")
@@ -579,7 +586,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--history", action="store_true", help="with --json: include every step")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.history and not args.json:
+        p.error("--history needs --json")
+    return args
 
 
 def config_from_args(args: argparse.Namespace) -> DecodeConfig:
@@ -614,8 +624,8 @@ def _check_text(text: str, what: str) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parse_args(argv)
     try:
+        args = parse_args(argv)
         _check_text(args.prompt, "--prompt")
         config = config_from_args(args)
         model = Model.load(args.model or default_model_dir(), provider=args.provider, threads=args.threads)

@@ -1,0 +1,93 @@
+"""The library as a desktop app embeds it: import tie_lite, load, generate, callbacks, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tie_lite
+from conftest import ROOT
+
+
+def test_import_pulls_in_no_torch_or_transformers():
+    code = "import sys, tie_lite; print(sorted(m for m in ('torch', 'transformers', 'optimum') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"
+    timing = subprocess.run([sys.executable, "-X", "importtime", "-c", "import tie_lite"],
+                            capture_output=True, text=True, cwd=ROOT, check=True)
+    assert "torch" not in timing.stderr and "transformers" not in timing.stderr
+
+
+def test_generate_returns_result_with_history(tiny_bert):
+    model = tie_lite.Model.load(tiny_bert[1])
+    config = tie_lite.DecodeConfig(gen_length=32, block_size=16, answer_length=16)
+    result = tie_lite.generate(model, "how many cat ?", config, record_history=True)
+    assert result.steps == 32 and not result.stopped
+    assert len(result.history) == 32
+    committed = np.concatenate([e.committed_idx for e in result.history])
+    assert sorted(committed.tolist()) == sorted(set(committed.tolist()))  # each position committed once
+    answer_start = result.history[0].tokens.size - 16
+    first_answer_step = min(e.step for e in result.history if e.committed_idx.min() >= answer_start)
+    assert all(e.committed_idx.max() < answer_start for e in result.history if e.step < first_answer_step)
+    assert first_answer_step == 17  # the answer only after every reasoning position
+    assert result.answer is not None and result.text.endswith(model.manifest.answer_marker + result.answer)
+
+
+def test_on_step_returning_false_stops_within_one_step(tiny_bert):
+    model = tie_lite.Model.load(tiny_bert[1])
+    seen = []
+
+    def on_step(event):
+        seen.append(event.step)
+        return event.step < 5
+
+    result = tie_lite.generate(model, "the sun", tie_lite.DecodeConfig(gen_length=16), on_step=on_step)
+    assert result.stopped and result.steps == 5 and seen == [1, 2, 3, 4, 5]
+
+
+def test_output_is_cut_at_the_first_eos(tiny_bert):
+    model = tie_lite.Model.load(tiny_bert[1])
+    m = model.manifest
+    canvas = tie_lite.build_canvas(model, "the cat", tie_lite.DecodeConfig(gen_length=16))
+    canvas.tokens[canvas.gen_idx] = [5, 6, m.eos_id, 7] + [m.eos_id] * 12
+    text, tokens, answer = tie_lite.finish(model, canvas, tie_lite.DecodeConfig(gen_length=16))
+    assert tokens.tolist() == [5, 6] and answer is None
+    assert text == model.decode(np.array([5, 6]))
+
+
+def test_stats_gather_only_the_asked_positions(tiny_modernbert):
+    model = tie_lite.Model.load(tiny_modernbert[1])
+    tokens = model.encode("the cat is big")
+    stats = model.stats(tokens, np.array([0, 2]), with_logits=True)
+    assert stats.top_ids.shape == (2, model.manifest.top_k) and stats.entropy.shape == (2,)
+    assert stats.logits.shape == (2, model.manifest.graph_vocab_size)
+    assert (stats.top_ids < model.manifest.vocab_size).all()           # wider graph columns never produced
+    assert (stats.top_ids != model.manifest.mask_id).all()             # nor the mask token
+    assert np.all(np.diff(stats.top_probs, axis=1) <= 0)                # most probable first
+    assert np.allclose(tie_lite.softmax(stats.logits).max(-1), stats.top_probs[:, 0], atol=1e-6)
+
+
+def test_load_errors_are_exceptions_naming_the_problem(tmp_path, tiny_bert):
+    with pytest.raises(tie_lite.ModelError, match="model folder not found"):
+        tie_lite.Model.load(tmp_path / "nope")
+    with pytest.raises(tie_lite.ConfigError, match="'tpu'"):
+        tie_lite.Model.load(tiny_bert[1], provider="tpu")
+
+
+def test_manifest_rejects_out_of_range_ids(tiny_bert):
+    data = json.loads((tiny_bert[1] / "tie_lite.json").read_text())
+    data["mask_id"] = data["vocab_size"] + 5
+    with pytest.raises(tie_lite.ModelError, match="mask_id"):
+        tie_lite.Manifest.from_dict(data)
+    data["mask_id"] = True
+    with pytest.raises(tie_lite.ModelError, match="must be int"):
+        tie_lite.Manifest.from_dict(data)
+
+
+def test_manifest_round_trips(tiny_bert):
+    data = json.loads((tiny_bert[1] / "tie_lite.json").read_text())
+    assert tie_lite.Manifest.from_dict(data).to_dict() == data

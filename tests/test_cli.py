@@ -1,0 +1,114 @@
+"""The CLI as a user runs it: a subprocess, text or --json out, one clear error line on bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from conftest import run_cli
+
+
+def test_cli_prints_text(tiny_bert):
+    result = run_cli("--model", str(tiny_bert[1]), "--prompt", "what is two plus two ?", "--gen-length", "16")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+
+
+def test_cli_json_output(tiny_bert):
+    result = run_cli("--model", str(tiny_bert[1]), "--prompt", "the cat", "--gen-length", "32",
+                     "--answer-length", "16", "--json", "--history")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["steps"] == 32 and out["stopped"] is False and out["model"] == "hf"
+    assert isinstance(out["answer"], str) and "Answer:" in out["text"]
+    assert [len(e["positions"]) for e in out["history"]] == [1] * 32
+
+
+def test_cli_sampling_is_seeded(tiny_bert):
+    args = ("--model", str(tiny_bert[1]), "--prompt", "the dog", "--gen-length", "16", "--temperature", "1.0",
+            "--json")
+    first, again = run_cli(*args, "--seed", "7"), run_cli(*args, "--seed", "7")
+    other = [run_cli(*args, "--seed", str(s)) for s in (8, 9)]
+    tokens = lambda r: json.loads(r.stdout)["tokens"]  # noqa: E731
+    assert tokens(first) == tokens(again)
+    assert any(tokens(o) != tokens(first) for o in other)
+
+
+def _broken_copy(src, tmp_path, how):
+    dst = tmp_path / "model"
+    shutil.copytree(src, dst)
+    if how == "missing onnx":
+        (dst / "model.onnx").unlink()
+    elif how == "corrupt onnx":
+        (dst / "model.onnx").write_bytes(b"this is not an onnx graph")
+    elif how == "truncated onnx":
+        data = (dst / "model.onnx").read_bytes()
+        (dst / "model.onnx").write_bytes(data[: len(data) // 2])
+    elif how == "schema version":
+        manifest = json.loads((dst / "tie_lite.json").read_text())
+        manifest["schema_version"] = 99
+        (dst / "tie_lite.json").write_text(json.dumps(manifest))
+    elif how == "manifest field missing":
+        manifest = json.loads((dst / "tie_lite.json").read_text())
+        del manifest["mask_id"]
+        (dst / "tie_lite.json").write_text(json.dumps(manifest))
+    elif how == "manifest not json":
+        (dst / "tie_lite.json").write_text("{")
+    elif how == "missing tokenizer":
+        (dst / "tokenizer.json").unlink()
+    return dst
+
+
+@pytest.mark.parametrize("how,message", [
+    ("missing onnx", "ONNX graph not found"),
+    ("corrupt onnx", "cannot load ONNX graph"),
+    ("truncated onnx", "cannot load ONNX graph"),
+    ("schema version", "schema_version 99"),
+    ("manifest field missing", "'mask_id' is missing"),
+    ("manifest not json", "cannot read"),
+    ("missing tokenizer", "no tokenizer.json"),
+])
+def test_cli_bad_model_folder(tiny_bert, tmp_path, how, message):
+    folder = _broken_copy(tiny_bert[1], tmp_path, how)
+    _assert_one_line_error(run_cli("--model", str(folder), "--prompt", "the cat"), message)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "/nonexistent/model"], "model folder not found"),
+    (["--gen-length", "20", "--block-size", "16"], "gen_length 20 is not divisible by block_size 16"),
+    (["--steps", "0"], "steps must be positive, got 0"),
+    (["--steps", "-3"], "got -3"),
+    (["--provider", "tpu"], "provider must be one of"),
+    (["--gen-length", "128"], "exceeds"),
+    (["--threshold", "2"], "threshold must be in"),
+    (["--threads", "0"], "threads must be positive"),
+])
+def test_cli_bad_options(tiny_bert, args, message):
+    base = ["--model", str(tiny_bert[1]), "--prompt", "the cat"]
+    if args[0] == "--model":
+        base = ["--prompt", "the cat"]
+    _assert_one_line_error(run_cli(*base, *args), message)
+
+
+def test_cli_prompt_too_long(tiny_bert):
+    prompt = " ".join(["cat"] * 120)
+    _assert_one_line_error(run_cli("--model", str(tiny_bert[1]), "--prompt", prompt), "max length 128")
+
+
+def test_cli_empty_prompt(tiny_bert):
+    _assert_one_line_error(run_cli("--model", str(tiny_bert[1]), "--prompt", "  "), "prompt is empty")
+
+
+def test_cli_cuda_where_unavailable(tiny_bert):
+    _assert_one_line_error(run_cli("--model", str(tiny_bert[1]), "--prompt", "the", "--provider", "cuda"),
+                           "provider 'cuda' is not available")
+
+
+def _assert_one_line_error(result, message):
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and message in lines[0], lines[0]

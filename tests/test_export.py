@@ -1,0 +1,78 @@
+"""export/: the manifest it writes, its validation against PyTorch, its CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForMaskedLM
+
+from conftest import run_cli
+
+
+def test_manifest_contents(tiny_modernbert):
+    hf_dir, onnx_dir = tiny_modernbert
+    manifest = json.loads((onnx_dir / "tie_lite.json").read_text())
+    assert manifest["schema_version"] == 1 and manifest["family"] == "modernbert"
+    assert manifest["graph_vocab_size"] == manifest["vocab_size"] + 3
+    assert manifest["logits_shift"] == 0 and manifest["max_length"] == 128
+    assert manifest["mask_id"] == 2 and manifest["eos_id"] == 3 and manifest["stop_ids"] == [3]
+    assert manifest["prompt_format"] == "{prompt}" and manifest["answer_marker"] == "Answer:"
+    sha = hashlib.sha256((onnx_dir / "tokenizer.json").read_bytes()).hexdigest()
+    assert manifest["tokenizer_sha256"] == sha
+    report = manifest["validation"]
+    assert report["positions"] > 0 and report["top1_agree"] + report["near_ties"] == report["positions"]
+    assert report["max_prob_diff"] <= report["prob_atol"]
+
+
+def test_validation_catches_a_graph_that_disagrees(tiny_bert, tiny_char):
+    from export.graph import suppressed_columns
+    from export.validate import ExportValidationError, validate
+
+    other = AutoModelForMaskedLM.from_pretrained(tiny_bert[0]).eval()
+    with torch.no_grad():
+        for param in other.parameters():
+            param.add_(0.5 * torch.randn_like(param))
+    manifest = json.loads((tiny_bert[1] / "tie_lite.json").read_text())
+    is_suppressed = suppressed_columns(manifest["graph_vocab_size"], manifest["vocab_size"], [manifest["mask_id"]])
+    with pytest.raises(ExportValidationError, match="differ"):
+        validate(tiny_bert[1] / "model.onnx", other, is_suppressed, manifest["top_k"], manifest["vocab_size"],
+                 manifest["mask_id"], manifest["max_length"])
+
+
+def test_chat_template_renders_into_prompt_format(tiny_bert):
+    from transformers import AutoTokenizer
+
+    from export import chat_prompt_format
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert[0])
+    assert chat_prompt_format(tok) == "{prompt}"
+    tok.chat_template = "{% for m in messages %}[Question]\n{{ m['content'] }}\n[/Question]\n{% endfor %}[Answer]\n"
+    assert chat_prompt_format(tok) == "[Question]\n{prompt}\n[/Question]\n[Answer]"
+
+
+def test_export_cli_writes_a_loadable_folder(tiny_char, tmp_path):
+    result = run_cli(str(tiny_char[0]), str(tmp_path / "out"), "--name", "char", "--answer-marker", " = ",
+                     module="export", timeout=300)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "out" / "tie_lite.json").read_text())
+    assert manifest["name"] == "char" and manifest["answer_marker"] == " = "
+    run = run_cli("--model", str(tmp_path / "out"), "--prompt", "2+2", "--json")
+    assert run.returncode == 0, run.stderr
+
+
+def test_export_cli_refuses_unsupported_family(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)).save_pretrained(tmp_path / "gpt2")
+    result = run_cli(str(tmp_path / "gpt2"), str(tmp_path / "out"), module="export", timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_export_cli_missing_source(tmp_path):
+    result = run_cli(str(tmp_path / "missing"), str(tmp_path / "out"), module="export", timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error: " in result.stderr
