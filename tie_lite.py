@@ -17,6 +17,8 @@ import dataclasses
 import hashlib
 import json
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -118,6 +120,35 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+SCORES = ("tcc", "top1", "entropy", "margin")
+SELECTIONS = ("tcc", "most-selected", "best-model:NAME")
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """How TIE ensembles M >= 2 models (tie-algorithm.md, section 3)."""
+
+    interval: int = 16             # steps each model decodes between relays; >= total steps = post-generation
+    score: str = "tcc"             # tcc (history), or top1 / entropy / margin (cross-model confidence)
+    cross_model: bool = True       # confidence scores: average over every model (False = source model only)
+    select: str = "tcc"            # final pick: tcc (lowest TCC, ties to mean top-1), most-selected, best-model:NAME
+    first_k: Optional[int] = None  # track only the first K answer positions (paper: 8 for code)
+    parallel: bool = True          # decode the models' intervals concurrently, one thread each
+
+    def __post_init__(self):
+        _require(self.interval > 0, f"interval must be positive, got {self.interval}")
+        _require(self.score in SCORES, f"score must be one of {SCORES}, got {self.score!r}")
+        _require(self.select in SELECTIONS[:2] or (self.select.startswith("best-model:") and self.best_model),
+                 f"select must be one of {SELECTIONS}, got {self.select!r}")
+        _require(self.first_k is None or self.first_k > 0, f"first_k must be positive, got {self.first_k}")
+        _require(self.cross_model or self.score != "tcc",
+                 "cross_model=False (source-only scoring) applies to top1/entropy/margin, not tcc")
+
+    @property
+    def best_model(self) -> str:
+        return self.select.split(":", 1)[1] if self.select.startswith("best-model:") else ""
+
+
 # ---------------------------------------------------------------------------
 # numerics (pure functions, no I/O)
 # ---------------------------------------------------------------------------
@@ -166,6 +197,59 @@ def first_index(tokens: np.ndarray, ids: Sequence[int]) -> int:
     """Index of the first token in `ids`, or len(tokens) if none."""
     hits = np.flatnonzero(np.isin(tokens, ids))
     return int(hits[0]) if hits.size else len(tokens)
+
+
+@dataclass(frozen=True)
+class AnswerSignals:
+    """One model's predictions over the A answer positions at one step (tie-algorithm.md, section 2)."""
+
+    tracked: np.ndarray      # (A,) bool, A(t): masked, top-1 not a stop id, within the first K
+    top1_id: np.ndarray      # (A,) int64
+    top1: np.ndarray         # (A,) float64, top-1 probability
+    neg_entropy: np.ndarray  # (A,) float64, -entropy (higher = more confident)
+    margin: np.ndarray       # (A,) float64, p(1st) - p(2nd)
+
+
+def tracked_positions(is_masked: np.ndarray, top1_id: np.ndarray, stop_ids: Sequence[int],
+                      first_k: Optional[int] = None) -> np.ndarray:
+    """A(t) as a (A,) bool selector: masked answer positions whose top-1 is not a stop id, first K only."""
+    keep = is_masked & ~np.isin(top1_id, stop_ids)
+    if first_k is not None:
+        keep &= np.cumsum(keep) <= first_k
+    return keep
+
+
+def answer_signals(top_ids: np.ndarray, top_probs: np.ndarray, entropy: np.ndarray, is_masked: np.ndarray,
+                   stop_ids: Sequence[int], first_k: Optional[int] = None) -> AnswerSignals:
+    """Signals from the graph's statistics (A, k), (A, k), (A,) at the answer positions."""
+    top1_id = top_ids[:, 0].astype(np.int64)
+    probs = top_probs.astype(np.float64)
+    return AnswerSignals(tracked_positions(is_masked, top1_id, stop_ids, first_k), top1_id, probs[:, 0],
+                         -entropy.astype(np.float64), probs[:, 0] - probs[:, 1])
+
+
+def token_change_count(window: Sequence[AnswerSignals]) -> float:
+    """C(n) over a window of n steps: per consecutive pair, the fraction of A(t) whose top-1 changed.
+
+    An empty A(t) contributes 0.
+    """
+    total = 0.0
+    for now, nxt in zip(window, window[1:]):
+        if now.tracked.any():
+            total += float(np.mean(now.top1_id[now.tracked] != nxt.top1_id[now.tracked]))
+    return total
+
+
+def mean_over_tracked(signals: AnswerSignals, metric: str) -> float:
+    """Mean of a confidence metric (top1, entropy, margin) over A(t); NaN when A(t) is empty."""
+    values = {"top1": signals.top1, "entropy": signals.neg_entropy, "margin": signals.margin}[metric]
+    return float(values[signals.tracked].mean()) if signals.tracked.any() else float("nan")
+
+
+def leader_of(scores: np.ndarray) -> int:
+    """Index of the highest score; ties (and all-NaN) go to the lower index."""
+    filled = np.where(np.isnan(scores), -np.inf, scores)
+    return int(np.flatnonzero(filled == filled.max())[0])
 
 
 # ---------------------------------------------------------------------------
@@ -261,6 +345,10 @@ class Stats:
     top_probs: np.ndarray        # (K, k) float32
     entropy: np.ndarray          # (K,) float32, nats
     logits: Optional[np.ndarray]  # (K, V) float32, only when asked for (sampling)
+
+    def take(self, rows: slice) -> "Stats":
+        logits = None if self.logits is None else self.logits[rows]
+        return Stats(self.top_ids[rows], self.top_probs[rows], self.entropy[rows], logits)
 
 
 class Model:
@@ -411,13 +499,14 @@ def build_canvas(model: Model, prompt: str, config: DecodeConfig) -> Canvas:
 class StepEvent:
     """What a step did; handed to `on_step` and kept in the history."""
 
-    step: int                 # 1-based count of forward passes so far
-    block: int                # block index the step decoded in
+    step: int                  # 1-based count of this model's forward passes so far
+    block: int                 # block index the step decoded in
     committed_idx: np.ndarray  # (c,) int64 canvas positions committed this step
     committed_ids: np.ndarray  # (c,) int64 token ids written there
-    confidence: np.ndarray    # (c,) float64 their probabilities
-    tokens: np.ndarray        # (L,) int64 the canvas after the step (a copy)
-    model: str                # name of the model that decoded
+    confidence: np.ndarray     # (c,) float64 their probabilities
+    tokens: np.ndarray         # (L,) int64 the canvas after the step (a copy)
+    model: str                 # name of the model that decoded
+    signals: Optional[AnswerSignals] = None  # answer-position signals before the commit (when tracking)
 
 
 OnStep = Callable[[StepEvent], Optional[bool]]  # return False to stop decoding
@@ -457,6 +546,10 @@ def advance_block(state: DecodeState, config: DecodeConfig, mask_id: int) -> np.
     return np.zeros(0, np.int64)
 
 
+def is_finished(state: DecodeState, mask_id: int) -> bool:
+    return not bool(np.any(state.tokens[state.canvas.gen_idx] == mask_id))
+
+
 def commit_count(state: DecodeState, config: DecodeConfig, candidates: int) -> Optional[int]:
     """How many positions this step commits; None means 'by threshold'."""
     if config.strategy == "schedule":
@@ -466,10 +559,8 @@ def commit_count(state: DecodeState, config: DecodeConfig, candidates: int) -> O
     return None
 
 
-def propose(model: Model, tokens: np.ndarray, masked_idx: np.ndarray, config: DecodeConfig,
-            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Proposed token ids (c,) and their confidences (c,) at masked_idx."""
-    stats = model.stats(tokens, masked_idx, with_logits=config.temperature > 0)
+def propose(stats: Stats, config: DecodeConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Proposed token ids (c,) and their confidences (c,) from the statistics at the masked positions."""
     if config.temperature == 0:
         return stats.top_ids[:, 0].astype(np.int64), stats.top_probs[:, 0].astype(np.float64)
     proposed = gumbel_argmax(stats.logits, config.temperature, rng)  # (c,)
@@ -477,13 +568,29 @@ def propose(model: Model, tokens: np.ndarray, masked_idx: np.ndarray, config: De
     return proposed.astype(np.int64), probs[np.arange(proposed.size), proposed]
 
 
-def decode_step(model: Model, state: DecodeState, config: DecodeConfig,
-                rng: np.random.Generator) -> Optional[StepEvent]:
-    """One forward pass and commit; None when every block is done."""
+def track_answer(model: Model, tokens: np.ndarray, answer_idx: np.ndarray, stats: Stats,
+                 first_k: Optional[int]) -> AnswerSignals:
+    """AnswerSignals from the statistics gathered at answer_idx (A,)."""
+    is_masked = tokens[answer_idx] == model.manifest.mask_id
+    return answer_signals(stats.top_ids, stats.top_probs, stats.entropy, is_masked, model.manifest.stop_ids,
+                          first_k)
+
+
+def decode_step(model: Model, state: DecodeState, config: DecodeConfig, rng: np.random.Generator,
+                track: bool = False, first_k: Optional[int] = None) -> Optional[StepEvent]:
+    """One forward pass and commit; None when every block is done.
+
+    track: also gather every answer position and report its signals (for TIE).
+    """
     masked_idx = advance_block(state, config, model.manifest.mask_id)
     if masked_idx.size == 0:
         return None
-    proposed, confidence = propose(model, state.tokens, masked_idx, config, rng)
+    answer_idx = state.canvas.answer_idx if track else np.zeros(0, np.int64)
+    stats = model.stats(state.tokens, np.concatenate([masked_idx, answer_idx]),
+                        with_logits=config.temperature > 0)
+    signals = (track_answer(model, state.tokens, answer_idx, stats.take(slice(masked_idx.size, None)), first_k)
+               if track else None)
+    proposed, confidence = propose(stats.take(slice(0, masked_idx.size)), config, rng)
     count = commit_count(state, config, masked_idx.size)
     picked = (pick_above_threshold(confidence, config.threshold) if count is None
               else pick_by_confidence(confidence, count))
@@ -491,16 +598,16 @@ def decode_step(model: Model, state: DecodeState, config: DecodeConfig,
     state.block_step += 1
     state.steps += 1
     return StepEvent(state.steps, state.block, masked_idx[picked], proposed[picked], confidence[picked],
-                     state.tokens.copy(), model.name)
+                     state.tokens.copy(), model.name, signals)
 
 
 def decode(model: Model, state: DecodeState, config: DecodeConfig, rng: np.random.Generator,
            max_steps: Optional[int] = None, on_step: Optional[OnStep] = None,
-           history: Optional[list] = None) -> bool:
+           history: Optional[list] = None, track: bool = False, first_k: Optional[int] = None) -> bool:
     """Decode up to max_steps steps (all, if None). Returns False if on_step asked to stop."""
     taken = 0
     while max_steps is None or taken < max_steps:
-        event = decode_step(model, state, config, rng)
+        event = decode_step(model, state, config, rng, track, first_k)
         if event is None:
             break
         taken += 1
@@ -513,15 +620,19 @@ def decode(model: Model, state: DecodeState, config: DecodeConfig, rng: np.rando
 
 @dataclass(frozen=True)
 class GenerateResult:
-    """A finished (or stopped) generation."""
+    """A finished (or stopped) generation; for an ensemble, the chosen model's, with the others'."""
 
     text: str                   # the generated text: reasoning + marker + answer in infilling mode
     tokens: np.ndarray          # (n,) int64 generated ids, cut at the first stop id (per region)
     answer: Optional[str]       # the answer region's text (infilling mode), else None
-    steps: int                  # forward passes taken
+    steps: int                  # forward passes taken by this model (decode steps; TIE scoring excluded)
     stopped: bool               # True if on_step stopped the decode early
     model: str                  # name of the model whose output this is
     history: Optional[list] = None  # StepEvents, when asked for
+    candidates: tuple = ()      # ensemble: every model's own final result, in model order
+    chosen: int = 0             # ensemble: index in candidates of this result
+    relays: tuple = ()          # ensemble: the Relay records, in order
+    model_calls: int = 0        # forward passes of every model, scoring included
 
 
 def trim_at_stop(tokens: np.ndarray, stop_ids: Sequence[int]) -> np.ndarray:
@@ -542,15 +653,266 @@ def finish(model: Model, canvas: Canvas, config: DecodeConfig) -> tuple[str, np.
     return text, np.concatenate([reasoning, answer_ids]), answer
 
 
-def generate(model: Model, prompt: str, config: DecodeConfig = DecodeConfig(),
-             on_step: Optional[OnStep] = None, record_history: bool = False) -> GenerateResult:
+def generate_one(model: Model, prompt: str, config: DecodeConfig = DecodeConfig(),
+                 on_step: Optional[OnStep] = None, record_history: bool = False) -> GenerateResult:
     """Decode `prompt` with one model."""
     state = DecodeState(build_canvas(model, prompt, config))
     rng = np.random.default_rng(config.seed)
     history = [] if record_history else None
     completed = decode(model, state, config, rng, on_step=on_step, history=history)
     text, tokens, answer = finish(model, state.canvas, config)
-    return GenerateResult(text, tokens, answer, state.steps, not completed, model.name, history)
+    return GenerateResult(text, tokens, answer, state.steps, not completed, model.name, history,
+                          model_calls=state.steps)
+
+
+# ---------------------------------------------------------------------------
+# ensembling (TIE)
+# ---------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """One model's part in an ensemble: its decode state, sampler and confidence history."""
+
+    model: Model
+    state: DecodeState
+    rng: np.random.Generator
+    history: Optional[list] = None  # StepEvents, when asked for
+    window: list = field(default_factory=list)  # AnswerSignals of the interval being decoded
+    tcc_total: float = 0.0          # token change count summed over every closed window
+    pairs: int = 0                  # consecutive step pairs counted in tcc_total
+    top1_total: float = 0.0         # sum over steps of the mean top-1 probability over A(t)
+    top1_steps: int = 0             # steps with a non-empty A(t)
+    wins: int = 0                   # relays this model's trajectory won
+    scoring_calls: int = 0          # forward passes spent scoring other trajectories
+
+    def record(self, signals: AnswerSignals) -> None:
+        self.window.append(signals)
+        mean = mean_over_tracked(signals, "top1")
+        if not np.isnan(mean):
+            self.top1_total, self.top1_steps = self.top1_total + mean, self.top1_steps + 1
+
+    def close_window(self) -> None:
+        """Fold the interval's history into the whole-decode totals and reset it."""
+        self.tcc_total += token_change_count(self.window)
+        self.pairs += max(len(self.window) - 1, 0)
+        self.window = []
+
+    @property
+    def whole_tcc(self) -> float:
+        """Token change count over the whole decode, per step pair."""
+        return self.tcc_total / self.pairs if self.pairs else 0.0
+
+    @property
+    def mean_top1(self) -> float:
+        return self.top1_total / self.top1_steps if self.top1_steps else 0.0
+
+
+@dataclass(frozen=True)
+class Relay:
+    """One trajectory assessment and relay."""
+
+    steps: int           # steps every model had decoded when it happened
+    scores: tuple        # (M,) each model's trajectory score, higher = more reliable
+    leader: int          # index of the model whose trajectory every model continues
+    changed: bool        # the leader differs from the previous relay's
+
+
+def leader_change_rate(relays: Sequence[Relay]) -> Optional[float]:
+    """Fraction of relays after the first whose leader differs from the one before; None if < 2 relays."""
+    if len(relays) < 2:
+        return None
+    return sum(r.changed for r in relays[1:]) / (len(relays) - 1)
+
+
+def same_tokenizer(a: Model, b: Model) -> bool:
+    return a.manifest.tokenizer_sha256 == b.manifest.tokenizer_sha256
+
+
+def clean_prefix(model: Model, state: DecodeState) -> np.ndarray:
+    """Generated tokens (n,) in order, up to the first mask."""
+    gen_tokens = state.tokens[state.canvas.gen_idx]
+    return gen_tokens[: first_index(gen_tokens, [model.manifest.mask_id])]
+
+
+def region_text(model: Model, ids: np.ndarray) -> tuple[str, bool]:
+    """Text of a region's decoded ids and whether a stop id ended it."""
+    kept = trim_at_stop(ids, model.manifest.stop_ids)
+    return model.decode(kept), kept.size < ids.size
+
+
+def fill_region(model: Model, text: str, ended: bool, size: int) -> np.ndarray:
+    """A receiver's region (size,): the re-encoded text, then stop ids if it had ended, else masks."""
+    ids = model.encode(text)[:size] if text else np.zeros(0, np.int64)
+    pad = model.manifest.eos_id if ended else model.manifest.mask_id
+    return np.concatenate([ids, np.full(size - ids.size, pad, np.int64)])
+
+
+def text_view(source: Run, receiver: Model, prompt: str, config: DecodeConfig) -> Canvas:
+    """The receiver's canvas holding the source's clean prefix, relayed through text."""
+    src = source.model
+    prefix = clean_prefix(src, source.state)  # (n,)
+    reasoning_len = config.gen_length - config.answer_length
+    canvas = build_canvas(receiver, prompt, config)
+    reasoning, r_ended = region_text(src, prefix[:reasoning_len])
+    gen = [fill_region(receiver, reasoning, r_ended, reasoning_len)]
+    if config.infill:
+        if prefix.size > reasoning_len:
+            answer, a_ended = region_text(src, prefix[reasoning_len:])
+            gen.append(fill_region(receiver, answer, a_ended, config.answer_length))
+        else:
+            gen.append(np.full(config.answer_length, receiver.manifest.mask_id, np.int64))
+    canvas.tokens[canvas.gen_idx] = np.concatenate(gen)
+    return canvas
+
+
+def view_for(source: Run, receiver: Run, prompt: str, config: DecodeConfig) -> Canvas:
+    """The source's trajectory as the receiver's canvas: ids copied if the tokenizers match, else text."""
+    if not same_tokenizer(source.model, receiver.model):
+        return text_view(source, receiver.model, prompt, config)
+    canvas = dataclasses.replace(receiver.state.canvas, tokens=receiver.state.tokens.copy())
+    canvas.tokens[canvas.gen_idx] = source.state.tokens[source.state.canvas.gen_idx]
+    return canvas
+
+
+def relayed_state(source: Run, receiver: Run, prompt: str, config: DecodeConfig) -> DecodeState:
+    """The receiver's new decode state continuing the source's trajectory."""
+    canvas = view_for(source, receiver, prompt, config)
+    if same_tokenizer(source.model, receiver.model):
+        schedule = None if source.state.schedule is None else source.state.schedule.copy()
+        return DecodeState(canvas, source.state.block, source.state.block_step, receiver.state.steps, schedule)
+    return DecodeState(canvas, steps=receiver.state.steps)  # block and schedule restart from the canvas
+
+
+def judge_signals(judge: Run, source: Run, prompt: str, config: DecodeConfig,
+                  first_k: Optional[int]) -> AnswerSignals:
+    """The judge model's answer signals on the source's trajectory (one forward pass)."""
+    canvas = view_for(source, judge, prompt, config)
+    stats = judge.model.stats(canvas.tokens, canvas.answer_idx)
+    judge.scoring_calls += 1
+    return track_answer(judge.model, canvas.tokens, canvas.answer_idx, stats, first_k)
+
+
+def trajectory_score(runs: Sequence[Run], m: int, prompt: str, config: DecodeConfig,
+                     ensemble: EnsembleConfig) -> float:
+    """score(T_m), higher = more reliable (tie-algorithm.md, section 3.2)."""
+    if ensemble.score == "tcc":
+        return -token_change_count(runs[m].window)
+    judges = runs if ensemble.cross_model else [runs[m]]
+    values = [mean_over_tracked(judge_signals(j, runs[m], prompt, config, ensemble.first_k), ensemble.score)
+              for j in judges]
+    values = [v for v in values if not np.isnan(v)]  # a judge with an empty A(t) abstains
+    return float(np.mean(values)) if values else float("nan")
+
+
+def relay(runs: Sequence[Run], prompt: str, config: DecodeConfig, ensemble: EnsembleConfig,
+          previous: Optional[Relay]) -> Relay:
+    """Score every trajectory, hand the best to every model, reset the histories."""
+    scores = np.array([trajectory_score(runs, m, prompt, config, ensemble) for m in range(len(runs))])
+    leader = leader_of(scores)
+    runs[leader].wins += 1
+    for m, run in enumerate(runs):
+        if m != leader:
+            run.state = relayed_state(runs[leader], run, prompt, config)
+        run.close_window()
+    changed = previous is not None and previous.leader != leader
+    return Relay(runs[leader].state.steps, tuple(float(s) for s in scores), leader, changed)
+
+
+def select_final(runs: Sequence[Run], ensemble: EnsembleConfig) -> int:
+    """Index of the final response (tie-algorithm.md, section 3, 'Final response')."""
+    if ensemble.best_model:
+        return [r.model.name for r in runs].index(ensemble.best_model)
+    if ensemble.select == "most-selected":
+        return leader_of(np.array([r.wins for r in runs], dtype=np.float64))
+    return min(range(len(runs)), key=lambda m: (runs[m].whole_tcc, -runs[m].mean_top1, m))
+
+
+def _check_ensemble(models: Sequence[Model], config: DecodeConfig, ensemble: EnsembleConfig) -> None:
+    if not config.infill:
+        raise ConfigError("TIE tracks the answer positions: set answer_length > 0 (reasoning-as-infilling)")
+    names = [m.name for m in models]
+    if ensemble.best_model and ensemble.best_model not in names:
+        raise ConfigError(f"select best-model:{ensemble.best_model} names no model in the ensemble {names}")
+
+
+def decode_interval(run: Run, config: DecodeConfig, ensemble: EnsembleConfig, hook: Callable) -> bool:
+    """One model decodes up to `interval` steps, tracking its answer positions."""
+    def on_step(event: StepEvent) -> Optional[bool]:
+        run.record(event.signals)
+        return hook(event)
+
+    return decode(run.model, run.state, config, run.rng, max_steps=ensemble.interval, on_step=on_step,
+                  history=run.history, track=True, first_k=ensemble.first_k)
+
+
+def step_hook(on_step: Optional[OnStep], stop: threading.Event) -> Callable:
+    """Serialise the user's callback across worker threads; any False stops every model."""
+    lock = threading.Lock()
+
+    def hook(event: StepEvent) -> Optional[bool]:
+        if on_step is not None:
+            with lock:
+                if on_step(event) is False:
+                    stop.set()
+        return False if stop.is_set() else None
+
+    return hook
+
+
+def run_intervals(runs: Sequence[Run], prompt: str, config: DecodeConfig, ensemble: EnsembleConfig,
+                  on_step: Optional[OnStep]) -> tuple[list, bool]:
+    """The TIE cycle until any model finishes: decode an interval, assess, relay. Returns (relays, stopped)."""
+    stop, relays = threading.Event(), []
+    hook = step_hook(on_step, stop)
+    pool = ThreadPoolExecutor(max_workers=len(runs)) if ensemble.parallel else None
+    try:
+        while True:
+            jobs = [lambda r=r: decode_interval(r, config, ensemble, hook) for r in runs]
+            list(pool.map(lambda job: job(), jobs)) if pool else [job() for job in jobs]
+            mask_ids = [r.model.manifest.mask_id for r in runs]
+            if stop.is_set() or any(is_finished(r.state, mid) for r, mid in zip(runs, mask_ids)):
+                break
+            relays.append(relay(runs, prompt, config, ensemble, relays[-1] if relays else None))
+    finally:
+        if pool:
+            pool.shutdown()
+    for run in runs:
+        run.close_window()
+    return relays, stop.is_set()
+
+
+def generate_tie(models: Sequence[Model], prompt: str, config: DecodeConfig, ensemble: EnsembleConfig,
+                 on_step: Optional[OnStep] = None, record_history: bool = False) -> GenerateResult:
+    """Decode `prompt` with M >= 2 models ensembled by TIE."""
+    _check_ensemble(models, config, ensemble)
+    runs = [Run(model, DecodeState(build_canvas(model, prompt, config)), np.random.default_rng([config.seed, m]),
+                [] if record_history else None) for m, model in enumerate(models)]
+    relays, stopped = run_intervals(runs, prompt, config, ensemble, on_step)
+    candidates = []
+    for run in runs:
+        text, tokens, answer = finish(run.model, run.state.canvas, config)
+        candidates.append(GenerateResult(text, tokens, answer, run.state.steps, stopped, run.model.name,
+                                         run.history, model_calls=run.state.steps + run.scoring_calls))
+    chosen = select_final(runs, ensemble)
+    calls = sum(c.model_calls for c in candidates)
+    return dataclasses.replace(candidates[chosen], candidates=tuple(candidates), chosen=chosen,
+                               relays=tuple(relays), model_calls=calls)
+
+
+def generate(models, prompt: str, config: DecodeConfig = DecodeConfig(),
+             ensemble: EnsembleConfig = EnsembleConfig(), on_step: Optional[OnStep] = None,
+             record_history: bool = False) -> GenerateResult:
+    """Decode `prompt` with one Model, or ensemble a sequence of Models with TIE.
+
+    on_step(event) is called after every step of every model (serialised when the
+    models run in threads); returning False stops the decode.
+    """
+    models = [models] if isinstance(models, Model) else list(models)
+    if not models:
+        raise ConfigError("no model given")
+    if len(models) == 1:
+        return generate_one(models[0], prompt, config, on_step, record_history)
+    return generate_tie(models, prompt, config, ensemble, on_step, record_history)
 
 
 # ---------------------------------------------------------------------------

@@ -61,7 +61,7 @@ def export_model(source: str | Path, out_dir: str | Path, *, top_k: int = DEFAUL
     out_dir.mkdir(parents=True, exist_ok=True)
     log(f"exporting {config.model_type} ({family.name}) with optimum to {out_dir / 'model.onnx'}")
     onnx_path = export_graph(model, out_dir, family, is_suppressed, top_k, opset)
-    max_length = int(getattr(config, "max_position_embeddings", 512))
+    max_length = family.max_length(config)
     log("validating ONNX against PyTorch")
     report = validate(onnx_path, model, is_suppressed, top_k, vocab_size, ids["mask_id"], max_length,
                       family.logits_shift)

@@ -20,6 +20,12 @@ class Family:
     encoder: Callable[[torch.nn.Module], torch.nn.Module]  # model -> module giving last_hidden_state
     head: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]  # (model, hidden (B, K, H)) -> logits (B, K, Vg)
     logits_shift: int = 0        # 1: token i is predicted by the logits at position i - 1
+    position_offset: int = 0     # position ids start past this many slots (RoBERTa: pad_token_id + 1)
+
+    def max_length(self, config) -> int:
+        """Longest canvas the model accepts."""
+        offset = (config.pad_token_id + 1) if self.position_offset else 0
+        return int(config.max_position_embeddings) - offset
 
 
 def _modernbert_head(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
@@ -29,7 +35,8 @@ def _modernbert_head(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tens
 FAMILIES = (
     Family("modernbert", ("modernbert",), lambda m: m.model, _modernbert_head),
     Family("bert", ("bert",), lambda m: m.bert, lambda m, h: m.cls(h)),
-    Family("roberta", ("roberta", "xlm-roberta"), lambda m: m.roberta, lambda m, h: m.lm_head(h)),
+    Family("roberta", ("roberta", "xlm-roberta"), lambda m: m.roberta, lambda m, h: m.lm_head(h),
+           position_offset=1),
 )
 
 

@@ -37,6 +37,12 @@ def tiny_modernbert(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_roberta(tmp_path_factory):
+    """(hf folder, onnx folder) of a tiny RoBERTa with a word-level tokenizer."""
+    return _export(tmp_path_factory, "roberta", "roberta", "word", seed=4)
+
+
+@pytest.fixture(scope="session")
 def tiny_char(tmp_path_factory):
     """(hf folder, onnx folder) of a tiny BERT with a character-level tokenizer."""
     return _export(tmp_path_factory, "char", "bert", "char", seed=3)

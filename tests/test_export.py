@@ -76,3 +76,8 @@ def test_export_cli_missing_source(tmp_path):
     result = run_cli(str(tmp_path / "missing"), str(tmp_path / "out"), module="export", timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "error: " in result.stderr
+
+
+def test_roberta_max_length_excludes_its_position_offset(tiny_roberta):
+    manifest = json.loads((tiny_roberta[1] / "tie_lite.json").read_text())
+    assert manifest["family"] == "roberta" and manifest["max_length"] == 128

@@ -30,12 +30,15 @@ def _cases():
     for arch in ("tiny_bert", "tiny_modernbert"):
         for i, setting in enumerate(SETTINGS):
             yield pytest.param(arch, PROMPTS[i % len(PROMPTS)], setting, id=f"{arch}-{i}")
+    for i in (1, 4, 8):  # RoBERTa: a few settings
+        yield pytest.param("tiny_roberta", PROMPTS[i % len(PROMPTS)], SETTINGS[i], id=f"tiny_roberta-{i}")
 
 
 @pytest.fixture(scope="module")
-def torch_models(tiny_bert, tiny_modernbert):
+def torch_models(tiny_bert, tiny_modernbert, tiny_roberta):
     out = {}
-    for name, (hf_dir, onnx_dir) in (("tiny_bert", tiny_bert), ("tiny_modernbert", tiny_modernbert)):
+    exported = (("tiny_bert", tiny_bert), ("tiny_modernbert", tiny_modernbert), ("tiny_roberta", tiny_roberta))
+    for name, (hf_dir, onnx_dir) in exported:
         out[name] = (AutoModelForMaskedLM.from_pretrained(hf_dir).eval(), AutoTokenizer.from_pretrained(hf_dir),
                      tie_lite.Model.load(onnx_dir, threads=1))
     return out

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (BertConfig, BertForMaskedLM, ModernBertConfig, ModernBertForMaskedLM,
-                          PreTrainedTokenizerFast)
+                          PreTrainedTokenizerFast, RobertaConfig, RobertaForMaskedLM)
 
 SPECIALS = ["[PAD]", "[UNK]", "[MASK]", "[EOS]"]
 WORDS = ("the a is of and to in what how many plus minus times equals answer yes no one two three four "
@@ -47,6 +47,8 @@ def tiny_model(arch: str, vocab_size: int, seed: int, max_length: int = 128, ext
         config = ModernBertConfig(**common, reference_compile=False, bos_token_id=3, eos_token_id=3,
                                   cls_token_id=3, sep_token_id=3, global_attn_every_n_layers=1)
         return ModernBertForMaskedLM(config).eval()
+    if arch == "roberta":  # position ids start at pad_token_id + 1, so pad_token_id + 1 more embeddings
+        return RobertaForMaskedLM(RobertaConfig(**{**common, "max_position_embeddings": max_length + 1})).eval()
     raise ValueError(f"unknown arch {arch!r}")
 
 
