@@ -20,7 +20,7 @@ def _export(tmp_path_factory, name: str, arch: str, tokenizer: str, seed: int, *
 
     base = tmp_path_factory.mktemp(name)
     hf_dir = save_tiny(base / "hf", arch, tokenizer=tokenizer, seed=seed, **kwargs)
-    export_model(hf_dir, base / "onnx", log=lambda msg: None)
+    export_model(hf_dir, base / "onnx", name=name, log=lambda msg: None)
     return hf_dir, base / "onnx"
 
 

@@ -21,7 +21,7 @@ def test_cli_json_output(tiny_bert):
                      "--answer-length", "16", "--json", "--history")
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
-    assert out["steps"] == 32 and out["stopped"] is False and out["model"] == "hf"
+    assert out["steps"] == 32 and out["stopped"] is False and out["model"] == "bert"
     assert isinstance(out["answer"], str) and "Answer:" in out["text"]
     assert [len(e["positions"]) for e in out["history"]] == [1] * 32
 

@@ -1,0 +1,241 @@
+"""TIE: signals, token change count, scores, relay and final selection (tie-algorithm.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tie_lite
+from tie_lite import AnswerSignals, DecodeConfig, EnsembleConfig
+
+EOS = 3
+INFILL = DecodeConfig(gen_length=48, answer_length=16, block_size=16)
+
+
+def signals(top1_id, tracked):
+    n = len(top1_id)
+    return AnswerSignals(np.array(tracked, bool), np.array(top1_id), np.full(n, 0.5), np.full(n, -1.0),
+                         np.full(n, 0.1))
+
+
+# --- signals and tracked positions -------------------------------------------------------------
+
+def test_tracked_positions_drop_unmasked_and_eos_and_keep_first_k():
+    is_masked = np.array([True, True, False, True, True, True])
+    top1 = np.array([7, EOS, 7, 8, 9, 10])
+    assert tie_lite.tracked_positions(is_masked, top1, [EOS]).tolist() == [1, 0, 0, 1, 1, 1]
+    assert tie_lite.tracked_positions(is_masked, top1, [EOS], first_k=2).tolist() == [1, 0, 0, 1, 0, 0]
+
+
+def test_answer_signals_hand_computed():
+    top_ids = np.array([[4, 5], [6, 4]])
+    top_probs = np.array([[0.7, 0.2], [0.4, 0.35]], np.float32)
+    entropy = np.array([0.8, 1.2], np.float32)
+    s = tie_lite.answer_signals(top_ids, top_probs, entropy, np.array([True, True]), [EOS])
+    assert s.top1_id.tolist() == [4, 6]
+    assert np.allclose(s.top1, [0.7, 0.4]) and np.allclose(s.margin, [0.5, 0.05], atol=1e-6)
+    assert np.allclose(s.neg_entropy, [-0.8, -1.2])
+
+
+@pytest.mark.parametrize("metric", ["top1", "entropy", "margin"])
+def test_a_peaked_distribution_outranks_a_flat_one_for_every_signal(metric):
+    def from_probs(p):
+        p = np.array(p)
+        order = np.argsort(-p)
+        entropy = -(p * np.log(p)).sum()
+        return tie_lite.answer_signals(order[None, :2], p[order][None, :2], np.array([entropy]),
+                                       np.array([True]), [EOS])
+
+    peaked, flat = from_probs([0.85, 0.05, 0.05, 0.05]), from_probs([0.25, 0.25, 0.25, 0.25])
+    assert tie_lite.mean_over_tracked(peaked, metric) > tie_lite.mean_over_tracked(flat, metric)
+
+
+def test_mean_over_tracked_is_nan_for_an_empty_set():
+    assert np.isnan(tie_lite.mean_over_tracked(signals([1, 2], [False, False]), "top1"))
+
+
+# --- token change count -------------------------------------------------------------------------
+
+def test_token_change_count_normalises_by_tracked_set_size():
+    window = [signals([5, 6, 7, 8], [1, 1, 1, 0]),  # pair 1: of positions 0-2, only 1 changes -> 1/3
+              signals([5, 9, 7, 8], [1, 1, 0, 0]),  # pair 2: of positions 0-1, only 0 changes -> 1/2
+              signals([6, 9, 1, 1], [1, 1, 0, 0])]  # positions outside A(t) changing do not count
+    assert tie_lite.token_change_count(window) == pytest.approx(1 / 3 + 1 / 2)
+
+
+def test_token_change_count_empty_tracked_set_contributes_zero():
+    window = [signals([5, 6], [0, 0]), signals([7, 8], [1, 1]), signals([7, 9], [0, 0])]
+    assert tie_lite.token_change_count(window) == pytest.approx(0.5)
+    assert tie_lite.token_change_count(window[:1]) == 0.0
+
+
+# --- leader, change rate, configuration --------------------------------------------------------
+
+def test_leader_ties_go_to_the_lower_index_and_nan_never_leads():
+    assert tie_lite.leader_of(np.array([0.2, 0.5, 0.5])) == 1
+    assert tie_lite.leader_of(np.array([np.nan, -3.0])) == 1
+    assert tie_lite.leader_of(np.array([np.nan, np.nan])) == 0
+
+
+def test_leader_change_rate():
+    relays = [tie_lite.Relay(16, (0, 1), 1, False), tie_lite.Relay(32, (1, 0), 0, True),
+              tie_lite.Relay(48, (1, 0), 0, False)]
+    assert tie_lite.leader_change_rate(relays) == 0.5
+    assert tie_lite.leader_change_rate(relays[:1]) is None
+
+
+@pytest.mark.parametrize("kwargs,named", [
+    (dict(interval=0), "interval"),
+    (dict(score="vibes"), "vibes"),
+    (dict(select="best-model:"), "best-model:"),
+    (dict(select="loudest"), "loudest"),
+    (dict(first_k=0), "first_k"),
+    (dict(cross_model=False), "cross_model"),
+])
+def test_ensemble_config_rejects_bad_values(kwargs, named):
+    with pytest.raises(tie_lite.ConfigError, match=named):
+        EnsembleConfig(**kwargs)
+
+
+# --- with models ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bert(tiny_bert):
+    return tie_lite.Model.load(tiny_bert[1], threads=1)
+
+
+@pytest.fixture(scope="module")
+def modernbert(tiny_modernbert):
+    return tie_lite.Model.load(tiny_modernbert[1], threads=1)
+
+
+@pytest.fixture(scope="module")
+def char(tiny_char):
+    return tie_lite.Model.load(tiny_char[1], threads=1)
+
+
+PROMPT = "what is two plus three ?"
+
+
+def make_run(model, prompt=PROMPT, config=INFILL, seed=0):
+    state = tie_lite.DecodeState(tie_lite.build_canvas(model, prompt, config))
+    return tie_lite.Run(model, state, np.random.default_rng(seed))
+
+
+def test_one_model_is_the_single_model_decode(bert):
+    alone = tie_lite.generate(bert, PROMPT, INFILL)
+    via_list = tie_lite.generate([bert], PROMPT, INFILL)
+    assert via_list.tokens.tolist() == alone.tokens.tolist() and via_list.text == alone.text
+
+
+@pytest.mark.parametrize("score", ["tcc", "top1", "entropy", "margin"])
+def test_a_model_ensembled_with_itself_gives_its_single_output(bert, tiny_bert, score):
+    twin = tie_lite.Model.load(tiny_bert[1], threads=1)
+    alone = tie_lite.generate(bert, PROMPT, INFILL)
+    both = tie_lite.generate([bert, twin], PROMPT, INFILL, EnsembleConfig(interval=8, score=score))
+    assert both.tokens.tolist() == alone.tokens.tolist()
+    assert [c.tokens.tolist() for c in both.candidates] == [alone.tokens.tolist()] * 2
+    assert len(both.relays) == 48 // 8 - 1 and all(r.leader == 0 for r in both.relays)  # ties -> model 0
+
+
+def test_relay_replaces_states_and_resets_histories(bert, modernbert):
+    runs = [make_run(bert), make_run(modernbert)]
+    ensemble = EnsembleConfig(interval=5, score="top1")
+    hook = tie_lite.step_hook(None, tie_lite.threading.Event())
+    for run in runs:
+        tie_lite.decode_interval(run, INFILL, ensemble, hook)
+        assert len(run.window) == 5
+    record = tie_lite.relay(runs, PROMPT, INFILL, ensemble, previous=None)
+    winner = runs[record.leader]
+    for run in runs:
+        assert run.window == [] and run.pairs == 4
+        assert run.state.tokens[run.state.canvas.gen_idx].tolist() == winner.state.tokens[winner.state.canvas.gen_idx].tolist()
+        assert (run.state.block, run.state.block_step) == (0, 5)
+    assert winner.wins == 1 and record.leader == tie_lite.leader_of(np.array(record.scores))
+    assert runs[0].scoring_calls == 2 and runs[1].scoring_calls == 2  # cross-model: every model judges both
+
+
+def test_source_only_scoring_uses_only_the_source_model(bert, modernbert):
+    runs = [make_run(bert), make_run(modernbert)]
+    ensemble = EnsembleConfig(interval=3, score="margin", cross_model=False)
+    hook = tie_lite.step_hook(None, tie_lite.threading.Event())
+    for run in runs:
+        tie_lite.decode_interval(run, INFILL, ensemble, hook)
+    tie_lite.relay(runs, PROMPT, INFILL, ensemble, previous=None)
+    assert [r.scoring_calls for r in runs] == [1, 1]
+
+
+def test_two_models_ensemble_runs_and_reports(bert, modernbert):
+    result = tie_lite.generate([bert, modernbert], PROMPT, INFILL, EnsembleConfig(interval=16))
+    assert len(result.candidates) == 2 and result.candidates[result.chosen].text == result.text
+    assert len(result.relays) == 2 and all(len(r.scores) == 2 for r in result.relays)
+    assert result.model_calls == 2 * 48  # tcc scoring needs no extra forward passes
+    assert not result.stopped
+
+
+def test_parallel_and_sequential_give_the_same_result(bert, modernbert):
+    config = DecodeConfig(gen_length=48, answer_length=16, block_size=16, temperature=0.8, seed=3)
+    runs = [tie_lite.generate([bert, modernbert], PROMPT, config, EnsembleConfig(interval=8, parallel=p))
+            for p in (True, False, True)]
+    assert runs[0].tokens.tolist() == runs[1].tokens.tolist() == runs[2].tokens.tolist()
+    assert [r.leader for r in runs[0].relays] == [r.leader for r in runs[1].relays]
+
+
+def test_final_selection_rules(bert, modernbert):
+    runs = [make_run(bert), make_run(modernbert), make_run(bert)]
+    for run, (tcc, pairs, top1, wins) in zip(runs, [(2.0, 4, 0.5, 3), (1.0, 4, 0.4, 1), (1.0, 4, 0.6, 3)]):
+        run.tcc_total, run.pairs, run.top1_total, run.top1_steps, run.wins = tcc, pairs, top1, 1, wins
+    assert tie_lite.select_final(runs, EnsembleConfig()) == 2  # lowest TCC, tie -> higher mean top-1
+    assert tie_lite.select_final(runs, EnsembleConfig(select="most-selected")) == 0  # tie -> lower index
+    assert tie_lite.select_final(runs, EnsembleConfig(select=f"best-model:{modernbert.name}")) == 1
+
+
+def test_stop_from_callback_stops_every_model(bert, modernbert):
+    seen = []
+    result = tie_lite.generate([bert, modernbert], PROMPT, INFILL, EnsembleConfig(interval=16),
+                               on_step=lambda e: seen.append(e.model) or len(seen) < 3)
+    # the callback said stop on its third call; a model mid-step finishes that one step only
+    assert result.stopped and 3 <= len(seen) <= 4
+    assert sum(c.steps for c in result.candidates) == len(seen)
+
+
+def test_ensemble_needs_infilling_and_known_best_model(bert, modernbert):
+    with pytest.raises(tie_lite.ConfigError, match="answer_length"):
+        tie_lite.generate([bert, modernbert], PROMPT, DecodeConfig(gen_length=32))
+    with pytest.raises(tie_lite.ConfigError, match="nobody"):
+        tie_lite.generate([bert, modernbert], PROMPT, INFILL, EnsembleConfig(select="best-model:nobody"))
+
+
+# --- relay across tokenizers ---------------------------------------------------------------------
+
+def test_text_relay_round_trips_the_clean_prefix(bert, char):
+    source = make_run(bert)
+    words = bert.encode("the cat is big .")
+    gen_idx = source.state.canvas.gen_idx
+    source.state.tokens[gen_idx[: words.size]] = words
+    source.state.tokens[gen_idx[words.size + 2]] = words[0]  # after a mask: not part of the clean prefix
+    receiver = make_run(char)
+    canvas = tie_lite.view_for(source, receiver, PROMPT, INFILL)
+    prefix = tie_lite.clean_prefix(char, tie_lite.DecodeState(canvas))
+    assert char.decode(prefix) == bert.decode(words)
+    assert canvas.tokens[: canvas.prompt_length].tolist() == receiver.state.tokens[: canvas.prompt_length].tolist()
+
+
+def test_text_relay_carries_an_ended_reasoning(bert, char):
+    source = make_run(bert)
+    gen_idx = source.state.canvas.gen_idx
+    words = bert.encode("the cat")
+    source.state.tokens[gen_idx[:32]] = np.concatenate([words, np.full(30, bert.manifest.eos_id)])
+    canvas = tie_lite.view_for(source, make_run(char), PROMPT, INFILL)
+    reasoning = canvas.tokens[canvas.gen_idx[:32]]
+    assert char.decode(tie_lite.trim_at_stop(reasoning, char.manifest.stop_ids)) == "the cat"
+    assert (reasoning[len("the cat"):] == char.manifest.eos_id).all()
+    assert (canvas.tokens[canvas.answer_idx] == char.manifest.mask_id).all()
+
+
+@pytest.mark.parametrize("score", ["tcc", "entropy"])
+def test_cross_tokenizer_ensemble_completes(bert, char, score):
+    result = tie_lite.generate([bert, char], PROMPT, INFILL, EnsembleConfig(interval=16, score=score))
+    assert len(result.candidates) == 2 and len(result.relays) == 2
+    assert all(c.steps >= 48 - 16 for c in result.candidates)
+    assert all(isinstance(c.answer, str) for c in result.candidates)
