@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import os
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +57,7 @@ class ModelError(TieLiteError):
 # ---------------------------------------------------------------------------
 
 STRATEGIES = ("schedule", "threshold", "topk")
+DECODE_OPTIONS = ("gen_length", "answer_length", "block_size")  # lengths a manifest may recommend
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
@@ -278,6 +280,7 @@ class Manifest:
     answer_marker: str        # text between reasoning and answer in reasoning-as-infilling
     tokenizer_sha256: str     # sha256 of tokenizer.json: equal hashes relay token ids exactly
     name: str = ""            # display name
+    decode_defaults: dict = field(default_factory=dict)  # recommended gen_length / answer_length / block_size
     extra: dict = field(default_factory=dict)  # everything else the manifest holds (source, validation)
 
     _INT_FIELDS = ("mask_id", "eos_id", "pad_id", "logits_shift", "max_length", "vocab_size",
@@ -298,9 +301,10 @@ class Manifest:
         for name in cls._STR_FIELDS:
             _check_type(data, name, str, where)
         _check_type(data, "stop_ids", list, where)
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra", "name", "stop_ids"}
-        manifest = cls(stop_ids=tuple(data["stop_ids"]), name=str(data.get("name", "")),
-                       extra={k: v for k, v in data.items() if k not in known | {"stop_ids", "name"}},
+        optional = {"name": str(data.get("name", "")), "decode_defaults": data.get("decode_defaults", {})}
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra", "stop_ids", *optional}
+        manifest = cls(stop_ids=tuple(data["stop_ids"]), **optional,
+                       extra={k: v for k, v in data.items() if k not in known | {"stop_ids", *optional}},
                        **{k: data[k] for k in known})
         manifest._check_values(where)
         return manifest
@@ -318,9 +322,20 @@ class Manifest:
                              f"{self.graph_vocab_size}]")
         if self.top_k < 2 or self.max_length < 2:
             raise ModelError(f"{where}: top_k {self.top_k} and max_length {self.max_length} must be >= 2")
+        self._check_decode_defaults(where)
         if self.prompt_format.count(PROMPT_SLOT) != 1:
             raise ModelError(f"{where}: prompt_format must contain {PROMPT_SLOT} exactly once, "
                              f"got {self.prompt_format!r}")
+
+    def _check_decode_defaults(self, where: str) -> None:
+        defaults = self.decode_defaults
+        if not isinstance(defaults, dict) or set(defaults) - set(DECODE_OPTIONS):
+            raise ModelError(f"{where}: decode_defaults must be an object with keys from {DECODE_OPTIONS}, "
+                             f"got {defaults!r}")
+        try:
+            DecodeConfig(**defaults)
+        except (ConfigError, TypeError) as exc:
+            raise ModelError(f"{where}: decode_defaults {defaults!r} are invalid: {exc}") from None
 
     def to_dict(self) -> dict:
         data = {"schema_version": SCHEMA_VERSION, **dataclasses.asdict(self)}
@@ -920,6 +935,7 @@ def generate(models, prompt: str, config: DecodeConfig = DecodeConfig(),
 # ---------------------------------------------------------------------------
 
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent / "models"
+DEFAULT_MODELS = ("a", "b")        # the shipped pair, as folders under models/ holding onnx/
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -930,52 +946,103 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    d = DecodeConfig()
+    d, e = DecodeConfig(), EnsembleConfig()
     p = _ArgumentParser(prog="tie_lite.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--prompt", required=True, help="the user's text")
-    p.add_argument("--model", type=Path, help="exported model folder (python -m export)")
-    p.add_argument("--gen-length", type=int, default=d.gen_length, help="masked positions to generate")
-    p.add_argument("--answer-length", type=int, default=d.answer_length,
-                   help="> 0: reasoning-as-infilling with this many answer positions after the marker")
-    p.add_argument("--block-size", type=int, default=d.block_size, help="semi-autoregressive block size")
-    p.add_argument("--steps", type=int, default=d.steps, help="total steps (strategy schedule); default gen length")
-    p.add_argument("--strategy", choices=STRATEGIES, default=d.strategy, help="how many positions a step commits")
-    p.add_argument("--threshold", type=float, default=d.threshold, help="strategy threshold: confidence bar")
-    p.add_argument("--tokens-per-step", type=int, default=d.tokens_per_step, help="strategy topk: commits a step")
-    p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy")
-    p.add_argument("--seed", type=int, default=d.seed, help="sampling seed")
-    p.add_argument("--provider", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    p.add_argument("--history", action="store_true", help="with --json: include every step")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--model", type=Path, help="one exported model folder (python -m export)")
+    which.add_argument("--models", type=Path, nargs="+", help="two or more model folders, ensembled with TIE")
+    g = p.add_argument_group("decoding (defaults: the first model's manifest, else these)")
+    g.add_argument("--gen-length", type=int, help=f"masked positions to generate ({d.gen_length})")
+    g.add_argument("--answer-length", type=int,
+                   help=f"> 0: reasoning-as-infilling, answer positions after the marker ({d.answer_length})")
+    g.add_argument("--block-size", type=int, help=f"semi-autoregressive block size ({d.block_size})")
+    g.add_argument("--steps", type=int, default=d.steps, help="total steps (strategy schedule); default gen length")
+    g.add_argument("--strategy", choices=STRATEGIES, default=d.strategy, help="how many positions a step commits")
+    g.add_argument("--threshold", type=float, default=d.threshold, help="strategy threshold: confidence bar")
+    g.add_argument("--tokens-per-step", type=int, default=d.tokens_per_step, help="strategy topk: commits a step")
+    g.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy")
+    g.add_argument("--seed", type=int, default=d.seed, help="sampling seed")
+    t = p.add_argument_group("ensembling (TIE)")
+    t.add_argument("--interval", type=int, default=e.interval, help="steps between relays")
+    t.add_argument("--score", choices=SCORES, default=e.score, help="trajectory score")
+    t.add_argument("--source-only", action="store_true", help="confidence scores from the source model only")
+    t.add_argument("--select", default=e.select, help="final pick: tcc, most-selected or best-model:NAME")
+    t.add_argument("--first-k", type=int, default=e.first_k, help="track only the first K answer positions")
+    t.add_argument("--sequential", action="store_true", help="decode the models one after another")
+    t.add_argument("--trace", action="store_true", help="print each relay's scores and leader to stderr")
+    r = p.add_argument_group("runtime")
+    r.add_argument("--provider", default="cpu", help="cpu or cuda")
+    r.add_argument("--threads", type=int, default=None, help="onnxruntime threads in all (default: all cores)")
+    r.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    r.add_argument("--history", action="store_true", help="with --json: include every step")
     args = p.parse_args(argv)
     if args.history and not args.json:
         p.error("--history needs --json")
     return args
 
 
-def config_from_args(args: argparse.Namespace) -> DecodeConfig:
-    return DecodeConfig(gen_length=args.gen_length, answer_length=args.answer_length,
-                        block_size=args.block_size, steps=args.steps, strategy=args.strategy,
-                        threshold=args.threshold, tokens_per_step=args.tokens_per_step,
+def model_dirs(args: argparse.Namespace) -> list[Path]:
+    """The folders to load: --model, --models, or the shipped default pair."""
+    if args.model:
+        return [args.model]
+    if args.models:
+        if len(args.models) < 2:
+            raise ConfigError("--models needs two or more folders (use --model for one)")
+        return list(args.models)
+    dirs = [DEFAULT_MODELS_DIR / name / "onnx" for name in DEFAULT_MODELS]
+    missing = [str(d) for d in dirs if not d.is_dir()]
+    if missing:
+        raise ModelError(f"no --model given and the default models are missing: {', '.join(missing)}")
+    return dirs
+
+
+def load_models(dirs: Sequence[Path], provider: str, threads: Optional[int]) -> list[Model]:
+    """Load every model, splitting the thread budget between them."""
+    if threads is not None and threads <= 0:
+        raise ConfigError(f"threads must be positive, got {threads}")
+    per_model = max(1, (threads or os.cpu_count() or 1) // len(dirs))
+    return [Model.load(d, provider=provider, threads=per_model) for d in dirs]
+
+
+def decode_config(args: argparse.Namespace, manifest: Manifest) -> DecodeConfig:
+    """DecodeConfig from the options; unset lengths come from the manifest's recommendation."""
+    lengths = {k: getattr(args, k) if getattr(args, k) is not None else manifest.decode_defaults.get(k)
+               for k in DECODE_OPTIONS}
+    return DecodeConfig(**{k: v for k, v in lengths.items() if v is not None}, steps=args.steps,
+                        strategy=args.strategy, threshold=args.threshold, tokens_per_step=args.tokens_per_step,
                         temperature=args.temperature, seed=args.seed)
 
 
-def default_model_dir() -> Path:
-    candidates = sorted(p for p in DEFAULT_MODELS_DIR.glob("*/onnx") if (p / MANIFEST_NAME).is_file())
-    if not candidates:
-        raise ModelError(f"no --model given and no default model is installed under {DEFAULT_MODELS_DIR}")
-    return candidates[0]
+def ensemble_config(args: argparse.Namespace) -> EnsembleConfig:
+    return EnsembleConfig(interval=args.interval, score=args.score, cross_model=not args.source_only,
+                          select=args.select, first_k=args.first_k, parallel=not args.sequential)
 
 
 def result_json(result: GenerateResult, with_history: bool) -> dict:
     out = {"text": result.text, "answer": result.answer, "tokens": result.tokens.tolist(),
-           "steps": result.steps, "stopped": result.stopped, "model": result.model}
+           "steps": result.steps, "stopped": result.stopped, "model": result.model,
+           "model_calls": result.model_calls}
     if with_history and result.history is not None:
         out["history"] = [{"step": e.step, "block": e.block, "positions": e.committed_idx.tolist(),
                            "ids": e.committed_ids.tolist(), "confidence": e.confidence.tolist()}
                           for e in result.history]
+    if result.candidates:
+        out["chosen"] = result.chosen
+        out["candidates"] = [result_json(c, with_history) for c in result.candidates]
+        out["relays"] = [dataclasses.asdict(r) for r in result.relays]
+        out["leader_change_rate"] = leader_change_rate(result.relays)
     return out
+
+
+def trace_lines(result: GenerateResult) -> list[str]:
+    names = [c.model for c in result.candidates]
+    lines = [f"relay at step {r.steps}: " + "  ".join(f"{n}={s:.4f}" for n, s in zip(names, r.scores))
+             + f"  -> {names[r.leader]}" + (" (leader changed)" if r.changed else "") for r in result.relays]
+    rate = leader_change_rate(result.relays)
+    lines.append(f"leader change rate: {'n/a' if rate is None else f'{rate:.2f}'}; "
+                 f"final: {names[result.chosen]}; model calls: {result.model_calls}")
+    return lines
 
 
 def _check_text(text: str, what: str) -> None:
@@ -985,19 +1052,26 @@ def _check_text(text: str, what: str) -> None:
         raise ConfigError(f"{what} is not valid UTF-8") from None
 
 
+def run_cli(args: argparse.Namespace) -> GenerateResult:
+    _check_text(args.prompt, "--prompt")
+    ensemble = ensemble_config(args)
+    models = load_models(model_dirs(args), args.provider, args.threads)
+    config = decode_config(args, models[0].manifest)
+    return generate(models, args.prompt, config, ensemble, record_history=args.history)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = parse_args(argv)
-        _check_text(args.prompt, "--prompt")
-        config = config_from_args(args)
-        model = Model.load(args.model or default_model_dir(), provider=args.provider, threads=args.threads)
-        result = generate(model, args.prompt, config, record_history=args.history)
+        result = run_cli(args)
     except TieLiteError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    if args.trace and result.candidates:
+        print("\n".join(trace_lines(result)), file=sys.stderr)
     if args.json:
         print(json.dumps(result_json(result, args.history), ensure_ascii=False))
     else:

@@ -33,12 +33,14 @@ class ExportError(RuntimeError):
 def export_model(source: str | Path, out_dir: str | Path, *, top_k: int = DEFAULT_TOP_K,
                  prompt_format: Optional[str] = None, answer_marker: str = DEFAULT_ANSWER_MARKER,
                  name: Optional[str] = None, opset: Optional[int] = None, trust_remote_code: bool = False,
+                 decode_defaults: Optional[dict] = None,
                  log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)) -> Path:
     """Export `source` to `out_dir`; validate it against PyTorch; return the manifest's path.
 
     prompt_format: text with "{prompt}" where the user's text goes; default from the
     tokenizer's chat template (rendered now, so the runtime needs no template engine),
-    else "{prompt}".
+    else "{prompt}". decode_defaults: gen_length / answer_length / block_size the
+    runtime's CLI uses when the user gives none (e.g. the layout the model was trained on).
     """
     import torch
     from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
@@ -72,7 +74,7 @@ def export_model(source: str | Path, out_dir: str | Path, *, top_k: int = DEFAUL
         vocab_size=vocab_size, graph_vocab_size=int(model.config.vocab_size), top_k=top_k,
         prompt_format=prompt_format or chat_prompt_format(tokenizer), answer_marker=answer_marker,
         tokenizer_sha256=hashlib.sha256(tokenizer_path.read_bytes()).hexdigest(),
-        name=name or Path(str(source)).name, extra={"source": str(source), "validation": report.as_dict()},
+        name=name or Path(str(source)).name, decode_defaults=dict(decode_defaults or {}), extra={"source": str(source), "validation": report.as_dict()},
         **ids)
     return write_manifest(manifest, out_dir)
 
@@ -120,7 +122,10 @@ def chat_prompt_format(tokenizer) -> str:
 def write_manifest(manifest: "tie_lite.Manifest", out_dir: Path) -> Path:
     """Write tie_lite.json after checking it reads back as the runtime will read it."""
     data = manifest.to_dict()
-    tie_lite.Manifest.from_dict(data, where="manifest being written")
+    try:
+        tie_lite.Manifest.from_dict(data, where="manifest being written")
+    except tie_lite.TieLiteError as exc:
+        raise ExportError(str(exc)) from None
     path = out_dir / tie_lite.MANIFEST_NAME
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path

@@ -17,9 +17,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--answer-marker", default=DEFAULT_ANSWER_MARKER, help="reasoning-as-infilling marker")
     p.add_argument("--name", help="display name (default: the source's last path part)")
     p.add_argument("--opset", type=int, help="ONNX opset (default: optimum's)")
+    p.add_argument("--gen-length", type=int, help="recommended gen length, used when the user gives none")
+    p.add_argument("--answer-length", type=int, help="recommended answer length (reasoning-as-infilling)")
+    p.add_argument("--block-size", type=int, help="recommended block size")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="run the model repository's own Python code (only for sources you trust)")
     return p.parse_args(argv)
+
+
+def _defaults(args) -> dict:
+    names = ("gen_length", "answer_length", "block_size")
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 
 def main(argv=None) -> int:
@@ -27,7 +35,7 @@ def main(argv=None) -> int:
     try:
         path = export_model(args.source, args.out_dir, top_k=args.top_k, prompt_format=args.prompt_format,
                             answer_marker=args.answer_marker, name=args.name, opset=args.opset,
-                            trust_remote_code=args.trust_remote_code)
+                            trust_remote_code=args.trust_remote_code, decode_defaults=_defaults(args))
     except (ExportError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

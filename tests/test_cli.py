@@ -112,3 +112,54 @@ def _assert_one_line_error(result, message):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ") and message in lines[0], lines[0]
+
+
+def test_cli_ensemble_json_and_trace(tiny_bert, tiny_modernbert):
+    result = run_cli("--models", str(tiny_bert[1]), str(tiny_modernbert[1]), "--prompt", "the cat",
+                     "--gen-length", "48", "--answer-length", "16", "--interval", "8", "--score", "entropy",
+                     "--json", "--trace")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert [c["model"] for c in out["candidates"]] == ["bert", "modernbert"]
+    assert len(out["relays"]) == 5 and all(len(r["scores"]) == 2 for r in out["relays"])
+    assert out["model"] == out["candidates"][out["chosen"]]["model"]
+    assert out["model_calls"] == 2 * 48 + 5 * 4  # decode steps + 2x2 cross-model forwards per relay
+    trace = result.stderr.strip().splitlines()
+    assert len(trace) == 6 and trace[0].startswith("relay at step 8: bert=")
+    assert trace[-1].startswith("leader change rate: ")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--interval", "0"], "interval must be positive"),
+    (["--select", "best-model:nobody"], "nobody"),
+    (["--score", "loud"], "invalid choice: 'loud'"),
+    (["--answer-length", "0"], "set answer_length > 0"),
+    (["--source-only"], "source-only"),
+])
+def test_cli_ensemble_bad_options(tiny_bert, tiny_modernbert, args, message):
+    base = ["--models", str(tiny_bert[1]), str(tiny_modernbert[1]), "--prompt", "the cat",
+            "--gen-length", "32", "--answer-length", "16"]
+    _assert_one_line_error(run_cli(*base, *args), message)
+
+
+def test_cli_models_needs_two(tiny_bert):
+    _assert_one_line_error(run_cli("--models", str(tiny_bert[1]), "--prompt", "the"), "two or more")
+
+
+def test_cli_model_and_models_conflict(tiny_bert):
+    _assert_one_line_error(run_cli("--model", str(tiny_bert[1]), "--models", str(tiny_bert[1]), str(tiny_bert[1]),
+                                   "--prompt", "the"), "not allowed with argument")
+
+
+def test_cli_takes_lengths_from_the_manifest(tiny_bert, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_bert[1], folder)
+    manifest = json.loads((folder / "tie_lite.json").read_text())
+    manifest["decode_defaults"] = {"gen_length": 32, "answer_length": 16, "block_size": 8}
+    (folder / "tie_lite.json").write_text(json.dumps(manifest))
+    out = json.loads(run_cli("--model", str(folder), "--prompt", "the cat", "--json", "--history").stdout)
+    assert out["steps"] == 32 and out["answer"] is not None
+    assert max(e["block"] for e in out["history"]) == 3  # block size 8
+    manifest["decode_defaults"] = {"gen_length": 30}
+    (folder / "tie_lite.json").write_text(json.dumps(manifest))
+    _assert_one_line_error(run_cli("--model", str(folder), "--prompt", "the cat"), "decode_defaults")
