@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from random_models import build_random  # noqa: E402
 
 
 def parse_args():
@@ -34,25 +34,6 @@ def parse_args():
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
     return p.parse_args()
-
-
-def build(folder: Path, args) -> Path:
-    import torch
-    from tokenizers import Tokenizer, models
-    from transformers import ModernBertConfig, ModernBertForMaskedLM, PreTrainedTokenizerFast
-
-    torch.manual_seed(0)
-    config = ModernBertConfig(vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
-                              num_attention_heads=max(1, args.hidden // 64), intermediate_size=args.hidden * 2,
-                              max_position_embeddings=max(args.length, 128), reference_compile=False,
-                              global_attn_every_n_layers=1, pad_token_id=0, bos_token_id=3, eos_token_id=3,
-                              cls_token_id=3, sep_token_id=3)
-    ModernBertForMaskedLM(config).eval().save_pretrained(folder)
-    vocab = {"[PAD]": 0, "[UNK]": 1, "[MASK]": 2, "[EOS]": 3, **{f"t{i}": i for i in range(4, args.vocab)}}
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="[UNK]")),
-                                  pad_token="[PAD]", unk_token="[UNK]", mask_token="[MASK]", eos_token="[EOS]")
-    tok.save_pretrained(folder)
-    return folder
 
 
 def session(path: Path, threads: int):
@@ -82,7 +63,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        hf = build(tmp / "hf", args)
+        hf = build_random(tmp / "hf", "modernbert", args.hidden, args.layers, args.vocab, max(args.length, 128))
         export_model(hf, tmp / "stats", log=lambda m: None)
         main_export(str(hf), tmp / "logits", task="fill-mask", do_validation=False)
         stats, full = session(tmp / "stats" / "model.onnx", args.threads), session(tmp / "logits" / "model.onnx",

@@ -55,7 +55,7 @@ def export_model(source: str | Path, out_dir: str | Path, *, top_k: int = DEFAUL
     config = _load(AutoConfig.from_pretrained, source, trust_remote_code)
     family = _family(config)
     tokenizer = _load(AutoTokenizer.from_pretrained, source, trust_remote_code)
-    model = _load(AutoModelForMaskedLM.from_pretrained, source, trust_remote_code, torch_dtype=torch.float32)
+    model = _load(AutoModelForMaskedLM.from_pretrained, source, trust_remote_code, dtype=torch.float32)
     model.eval()
     ids = special_ids(tokenizer)
     vocab_size = min(len(tokenizer), model.config.vocab_size)

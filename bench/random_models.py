@@ -1,0 +1,49 @@
+"""Random-weight masked LMs of a chosen size, exported through export/, for benchmarks (needs torch)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def build_random(folder: Path, arch: str, hidden: int, layers: int, vocab: int, max_length: int,
+                 seed: int = 0) -> Path:
+    """Save a random `arch` (modernbert or bert) masked LM with a word-level tokenizer of `vocab` ids."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (BertConfig, BertForMaskedLM, ModernBertConfig, ModernBertForMaskedLM,
+                              PreTrainedTokenizerFast)
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                  num_attention_heads=max(1, hidden // 64), intermediate_size=hidden * 2,
+                  max_position_embeddings=max_length, pad_token_id=0)
+    if arch == "modernbert":
+        model = ModernBertForMaskedLM(ModernBertConfig(**common, reference_compile=False,
+                                                       global_attn_every_n_layers=1, bos_token_id=3,
+                                                       eos_token_id=3, cls_token_id=3, sep_token_id=3))
+    else:
+        model = BertForMaskedLM(BertConfig(**common))
+    model.eval().save_pretrained(folder)
+    specials = {"[PAD]": 0, "[UNK]": 1, "[MASK]": 2, "[EOS]": 3}
+    words = {f"w{i}": i for i in range(len(specials), vocab)}
+    backend = Tokenizer(models.WordLevel({**specials, **words}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]", mask_token="[MASK]",
+                            eos_token="[EOS]").save_pretrained(folder)
+    return folder
+
+
+def export_random(folder: Path, arch: str, hidden: int, layers: int, vocab: int, max_length: int,
+                  seed: int = 0, decode_defaults: dict | None = None) -> Path:
+    """build_random, then export it to folder/onnx; returns the onnx folder."""
+    from export import export_model
+
+    hf = build_random(folder / "hf", arch, hidden, layers, vocab, max_length, seed)
+    export_model(hf, folder / "onnx", name=f"{arch}-{hidden}x{layers}", decode_defaults=decode_defaults,
+                 log=lambda m: None)
+    return folder / "onnx"
