@@ -378,9 +378,12 @@ class Model:
 
     @classmethod
     def load(cls, folder, provider: str = "cpu", threads: Optional[int] = None) -> "Model":
-        """Load an exported model folder. provider: "cpu" or "cuda" (never falls back silently)."""
-        if provider not in PROVIDERS:
-            raise ConfigError(f"provider must be one of {tuple(PROVIDERS)}, got {provider!r}")
+        """Load an exported model folder.
+
+        provider: "cpu", "cuda" or "cuda:N" (GPU N); a provider that onnxruntime cannot
+        give the session is an error, never a silent fallback to the CPU.
+        """
+        parse_provider(provider)
         if threads is not None and threads <= 0:
             raise ConfigError(f"threads must be positive, got {threads}")
         folder = Path(folder)
@@ -442,12 +445,20 @@ def _load_tokenizer(folder: Path, manifest: Manifest):
     return tokenizer
 
 
+def parse_provider(provider: str) -> tuple[str, dict]:
+    """("CPUExecutionProvider", {}) or ("CUDAExecutionProvider", {"device_id": N}) from "cpu" / "cuda[:N]"."""
+    name, _, device = provider.partition(":")
+    if name not in PROVIDERS or (device and not (name == "cuda" and device.isdigit())):
+        raise ConfigError(f"provider must be cpu, cuda or cuda:N, got {provider!r}")
+    return PROVIDERS[name], ({"device_id": int(device)} if device else {})
+
+
 def _open_session(path: Path, provider: str, threads: Optional[int]):
     import onnxruntime as ort
 
     if not path.is_file():
         raise ModelError(f"ONNX graph not found: {path}")
-    wanted = PROVIDERS[provider]
+    wanted, provider_options = parse_provider(provider)
     if wanted not in ort.get_available_providers():
         raise ModelError(f"provider {provider!r} is not available in this onnxruntime "
                          f"(available: {', '.join(ort.get_available_providers())})")
@@ -456,7 +467,7 @@ def _open_session(path: Path, provider: str, threads: Optional[int]):
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=[wanted])
+        session = ort.InferenceSession(str(path), sess_options=options, providers=[(wanted, provider_options)])
     except Exception as exc:  # onnxruntime raises its own exception types for corrupt graphs
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"cannot load ONNX graph {path}: {first_line}") from None
@@ -972,7 +983,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     t.add_argument("--sequential", action="store_true", help="decode the models one after another")
     t.add_argument("--trace", action="store_true", help="print each relay's scores and leader to stderr")
     r = p.add_argument_group("runtime")
-    r.add_argument("--provider", default="cpu", help="cpu or cuda")
+    r.add_argument("--provider", default="cpu",
+                   help="cpu, cuda or cuda:N; for an ensemble, one per model separated by commas (cuda:0,cuda:1)")
     r.add_argument("--threads", type=int, default=None, help="onnxruntime threads in all (default: all cores)")
     r.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     r.add_argument("--history", action="store_true", help="with --json: include every step")
@@ -998,11 +1010,14 @@ def model_dirs(args: argparse.Namespace) -> list[Path]:
 
 
 def load_models(dirs: Sequence[Path], provider: str, threads: Optional[int]) -> list[Model]:
-    """Load every model, splitting the thread budget between them."""
+    """Load every model, splitting the thread budget between them; provider is one, or one per model."""
     if threads is not None and threads <= 0:
         raise ConfigError(f"threads must be positive, got {threads}")
+    providers = provider.split(",")
+    if len(providers) not in (1, len(dirs)):
+        raise ConfigError(f"--provider lists {len(providers)} providers for {len(dirs)} models")
     per_model = max(1, (threads or os.cpu_count() or 1) // len(dirs))
-    return [Model.load(d, provider=provider, threads=per_model) for d in dirs]
+    return [Model.load(d, provider=providers[i % len(providers)], threads=per_model) for i, d in enumerate(dirs)]
 
 
 def decode_config(args: argparse.Namespace, manifest: Manifest) -> DecodeConfig:

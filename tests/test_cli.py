@@ -80,7 +80,8 @@ def test_cli_bad_model_folder(tiny_bert, tmp_path, how, message):
     (["--gen-length", "20", "--block-size", "16"], "gen_length 20 is not divisible by block_size 16"),
     (["--steps", "0"], "steps must be positive, got 0"),
     (["--steps", "-3"], "got -3"),
-    (["--provider", "tpu"], "provider must be one of"),
+    (["--provider", "tpu"], "provider must be cpu, cuda or cuda:N"),
+    (["--provider", "cuda:x"], "cuda:x"),
     (["--gen-length", "128"], "exceeds"),
     (["--threshold", "2"], "threshold must be in"),
     (["--threads", "0"], "threads must be positive"),
@@ -163,3 +164,10 @@ def test_cli_takes_lengths_from_the_manifest(tiny_bert, tmp_path):
     manifest["decode_defaults"] = {"gen_length": 30}
     (folder / "tie_lite.json").write_text(json.dumps(manifest))
     _assert_one_line_error(run_cli("--model", str(folder), "--prompt", "the cat"), "decode_defaults")
+
+
+def test_cli_one_provider_per_model(tiny_bert, tiny_modernbert):
+    base = ["--models", str(tiny_bert[1]), str(tiny_modernbert[1]), "--prompt", "the", "--answer-length", "16"]
+    assert run_cli(*base, "--provider", "cpu,cpu").returncode == 0
+    _assert_one_line_error(run_cli(*base, "--provider", "cpu,cpu,cpu"), "3 providers for 2 models")
+    _assert_one_line_error(run_cli(*base, "--provider", "cpu,cuda:1"), "provider 'cuda:1' is not available")
