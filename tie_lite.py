@@ -28,10 +28,11 @@ import numpy as np
 
 __all__ = [
     "TieLiteError", "ConfigError", "ModelError",
-    "DecodeConfig", "Manifest", "Model", "Stats",
-    "Canvas", "StepEvent", "GenerateResult",
+    "DecodeConfig", "EnsembleConfig", "Manifest", "Model", "Stats",
+    "Canvas", "DecodeState", "StepEvent", "GenerateResult", "AnswerSignals", "Relay",
     "softmax", "transfer_schedule", "pick_by_confidence", "pick_above_threshold", "gumbel_argmax",
-    "build_canvas", "decode", "generate", "main",
+    "tracked_positions", "answer_signals", "token_change_count", "mean_over_tracked", "leader_of",
+    "build_canvas", "decode", "generate", "leader_change_rate", "main",
     "SCHEMA_VERSION", "MANIFEST_NAME",
 ]
 
@@ -76,6 +77,7 @@ class DecodeConfig:
     seed: int = 0                  # seeds the sampler's np.random.Generator (used when temperature > 0)
 
     def __post_init__(self):
+        _require_ints(self, ("gen_length", "answer_length", "block_size", "tokens_per_step", "seed"))
         _require(self.gen_length > 0, f"gen_length must be positive, got {self.gen_length}")
         _require(self.block_size > 0, f"block_size must be positive, got {self.block_size}")
         _require(self.gen_length % self.block_size == 0,
@@ -96,6 +98,7 @@ class DecodeConfig:
     def _check_steps(self):
         if self.steps is None:
             return
+        _require_ints(self, ("steps",))
         _require(self.strategy == "schedule",
                  f"steps applies only to strategy 'schedule', not {self.strategy!r}")
         _require(self.steps > 0, f"steps must be positive, got {self.steps}")
@@ -122,6 +125,13 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _require_ints(config, names: Sequence[str]) -> None:
+    for name in names:
+        value = getattr(config, name)
+        _require(isinstance(value, (int, np.integer)) and not isinstance(value, bool),
+                 f"{name} must be an integer, got {value!r}")
+
+
 SCORES = ("tcc", "top1", "entropy", "margin")
 SELECTIONS = ("tcc", "most-selected", "best-model:NAME")
 
@@ -138,6 +148,7 @@ class EnsembleConfig:
     parallel: bool = True          # decode the models' intervals concurrently, one thread each
 
     def __post_init__(self):
+        _require_ints(self, ("interval",) + (("first_k",) if self.first_k is not None else ()))
         _require(self.interval > 0, f"interval must be positive, got {self.interval}")
         _require(self.score in SCORES, f"score must be one of {SCORES}, got {self.score!r}")
         _require(self.select in SELECTIONS[:2] or (self.select.startswith("best-model:") and self.best_model),

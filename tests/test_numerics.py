@@ -89,6 +89,8 @@ def test_decode_config_properties():
     (dict(temperature=-1.0), "-1.0"),
     (dict(temperature=float("nan")), "nan"),
     (dict(seed=-1), "seed"),
+    (dict(gen_length=64.0), "gen_length must be an integer, got 64.0"),
+    (dict(steps=True), "steps must be an integer"),
 ])
 def test_decode_config_rejects_bad_values_naming_them(kwargs, named):
     with pytest.raises(tie_lite.ConfigError, match=named):
