@@ -15,10 +15,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -542,11 +544,14 @@ class StepEvent:
     committed_ids: np.ndarray  # (c,) int64 token ids written there
     confidence: np.ndarray     # (c,) float64 their probabilities
     tokens: np.ndarray         # (L,) int64 the canvas after the step (a copy)
+    gen_idx: np.ndarray        # (G,) int64 canvas positions of the generated region (shared, read-only)
     model: str                 # name of the model that decoded
     signals: Optional[AnswerSignals] = None  # answer-position signals before the commit (when tracking)
 
 
-OnStep = Callable[[StepEvent], Optional[bool]]  # return False to stop decoding
+# Called after every step with its StepEvent and, in an ensemble, after every relay with the Relay;
+# returning False stops decoding (None, the result of a plain function, continues).
+OnStep = Callable[["StepEvent | Relay"], Optional[bool]]
 
 
 @dataclass
@@ -635,7 +640,7 @@ def decode_step(model: Model, state: DecodeState, config: DecodeConfig, rng: np.
     state.block_step += 1
     state.steps += 1
     return StepEvent(state.steps, state.block, masked_idx[picked], proposed[picked], confidence[picked],
-                     state.tokens.copy(), model.name, signals)
+                     state.tokens.copy(), state.canvas.gen_idx, model.name, signals)
 
 
 def decode(model: Model, state: DecodeState, config: DecodeConfig, rng: np.random.Generator,
@@ -886,11 +891,15 @@ def step_hook(on_step: Optional[OnStep], stop: threading.Event) -> Callable:
     """Serialise the user's callback across worker threads; any False stops every model."""
     lock = threading.Lock()
 
-    def hook(event: StepEvent) -> Optional[bool]:
+    def hook(event) -> Optional[bool]:
         if on_step is not None:
             with lock:
-                if on_step(event) is False:
+                try:
+                    if on_step(event) is False:
+                        stop.set()
+                except BaseException:
                     stop.set()
+                    raise
         return False if stop.is_set() else None
 
     return hook
@@ -910,6 +919,11 @@ def run_intervals(runs: Sequence[Run], prompt: str, config: DecodeConfig, ensemb
             if stop.is_set() or any(is_finished(r.state, mid) for r, mid in zip(runs, mask_ids)):
                 break
             relays.append(relay(runs, prompt, config, ensemble, relays[-1] if relays else None))
+            if hook(relays[-1]) is False:
+                break
+    except BaseException:  # Ctrl-C or a raising callback: let the other workers stop after their step
+        stop.set()
+        raise
     finally:
         if pool:
             pool.shutdown()
@@ -941,8 +955,10 @@ def generate(models, prompt: str, config: DecodeConfig = DecodeConfig(),
              record_history: bool = False) -> GenerateResult:
     """Decode `prompt` with one Model, or ensemble a sequence of Models with TIE.
 
-    on_step(event) is called after every step of every model (serialised when the
-    models run in threads); returning False stops the decode.
+    on_step(event) is called after every step of every model with a StepEvent and
+    after every relay with a Relay (one call at a time, also when the models run in
+    threads); returning False stops the decode. An exception it raises stops every
+    model and propagates.
     """
     models = [models] if isinstance(models, Model) else list(models)
     if not models:
@@ -999,6 +1015,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     r.add_argument("--threads", type=int, default=None, help="onnxruntime threads in all (default: all cores)")
     r.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     r.add_argument("--history", action="store_true", help="with --json: include every step")
+    live = r.add_mutually_exclusive_group()
+    live.add_argument("--show", action="store_true", help="redraw the canvas on stderr as it is decoded")
+    live.add_argument("--stream", action="store_true", help="print a JSON line per step and relay on stdout")
     args = p.parse_args(argv)
     if args.history and not args.json:
         p.error("--history needs --json")
@@ -1071,6 +1090,67 @@ def trace_lines(result: GenerateResult) -> list[str]:
     return lines
 
 
+MASK_GLYPH = "_"  # how --show and --stream draw a still-masked position
+
+
+def partial_text(model: Model, tokens: np.ndarray, gen_idx: np.ndarray) -> str:
+    """The generated region as text, one MASK_GLYPH per still-masked position."""
+    pieces = []
+    for masked, run in itertools.groupby(tokens[gen_idx].tolist(), key=lambda t: t == model.manifest.mask_id):
+        run = list(run)
+        pieces.append(MASK_GLYPH * len(run) if masked else model.decode(np.array(run)))
+    return "".join(pieces)
+
+
+class LiveView:
+    """The CLI's on_step: JSON lines (--stream), a redrawn canvas (--show) or a progress line."""
+
+    def __init__(self, models: Sequence[Model], mode: str, out=None):
+        self.models = {m.name: m for m in reversed(models)}  # first model of a name wins
+        self.names = [m.name for m in models]
+        self.mode, self.out = mode, out or sys.stderr
+        self.texts = {name: "" for name in self.names}
+        self.leader, self.steps, self.start = None, 0, time.perf_counter()
+
+    def __call__(self, event) -> None:
+        if isinstance(event, Relay):
+            self.leader = self.names[event.leader]
+            if self.mode == "stream":
+                self._emit({"event": "relay", "steps": event.steps, "leader": self.leader,
+                            "scores": dict(zip(self.names, event.scores)), "changed": event.changed})
+            return
+        self.steps += 1
+        self.texts[event.model] = partial_text(self.models[event.model], event.tokens, event.gen_idx)
+        if self.mode == "stream":
+            self._emit({"event": "step", "model": event.model, "step": event.step, "block": event.block,
+                        "positions": event.committed_idx.tolist(), "ids": event.committed_ids.tolist(),
+                        "leader": self.leader, "text": self.texts[event.model]})
+        elif self.mode == "show":
+            lines = [f"{'*' if name == self.leader else ' '} {name}: {self.texts[name]}" for name in self.texts]
+            self.out.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
+            self.out.flush()
+        else:
+            rate = self.steps / max(time.perf_counter() - self.start, 1e-9)
+            self.out.write(f"\r{self.steps} steps, {rate:.1f} steps/s")
+            self.out.flush()
+
+    def close(self) -> None:
+        if self.mode == "progress" and self.steps:
+            self.out.write("\n")
+
+    def _emit(self, record: dict) -> None:
+        print(json.dumps(record, ensure_ascii=False), file=self.out, flush=True)
+
+
+def live_view(args: argparse.Namespace, models: Sequence[Model]) -> Optional[LiveView]:
+    """The view the options ask for; a progress line only when stderr is a terminal."""
+    if args.stream:
+        return LiveView(models, "stream", sys.stdout)
+    if args.show:
+        return LiveView(models, "show")
+    return LiveView(models, "progress") if sys.stderr.isatty() else None
+
+
 def _check_text(text: str, what: str) -> None:
     try:
         text.encode("utf-8")
@@ -1083,7 +1163,12 @@ def run_cli(args: argparse.Namespace) -> GenerateResult:
     ensemble = ensemble_config(args)
     models = load_models(model_dirs(args), args.provider, args.threads)
     config = decode_config(args, models[0].manifest)
-    return generate(models, args.prompt, config, ensemble, record_history=args.history)
+    view = live_view(args, models)
+    try:
+        return generate(models, args.prompt, config, ensemble, on_step=view, record_history=args.history)
+    finally:
+        if view:
+            view.close()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -1094,7 +1179,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("\ninterrupted", file=sys.stderr)
         return 130
     if args.trace and result.candidates:
         print("\n".join(trace_lines(result)), file=sys.stderr)
