@@ -53,3 +53,12 @@ def run_cli(*args: str, module: str | None = None, timeout: float = 120) -> subp
     cmd = [sys.executable, "-m", module] if module else [sys.executable, str(ROOT / "tie_lite.py")]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+
+
+def assert_one_line_error(result, message):
+    """Exit code 2, no traceback, and exactly one stderr line: "error: ...message..."."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and message in lines[0], lines[0]
