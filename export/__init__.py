@@ -51,6 +51,8 @@ def export_model(source: str | Path, out_dir: str | Path, *, top_k: int = DEFAUL
     if top_k < 2:
         raise ExportError(f"top_k must be >= 2, got {top_k}")
     out_dir = Path(out_dir)
+    if trust_remote_code:
+        log(remote_code_notice(source))
     log(f"loading {source}")
     config = _load(AutoConfig.from_pretrained, source, trust_remote_code)
     family = _family(config)
@@ -83,7 +85,19 @@ def _load(loader, source, trust_remote_code: bool, **kwargs):
     try:
         return loader(str(source), trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as exc:
+        if "trust_remote_code" in str(exc):
+            raise ExportError(f"{source} contains custom Python code; pass --trust-remote-code to run it "
+                              "(only for sources you trust)") from None
         raise ExportError(f"cannot load {source}: {str(exc).strip().splitlines()[0]}") from None
+
+
+def remote_code_notice(source) -> str:
+    """What --trust-remote-code will run, said before it runs."""
+    folder = Path(str(source))
+    if folder.is_dir():
+        files = sorted(p.name for p in folder.glob("*.py"))
+        return f"--trust-remote-code: running {', '.join(files) or 'no .py files'} from {folder}"
+    return f"--trust-remote-code: running the Python files of the Hub repository {source}"
 
 
 def _family(config):

@@ -91,3 +91,9 @@ def test_manifest_rejects_out_of_range_ids(tiny_bert):
 def test_manifest_round_trips(tiny_bert):
     data = json.loads((tiny_bert[1] / "tie_lite.json").read_text())
     assert tie_lite.Manifest.from_dict(data).to_dict() == data
+
+
+def test_runtime_reads_only_onnx_json_and_tokenizer_json():
+    source = (ROOT / "tie_lite.py").read_text()
+    for unsafe in ("pickle", "np.load(", "allow_pickle", "torch.load", "eval(", "exec("):
+        assert unsafe not in source, unsafe

@@ -81,3 +81,18 @@ def test_export_cli_missing_source(tmp_path):
 def test_roberta_max_length_excludes_its_position_offset(tiny_roberta):
     manifest = json.loads((tiny_roberta[1] / "tie_lite.json").read_text())
     assert manifest["family"] == "roberta" and manifest["max_length"] == 128
+
+
+def test_export_refuses_custom_code_without_trust_and_says_what_it_would_run(tmp_path):
+    source = tmp_path / "custom"
+    source.mkdir()
+    (source / "config.json").write_text(json.dumps({"model_type": "mything", "auto_map": {
+        "AutoConfig": "configuration_mything.MyConfig"}}))
+    (source / "configuration_mything.py").write_text("raise SystemExit('must not run')\n")
+    result = run_cli(str(source), str(tmp_path / "out"), module="export", timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "contains custom Python code; pass --trust-remote-code" in result.stderr
+
+    from export import remote_code_notice
+
+    assert remote_code_notice(source) == f"--trust-remote-code: running configuration_mything.py from {source}"
