@@ -59,7 +59,10 @@ class ModelError(TieLiteError):
 # config
 # ---------------------------------------------------------------------------
 
-STRATEGIES = ("schedule", "threshold", "topk")
+STRATEGIES = ("schedule", "threshold", "topk", "med", "dream")
+CONFIDENCES = ("top1", "margin", "entropy")
+STEPPED = ("schedule", "dream")            # strategies whose step count is set by `steps`
+COUNTED = ("schedule", "topk", "dream")    # strategies that commit a number of positions a step
 DECODE_OPTIONS = ("gen_length", "answer_length", "block_size")  # lengths a manifest may recommend
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -75,6 +78,14 @@ class DecodeConfig:
     strategy: str = "schedule"     # schedule (LLaDA low-confidence), threshold (commit p > threshold), topk
     threshold: float = 0.9         # strategy "threshold": commit every masked position above it (>= 1 a step)
     tokens_per_step: int = 2       # strategy "topk": commit this many highest-confidence positions a step
+    entropy_budget: float = 1.0    # strategy "med": commit the lowest-entropy positions while their summed
+                                   # entropy (nats) stays within this budget (>= 1 a step)
+    eps: float = 1e-3              # strategy "dream": the schedule's last timestep, linspace(1, eps, steps + 1)
+    confidence: str = "top1"       # ranks positions: top1 (LLaDA low-confidence, Dream maskgit_plus),
+                                   # margin (p1 - p2, Dream topk_margin), entropy (-H, Dream entropy)
+    alg_temp: float = 0.0          # > 0: draw the positions from softmax(confidence / alg_temp) (Dream)
+    eos_gamma: Optional[tuple] = None  # EOSER (g_min, g_max): EOS proposals' confidence scaled from g_min
+                                   # at a block's first step up to g_max (seed 004; their default (0.4, 1.0))
     temperature: float = 0.0       # 0 = greedy; > 0 = Gumbel-max sampling from softmax(logits / T)
     seed: int = 0                  # seeds the sampler's np.random.Generator (used when temperature > 0)
 
@@ -96,13 +107,32 @@ class DecodeConfig:
         _require(np.isfinite(self.temperature) and self.temperature >= 0,
                  f"temperature must be a finite number >= 0, got {self.temperature}")
         _require(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        self._check_ranking()
+
+    def _check_ranking(self):
+        _require(self.confidence in CONFIDENCES,
+                 f"confidence must be one of {CONFIDENCES}, got {self.confidence!r}")
+        _require(np.isfinite(self.entropy_budget) and self.entropy_budget > 0,
+                 f"entropy_budget must be a positive number, got {self.entropy_budget}")
+        _require(0 < self.eps < 1, f"eps must be in (0, 1), got {self.eps}")
+        _require(np.isfinite(self.alg_temp) and self.alg_temp >= 0,
+                 f"alg_temp must be a finite number >= 0, got {self.alg_temp}")
+        _require(self.alg_temp == 0 or self.strategy in COUNTED,
+                 f"alg_temp applies to strategies {COUNTED}, not {self.strategy!r}")
+        if self.eos_gamma is not None:
+            ok = (isinstance(self.eos_gamma, (tuple, list)) and len(self.eos_gamma) == 2
+                  and all(isinstance(g, (int, float)) and 0 < g <= 1 for g in self.eos_gamma))
+            _require(ok and self.eos_gamma[0] <= self.eos_gamma[1],
+                     f"eos_gamma must be (g_min, g_max) with 0 < g_min <= g_max <= 1, got {self.eos_gamma!r}")
+            _require(self.confidence == "top1", f"eos_gamma (EOSER) scales top1 confidence, not "
+                                                f"{self.confidence!r}")
 
     def _check_steps(self):
         if self.steps is None:
             return
         _require_ints(self, ("steps",))
-        _require(self.strategy == "schedule",
-                 f"steps applies only to strategy 'schedule', not {self.strategy!r}")
+        _require(self.strategy in STEPPED,
+                 f"steps applies only to strategies {STEPPED}, not {self.strategy!r}")
         _require(self.steps > 0, f"steps must be positive, got {self.steps}")
         _require(self.steps <= self.gen_length,
                  f"steps {self.steps} exceeds gen_length {self.gen_length} (a step commits at least one token)")
@@ -188,6 +218,51 @@ def transfer_schedule(mask_count: int, steps: int) -> np.ndarray:
 def pick_by_confidence(confidence: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k highest confidences; ties go to the lower index."""
     return np.argsort(-confidence, kind="stable")[:k]
+
+
+def pick_within_entropy_budget(entropy: np.ndarray, budget: float) -> np.ndarray:
+    """MED: the lowest-entropy indices whose summed entropy stays <= budget; at least the lowest one."""
+    order = np.argsort(entropy, kind="stable")
+    within = int(np.count_nonzero(np.cumsum(entropy[order]) <= budget))
+    return order[: max(within, 1)]
+
+
+def dream_count(masked: int, step: int, steps: int, eps: float) -> int:
+    """Dream's count at step `step` of `steps`: int(masked * (1 - s / t)), all the rest at the last step.
+
+    t, s are consecutive points of linspace(1, eps, steps + 1), in float32 as Dream computes them.
+    """
+    if step >= steps - 1:
+        return masked
+    timesteps = np.linspace(1, eps, steps + 1, dtype=np.float32)
+    t, s = timesteps[step], timesteps[step + 1]
+    return int(np.float32(masked) * (np.float32(1) - s / t))
+
+
+def eoser_factor(step: int, total_steps: int, g_min: float, g_max: float) -> float:
+    """EOSER's scale for EOS proposals: g_min + (g_max - g_min) * min(step, S - 1) / (S - 1).
+
+    As the reference code (yjyddq/EOSER-ASS-RL, eval/generate.py) calls it, `step` is the
+    step inside the current block and S the total steps.
+    """
+    if total_steps <= 1:
+        return g_max
+    return g_min + (g_max - g_min) * min(max(step, 0), total_steps - 1) / (total_steps - 1)
+
+
+def sample_positions(confidence: np.ndarray, k: int, alg_temp: float, rng: np.random.Generator) -> np.ndarray:
+    """k indices drawn without replacement from softmax(confidence / alg_temp) (Dream's alg_temp)."""
+    probs = softmax(confidence / alg_temp)
+    return rng.choice(confidence.size, size=k, replace=False, p=probs)
+
+
+def confidence_of(kind: str, proposed_prob: np.ndarray, top_probs: np.ndarray, entropy: np.ndarray) -> np.ndarray:
+    """Per-position confidence (c,) float64, higher = more confident: top1, margin or -entropy."""
+    if kind == "top1":
+        return proposed_prob.astype(np.float64)
+    if kind == "margin":
+        return (top_probs[:, 0] - top_probs[:, 1]).astype(np.float64)
+    return -entropy.astype(np.float64)
 
 
 def pick_above_threshold(confidence: np.ndarray, threshold: float) -> np.ndarray:
@@ -592,22 +667,45 @@ def is_finished(state: DecodeState, mask_id: int) -> bool:
     return not bool(np.any(state.tokens[state.canvas.gen_idx] == mask_id))
 
 
-def commit_count(state: DecodeState, config: DecodeConfig, candidates: int) -> Optional[int]:
-    """How many positions this step commits; None means 'by threshold'."""
+def commit_count(state: DecodeState, config: DecodeConfig, masked: int) -> int:
+    """How many of the block's `masked` positions a counted strategy commits this step."""
     if config.strategy == "schedule":
         return int(state.schedule[state.block_step])
     if config.strategy == "topk":
-        return min(config.tokens_per_step, candidates)
-    return None
+        return min(config.tokens_per_step, masked)
+    return dream_count(masked, state.block_step, config.steps_per_block, config.eps)
+
+
+def choose_positions(state: DecodeState, config: DecodeConfig, confidence: np.ndarray, entropy: np.ndarray,
+                     rng: np.random.Generator) -> np.ndarray:
+    """Indices (into the block's masked positions) to commit this step."""
+    if config.strategy == "threshold":
+        return pick_above_threshold(confidence, config.threshold)
+    if config.strategy == "med":
+        return pick_within_entropy_budget(entropy, config.entropy_budget)
+    count = commit_count(state, config, confidence.size)
+    if config.alg_temp > 0 and count > 0:
+        return sample_positions(confidence, count, config.alg_temp, rng)
+    return pick_by_confidence(confidence, count)
 
 
 def propose(stats: Stats, config: DecodeConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Proposed token ids (c,) and their confidences (c,) from the statistics at the masked positions."""
+    """Proposed token ids (c,) and their probabilities (c,) under softmax(logits), at the masked positions."""
     if config.temperature == 0:
         return stats.top_ids[:, 0].astype(np.int64), stats.top_probs[:, 0].astype(np.float64)
     proposed = gumbel_argmax(stats.logits, config.temperature, rng)  # (c,)
     probs = softmax(stats.logits)  # (c, V) float64
     return proposed.astype(np.int64), probs[np.arange(proposed.size), proposed]
+
+
+def rank_proposals(state: DecodeState, config: DecodeConfig, stats: Stats, proposed: np.ndarray,
+                   proposed_prob: np.ndarray, eos_id: int) -> np.ndarray:
+    """Confidence (c,) of each proposal, with EOSER's scaling of EOS proposals when asked for."""
+    confidence = confidence_of(config.confidence, proposed_prob, stats.top_probs, stats.entropy)
+    if config.eos_gamma is not None:
+        factor = eoser_factor(state.block_step, config.steps or config.gen_length, *config.eos_gamma)
+        confidence = np.where(proposed == eos_id, confidence * factor, confidence)
+    return confidence
 
 
 def track_answer(model: Model, tokens: np.ndarray, answer_idx: np.ndarray, stats: Stats,
@@ -632,14 +730,14 @@ def decode_step(model: Model, state: DecodeState, config: DecodeConfig, rng: np.
                         with_logits=config.temperature > 0)
     signals = (track_answer(model, state.tokens, answer_idx, stats.take(slice(masked_idx.size, None)), first_k)
                if track else None)
-    proposed, confidence = propose(stats.take(slice(0, masked_idx.size)), config, rng)
-    count = commit_count(state, config, masked_idx.size)
-    picked = (pick_above_threshold(confidence, config.threshold) if count is None
-              else pick_by_confidence(confidence, count))
+    block_stats = stats.take(slice(0, masked_idx.size))
+    proposed, proposed_prob = propose(block_stats, config, rng)
+    confidence = rank_proposals(state, config, block_stats, proposed, proposed_prob, model.manifest.eos_id)
+    picked = choose_positions(state, config, confidence, block_stats.entropy.astype(np.float64), rng)
     state.tokens[masked_idx[picked]] = proposed[picked]
     state.block_step += 1
     state.steps += 1
-    return StepEvent(state.steps, state.block, masked_idx[picked], proposed[picked], confidence[picked],
+    return StepEvent(state.steps, state.block, masked_idx[picked], proposed[picked], proposed_prob[picked],
                      state.tokens.copy(), state.canvas.gen_idx, model.name, signals)
 
 
@@ -996,9 +1094,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help=f"> 0: reasoning-as-infilling, answer positions after the marker ({d.answer_length})")
     g.add_argument("--block-size", type=int, help=f"semi-autoregressive block size ({d.block_size})")
     g.add_argument("--steps", type=int, default=d.steps, help="total steps (strategy schedule); default gen length")
-    g.add_argument("--strategy", choices=STRATEGIES, default=d.strategy, help="how many positions a step commits")
+    g.add_argument("--strategy", choices=STRATEGIES, default=d.strategy,
+                   help="how many positions a step commits: schedule (LLaDA), threshold, topk, med (entropy "
+                        "budget), dream (Dream's eps-linear schedule)")
     g.add_argument("--threshold", type=float, default=d.threshold, help="strategy threshold: confidence bar")
     g.add_argument("--tokens-per-step", type=int, default=d.tokens_per_step, help="strategy topk: commits a step")
+    g.add_argument("--entropy-budget", type=float, default=d.entropy_budget,
+                   help="strategy med: summed entropy (nats) a step may commit")
+    g.add_argument("--eps", type=float, default=d.eps, help="strategy dream: last timestep of the schedule")
+    g.add_argument("--confidence", choices=CONFIDENCES, default=d.confidence, help="how positions are ranked")
+    g.add_argument("--alg-temp", type=float, default=d.alg_temp, help="> 0: sample positions by confidence")
+    g.add_argument("--eos-gamma", type=float, nargs=2, metavar=("G_MIN", "G_MAX"), default=d.eos_gamma,
+                   help="EOSER: scale EOS proposals' confidence from G_MIN up to G_MAX (e.g. 0.4 1.0)")
     g.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy")
     g.add_argument("--seed", type=int, default=d.seed, help="sampling seed")
     t = p.add_argument_group("ensembling (TIE)")
@@ -1056,6 +1163,8 @@ def decode_config(args: argparse.Namespace, manifest: Manifest) -> DecodeConfig:
                for k in DECODE_OPTIONS}
     return DecodeConfig(**{k: v for k, v in lengths.items() if v is not None}, steps=args.steps,
                         strategy=args.strategy, threshold=args.threshold, tokens_per_step=args.tokens_per_step,
+                        entropy_budget=args.entropy_budget, eps=args.eps, confidence=args.confidence,
+                        alg_temp=args.alg_temp, eos_gamma=tuple(args.eos_gamma) if args.eos_gamma else None,
                         temperature=args.temperature, seed=args.seed)
 
 

@@ -13,7 +13,8 @@ import torch
 def reference_decode(model, tokenizer, prompt: str, *, gen_length: int, block_size: int,
                      steps: int | None = None, answer_length: int = 0, marker: str = "Answer:",
                      strategy: str = "schedule", threshold: float = 0.9, tokens_per_step: int = 2,
-                     vocab_size: int | None = None) -> tuple[list[int], int]:
+                     vocab_size: int | None = None, confidence: str = "top1", entropy_budget: float = 1.0,
+                     eps: float = 1e-3, eos_gamma: tuple | None = None) -> tuple[list[int], int]:
     """Greedy decode; returns (the canvas after the prompt, number of forward passes)."""
     mask_id = tokenizer.mask_token_id
     prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
@@ -40,12 +41,33 @@ def reference_decode(model, tokenizer, prompt: str, *, gen_length: int, block_si
                 logits[:, vocab_size:] = float("-inf")
             probs = torch.softmax(logits.float(), dim=-1)
             x0 = probs.argmax(-1)
-            conf = probs.max(-1).values[masked]
+            top2 = probs.topk(2, dim=-1).values[masked]
+            entropy = -(probs * torch.log_softmax(logits.float(), dim=-1)).nan_to_num().sum(-1)[masked]
+            conf = {"top1": top2[:, 0], "margin": top2[:, 0] - top2[:, 1], "entropy": -entropy}[confidence]
+            if eos_gamma is not None:  # EOSER, as the reference code: block step over total steps
+                total = steps or gen_length
+                fac = eos_gamma[0] + (eos_gamma[1] - eos_gamma[0]) * min(step, total - 1) / (total - 1)
+                conf = torch.where(x0[masked] == tokenizer.eos_token_id, conf * fac, conf)
             order = sorted(range(len(masked)), key=lambda i: (-float(conf[i]), int(masked[i])))
             if strategy == "schedule":
                 chosen = order[:counts[step]]
             elif strategy == "topk":
                 chosen = order[:tokens_per_step]
+            elif strategy == "med":
+                by_entropy = sorted(range(len(masked)), key=lambda i: (float(entropy[i]), int(masked[i])))
+                total_h, chosen = 0.0, []
+                for i in by_entropy:
+                    total_h += float(entropy[i])
+                    if total_h > entropy_budget:
+                        break
+                    chosen.append(i)
+                chosen = chosen or by_entropy[:1]
+            elif strategy == "dream":  # Dream: linspace(1, eps, n + 1), int(masked * (1 - s / t))
+                timesteps = torch.linspace(1, eps, steps_per_block + 1)
+                t, s = timesteps[step], timesteps[step + 1]
+                n_now = len(masked)
+                k = n_now if step == steps_per_block - 1 else int(n_now * (1 - s / t))
+                chosen = order[:k]
             else:
                 chosen = [i for i in order if float(conf[i]) > threshold] or order[:1]
             for i in chosen:

@@ -95,3 +95,79 @@ def test_decode_config_properties():
 def test_decode_config_rejects_bad_values_naming_them(kwargs, named):
     with pytest.raises(tie_lite.ConfigError, match=named):
         DecodeConfig(**kwargs)
+
+
+# --- the seeds' other decoders --------------------------------------------------------------------
+
+def test_med_commits_the_lowest_entropy_prefix_within_budget():
+    entropy = np.array([0.5, 0.1, 2.0, 0.3])
+    assert tie_lite.pick_within_entropy_budget(entropy, 0.5).tolist() == [1, 3]   # 0.1 + 0.3 <= 0.5 < 0.9
+    assert tie_lite.pick_within_entropy_budget(entropy, 0.05).tolist() == [1]     # always at least one
+    assert tie_lite.pick_within_entropy_budget(entropy, 10.0).tolist() == [1, 3, 0, 2]
+
+
+@pytest.mark.parametrize("masked,steps,eps", [(16, 16, 1e-3), (32, 8, 1e-3), (7, 5, 0.05), (64, 64, 1e-3)])
+def test_dream_count_matches_dreams_float32_schedule(masked, steps, eps):
+    import torch
+
+    timesteps = torch.linspace(1, eps, steps + 1)
+    remaining, ours, theirs = masked, [], []
+    for i in range(steps):
+        k = tie_lite.dream_count(remaining, i, steps, eps)
+        t, s = timesteps[i], timesteps[i + 1]
+        expected = int(remaining * (1 - s / t)) if i < steps - 1 else remaining
+        ours.append(k), theirs.append(expected)
+        remaining -= k
+    assert ours == theirs and remaining == 0
+
+
+def test_eoser_factor_follows_the_reference_formula():
+    assert tie_lite.eoser_factor(0, 64, 0.4, 1.0) == pytest.approx(0.4)
+    assert tie_lite.eoser_factor(31, 64, 0.4, 1.0) == pytest.approx(0.4 + 0.6 * 31 / 63)
+    assert tie_lite.eoser_factor(63, 64, 0.4, 1.0) == pytest.approx(1.0)
+    assert tie_lite.eoser_factor(500, 64, 0.4, 1.0) == pytest.approx(1.0)  # clamped at S - 1
+    assert tie_lite.eoser_factor(0, 1, 0.4, 1.0) == 1.0
+
+
+def test_eoser_demotes_an_eos_proposal():
+    config = DecodeConfig(gen_length=64, eos_gamma=(0.4, 1.0))
+    state = tie_lite.DecodeState(canvas=None, block_step=0)
+    stats = tie_lite.Stats(np.array([[3, 5], [7, 5]]), np.array([[0.9, 0.05], [0.5, 0.3]]), np.array([0.4, 1.2]),
+                           None)
+    confidence = tie_lite.rank_proposals(state, config, stats, np.array([3, 7]), np.array([0.9, 0.5]), eos_id=3)
+    assert confidence.tolist() == pytest.approx([0.36, 0.5])
+    assert tie_lite.pick_by_confidence(confidence, 1).tolist() == [1]
+
+
+def test_confidence_kinds():
+    top_probs = np.array([[0.6, 0.3], [0.5, 0.1]])
+    entropy = np.array([0.9, 1.1])
+    proposed = np.array([0.6, 0.5])
+    assert tie_lite.confidence_of("top1", proposed, top_probs, entropy).tolist() == [0.6, 0.5]
+    assert tie_lite.confidence_of("margin", proposed, top_probs, entropy) == pytest.approx([0.3, 0.4])
+    assert tie_lite.confidence_of("entropy", proposed, top_probs, entropy) == pytest.approx([-0.9, -1.1])
+
+
+def test_sample_positions_draws_distinct_indices_by_confidence():
+    rng = np.random.default_rng(0)
+    confidence = np.array([0.9, 0.1, 0.5, 0.2])
+    picks = tie_lite.sample_positions(confidence, 3, 1.0, rng)
+    assert len(set(picks.tolist())) == 3
+    cold = [tie_lite.sample_positions(confidence, 1, 0.01, rng)[0] for _ in range(50)]
+    assert set(cold) == {0}  # a cold alg_temp is top-k
+
+
+@pytest.mark.parametrize("kwargs,named", [
+    (dict(confidence="vibes"), "vibes"),
+    (dict(entropy_budget=0.0), "entropy_budget"),
+    (dict(eps=1.0), "eps must be in"),
+    (dict(alg_temp=-1.0), "alg_temp"),
+    (dict(alg_temp=0.5, strategy="threshold"), "alg_temp applies"),
+    (dict(eos_gamma=(0.9, 0.4)), "eos_gamma"),
+    (dict(eos_gamma=(0.4,)), "eos_gamma"),
+    (dict(eos_gamma=(0.4, 1.0), confidence="margin"), "EOSER"),
+    (dict(steps=16, strategy="med"), "steps applies only"),
+])
+def test_decoder_options_reject_bad_values(kwargs, named):
+    with pytest.raises(tie_lite.ConfigError, match=named):
+        DecodeConfig(**kwargs)

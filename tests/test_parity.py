@@ -25,6 +25,18 @@ SETTINGS = [
     (32, 16, None, 16, "threshold", 0.25, 2),  # threshold, infilling
 ]
 
+# (gen_length, block_size, steps, answer_length, strategy, extra DecodeConfig / reference options)
+DECODERS = [
+    (32, 16, None, 0, "med", dict(entropy_budget=6.0)),
+    (32, 16, None, 16, "med", dict(entropy_budget=4.0)),
+    (32, 16, 16, 0, "dream", dict(eps=1e-3)),
+    (48, 16, 24, 16, "dream", dict(eps=0.05)),
+    (32, 8, None, 0, "schedule", dict(confidence="margin")),
+    (32, 8, 16, 0, "schedule", dict(confidence="entropy")),
+    (32, 16, None, 0, "schedule", dict(eos_gamma=(0.4, 1.0))),
+    (32, 16, 16, 16, "schedule", dict(eos_gamma=(0.01, 1.0))),
+]
+
 
 def _cases():
     for arch in ("tiny_bert", "tiny_modernbert"):
@@ -66,3 +78,20 @@ def test_greedy_decode_matches_pytorch(torch_models, arch, prompt, setting):
 
 def test_parity_covers_at_least_twenty_combinations():
     assert len(list(_cases())) >= 20
+
+
+@pytest.mark.parametrize("arch", ["tiny_bert", "tiny_modernbert"])
+@pytest.mark.parametrize("setting", DECODERS, ids=[f"{d[4]}-{i}" for i, d in enumerate(DECODERS)])
+def test_other_decoders_match_pytorch(torch_models, arch, setting):
+    gen_length, block_size, steps, answer_length, strategy, extra = setting
+    hf_model, hf_tok, model = torch_models[arch]
+    config = tie_lite.DecodeConfig(gen_length=gen_length, block_size=block_size, steps=steps,
+                                   answer_length=answer_length, strategy=strategy, **extra)
+    expected, forwards = reference_decode(
+        hf_model, hf_tok, PROMPTS[0], gen_length=gen_length, block_size=block_size, steps=steps,
+        answer_length=answer_length, marker=model.manifest.answer_marker, strategy=strategy,
+        vocab_size=model.manifest.vocab_size, **extra)
+    state = tie_lite.DecodeState(tie_lite.build_canvas(model, PROMPTS[0], config))
+    tie_lite.decode(model, state, config, np.random.default_rng(0))
+    assert state.tokens[state.canvas.prompt_length:].tolist() == expected
+    assert state.steps == forwards

@@ -239,3 +239,16 @@ def test_cross_tokenizer_ensemble_completes(bert, char, score):
     assert len(result.candidates) == 2 and len(result.relays) == 2
     assert all(c.steps >= 48 - 16 for c in result.candidates)
     assert all(isinstance(c.answer, str) for c in result.candidates)
+
+
+@pytest.mark.parametrize("extra", [dict(strategy="threshold", threshold=0.3), dict(strategy="topk"),
+                                   dict(strategy="med", entropy_budget=5.0), dict(strategy="dream", steps=24),
+                                   dict(eos_gamma=(0.4, 1.0))])
+def test_tie_composes_with_every_decoder(bert, modernbert, extra):
+    config = DecodeConfig(gen_length=48, answer_length=16, block_size=16, **extra)
+    result = tie_lite.generate([bert, modernbert], PROMPT, config, EnsembleConfig(interval=4))
+    assert not result.stopped and len(result.relays) >= 1
+    for c in result.candidates:
+        assert isinstance(c.answer, str)
+    final = result.candidates[result.chosen]
+    assert final.tokens.tolist() == result.tokens.tolist()
