@@ -59,10 +59,10 @@ class ModelError(TieLiteError):
 # config
 # ---------------------------------------------------------------------------
 
-STRATEGIES = ("schedule", "threshold", "topk", "med", "dream")
+STRATEGIES = ("schedule", "threshold", "topk", "med", "dream", "ass")
 CONFIDENCES = ("top1", "margin", "entropy")
-STEPPED = ("schedule", "dream")            # strategies whose step count is set by `steps`
-COUNTED = ("schedule", "topk", "dream")    # strategies that commit a number of positions a step
+STEPPED = ("schedule", "dream", "ass")     # strategies whose step count is set by `steps`
+COUNTED = ("schedule", "topk", "dream", "ass")  # strategies that commit a number of positions a step
 DECODE_OPTIONS = ("gen_length", "answer_length", "block_size")  # lengths a manifest may recommend
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -81,6 +81,7 @@ class DecodeConfig:
     entropy_budget: float = 1.0    # strategy "med": commit the lowest-entropy positions while their summed
                                    # entropy (nats) stays within this budget (>= 1 a step)
     eps: float = 1e-3              # strategy "dream": the schedule's last timestep, linspace(1, eps, steps + 1)
+    ass_blocks: int = 1            # strategy "ass": number of blocks of the ascending-step-size layout
     confidence: str = "top1"       # ranks positions: top1 (LLaDA low-confidence, Dream maskgit_plus),
                                    # margin (p1 - p2, Dream topk_margin), entropy (-H, Dream entropy)
     alg_temp: float = 0.0          # > 0: draw the positions from softmax(confidence / alg_temp) (Dream)
@@ -97,10 +98,12 @@ class DecodeConfig:
                  f"gen_length {self.gen_length} is not divisible by block_size {self.block_size}")
         _require(0 <= self.answer_length < self.gen_length,
                  f"answer_length must be in [0, gen_length={self.gen_length}), got {self.answer_length}")
-        _require(self.answer_length % self.block_size == 0,
-                 f"answer_length {self.answer_length} is not divisible by block_size {self.block_size}"
-                 " (a block may not hold both reasoning and answer positions)")
         _require(self.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.strategy == "ass":
+            self._check_ass()
+        _require(self.gen_length - self.answer_length in self.block_bounds,
+                 f"answer_length {self.answer_length} does not start on a block boundary "
+                 "(a block may not hold both reasoning and answer positions)")
         self._check_steps()
         _require(0.0 < self.threshold < 1.0, f"threshold must be in (0, 1), got {self.threshold}")
         _require(self.tokens_per_step > 0, f"tokens_per_step must be positive, got {self.tokens_per_step}")
@@ -127,8 +130,27 @@ class DecodeConfig:
             _require(self.confidence == "top1", f"eos_gamma (EOSER) scales top1 confidence, not "
                                                 f"{self.confidence!r}")
 
+    def _check_ass(self):
+        _require(self.gen_length >= 2 and self.gen_length & (self.gen_length - 1) == 0,
+                 f"strategy 'ass' needs gen_length a power of two, got {self.gen_length}")
+        power = self.gen_length.bit_length() - 1
+        _require_ints(self, ("ass_blocks",))
+        _require(1 <= self.ass_blocks <= power, f"ass_blocks must be in [1, {power}], got {self.ass_blocks}")
+        _require(self.block_size == self.gen_length, "strategy 'ass' lays out its own blocks (ass_blocks): "
+                                                     f"set block_size = gen_length, got {self.block_size}")
+        _require(self.steps in (None, power), f"strategy 'ass' takes log2(gen_length) = {power} steps, "
+                                              f"got {self.steps}")
+
+    @property
+    def block_bounds(self) -> tuple:
+        """Offsets into the generated masks where blocks start, and the end: (0, ..., gen_length)."""
+        if self.strategy == "ass":
+            sizes, _ = ass_layout(self.gen_length, self.ass_blocks)
+            return tuple(int(b) for b in np.concatenate([[0], np.cumsum(sizes)]))
+        return tuple(range(0, self.gen_length + 1, self.block_size))
+
     def _check_steps(self):
-        if self.steps is None:
+        if self.steps is None or self.strategy == "ass":
             return
         _require_ints(self, ("steps",))
         _require(self.strategy in STEPPED,
@@ -141,7 +163,7 @@ class DecodeConfig:
 
     @property
     def num_blocks(self) -> int:
-        return self.gen_length // self.block_size
+        return len(self.block_bounds) - 1
 
     @property
     def steps_per_block(self) -> int:
@@ -237,6 +259,35 @@ def dream_count(masked: int, step: int, steps: int, eps: float) -> int:
     timesteps = np.linspace(1, eps, steps + 1, dtype=np.float32)
     t, s = timesteps[step], timesteps[step + 1]
     return int(np.float32(masked) * (np.float32(1) - s / t))
+
+
+def ass_layout(gen_length: int, blocks: int) -> tuple[list, list]:
+    """Ascending step size (seed 004): block sizes and each block's global step indices.
+
+    As the reference code (yjyddq/EOSER-ASS-RL, `ass_generate`) lays them out for
+    gen_length = 2^S: the last block holds 2^(S-1) + 1 positions decoded in step S-1,
+    the blocks before it 2^(S-2), 2^(S-3), ... in one step each, and the first block the
+    rest, decoded in steps 0, 1, ... (2^i positions at step i). One block: all S steps.
+    """
+    power = gen_length.bit_length() - 1
+    if blocks == 1:
+        return [gen_length], [list(range(power))]
+    sizes, steps, top = [2 ** (power - 1) + 1 + gen_length - 2 ** power], [[power - 1]], power - 2
+    for _ in range(blocks - 2):
+        sizes.insert(0, 2 ** top)
+        steps.insert(0, [top])
+        top -= 1
+    sizes.insert(0, gen_length - sum(sizes))
+    steps.insert(0, list(range(top + 1)))
+    return sizes, steps
+
+
+def ass_counts(gen_length: int, sizes: Sequence[int]) -> np.ndarray:
+    """Positions committed at each of the S steps: 2^i, the last step the remainder (reference code)."""
+    power = gen_length.bit_length() - 1
+    counts = 2 ** np.arange(power, dtype=np.int64)  # (S,)
+    counts[-1] = sizes[-1] - (2 ** (power - 1) - 1) if len(sizes) == 1 else sizes[-1]
+    return counts
 
 
 def eoser_factor(step: int, total_steps: int, g_min: float, g_max: float) -> float:
@@ -646,8 +697,8 @@ class DecodeState:
 
 def block_masked_idx(state: DecodeState, config: DecodeConfig, mask_id: int) -> np.ndarray:
     """Still-masked canvas positions (c,) of the current block."""
-    start = state.block * config.block_size
-    block_idx = state.canvas.gen_idx[start: start + config.block_size]
+    bounds = config.block_bounds
+    block_idx = state.canvas.gen_idx[bounds[state.block]: bounds[state.block + 1]]
     return block_idx[state.tokens[block_idx] == mask_id]
 
 
@@ -657,10 +708,18 @@ def advance_block(state: DecodeState, config: DecodeConfig, mask_id: int) -> np.
         masked_idx = block_masked_idx(state, config, mask_id)
         if masked_idx.size:
             if state.schedule is None:
-                state.schedule = transfer_schedule(masked_idx.size, config.steps_per_block)
+                state.schedule = block_schedule(config, state.block, masked_idx.size)
             return masked_idx
         state.block, state.block_step, state.schedule = state.block + 1, 0, None
     return np.zeros(0, np.int64)
+
+
+def block_schedule(config: DecodeConfig, block: int, masked: int) -> np.ndarray:
+    """Commits per step (n,) for a block entered with `masked` masks (strategies schedule and ass)."""
+    if config.strategy == "ass":
+        sizes, steps = ass_layout(config.gen_length, config.ass_blocks)
+        return ass_counts(config.gen_length, sizes)[steps[block]]
+    return transfer_schedule(masked, config.steps_per_block)
 
 
 def is_finished(state: DecodeState, mask_id: int) -> bool:
@@ -669,8 +728,8 @@ def is_finished(state: DecodeState, mask_id: int) -> bool:
 
 def commit_count(state: DecodeState, config: DecodeConfig, masked: int) -> int:
     """How many of the block's `masked` positions a counted strategy commits this step."""
-    if config.strategy == "schedule":
-        return int(state.schedule[state.block_step])
+    if config.strategy in ("schedule", "ass"):
+        return min(int(state.schedule[state.block_step]), masked)
     if config.strategy == "topk":
         return min(config.tokens_per_step, masked)
     return dream_count(masked, state.block_step, config.steps_per_block, config.eps)
@@ -1102,6 +1161,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     g.add_argument("--entropy-budget", type=float, default=d.entropy_budget,
                    help="strategy med: summed entropy (nats) a step may commit")
     g.add_argument("--eps", type=float, default=d.eps, help="strategy dream: last timestep of the schedule")
+    g.add_argument("--ass-blocks", type=int, default=d.ass_blocks, help="strategy ass: number of blocks")
     g.add_argument("--confidence", choices=CONFIDENCES, default=d.confidence, help="how positions are ranked")
     g.add_argument("--alg-temp", type=float, default=d.alg_temp, help="> 0: sample positions by confidence")
     g.add_argument("--eos-gamma", type=float, nargs=2, metavar=("G_MIN", "G_MAX"), default=d.eos_gamma,
@@ -1161,9 +1221,12 @@ def decode_config(args: argparse.Namespace, manifest: Manifest) -> DecodeConfig:
     """DecodeConfig from the options; unset lengths come from the manifest's recommendation."""
     lengths = {k: getattr(args, k) if getattr(args, k) is not None else manifest.decode_defaults.get(k)
                for k in DECODE_OPTIONS}
+    if args.strategy == "ass" and args.block_size is None:  # ASS lays out its own blocks
+        lengths["block_size"] = lengths["gen_length"] or DecodeConfig.gen_length
     return DecodeConfig(**{k: v for k, v in lengths.items() if v is not None}, steps=args.steps,
                         strategy=args.strategy, threshold=args.threshold, tokens_per_step=args.tokens_per_step,
-                        entropy_budget=args.entropy_budget, eps=args.eps, confidence=args.confidence,
+                        entropy_budget=args.entropy_budget, eps=args.eps, ass_blocks=args.ass_blocks,
+                        confidence=args.confidence,
                         alg_temp=args.alg_temp, eos_gamma=tuple(args.eos_gamma) if args.eos_gamma else None,
                         temperature=args.temperature, seed=args.seed)
 

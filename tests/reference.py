@@ -74,3 +74,47 @@ def reference_decode(model, tokenizer, prompt: str, *, gen_length: int, block_si
                 x[masked[i]] = x0[masked[i]]
             step += 1
     return x[p:].tolist(), forwards
+
+
+def reference_ass_decode(model, tokenizer, prompt: str, *, gen_length: int, block_num: int,
+                         vocab_size: int | None = None) -> tuple[list[int], int]:
+    """Ascending step size, transcribing the layout of ass_generate in yjyddq/EOSER-ASS-RL by hand."""
+    mask_id = tokenizer.mask_token_id
+    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+    x = torch.tensor(prompt_ids + [mask_id] * gen_length)
+    S = gen_length.bit_length() - 1
+    if block_num == 1:
+        sizes, steps = [gen_length], [list(range(S))]
+    else:
+        sizes, steps, remaining, power = [], [], gen_length, S - 1
+        for b in range(block_num - 1, -1, -1):
+            if b == block_num - 1:
+                size, st = 2 ** power + 1, [power]
+                power -= 1
+            elif b == 0:
+                size, st = remaining, list(range(power + 1))
+            else:
+                size, st = 2 ** power, [power]
+                power -= 1
+            remaining -= size
+            sizes.insert(0, size)
+            steps.insert(0, st)
+    counts = [2 ** i for i in range(S)]
+    counts[-1] = sizes[-1] - (2 ** (S - 1) - 1) if len(sizes) == 1 else sizes[-1]
+    start, forwards = len(prompt_ids), 0
+    for size, st in zip(sizes, steps):
+        for i in st:
+            with torch.no_grad():
+                logits = model(input_ids=x[None], attention_mask=torch.ones(1, len(x), dtype=torch.long)).logits[0]
+            forwards += 1
+            logits[:, mask_id] = float("-inf")
+            if vocab_size is not None:
+                logits[:, vocab_size:] = float("-inf")
+            probs = torch.softmax(logits.float(), dim=-1)
+            conf, x0 = probs.max(-1)
+            masked = [p for p in range(start, start + size) if int(x[p]) == mask_id]
+            order = sorted(masked, key=lambda p: (-float(conf[p]), p))
+            for p in order[:counts[i]]:
+                x[p] = x0[p]
+        start += size
+    return x[len(prompt_ids):].tolist(), forwards

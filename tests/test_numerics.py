@@ -80,7 +80,7 @@ def test_decode_config_properties():
     (dict(steps=-4), "-4"),
     (dict(steps=128), "128"),
     (dict(steps=6), "6"),                      # 4 blocks do not divide 6 steps
-    (dict(answer_length=8), "answer_length 8"),  # a block would hold reasoning and answer
+    (dict(answer_length=8), "answer_length 8 does not start on a block boundary"),
     (dict(answer_length=64), "answer_length"),
     (dict(strategy="bogus"), "bogus"),
     (dict(strategy="threshold", steps=32), "steps"),
@@ -171,3 +171,33 @@ def test_sample_positions_draws_distinct_indices_by_confidence():
 def test_decoder_options_reject_bad_values(kwargs, named):
     with pytest.raises(tie_lite.ConfigError, match=named):
         DecodeConfig(**kwargs)
+
+
+@pytest.mark.parametrize("gen_length,blocks,sizes,steps,counts", [
+    # the reference's own example: 128 = 15 + 16 + 32 + 65 in 7 steps over 4 blocks
+    (128, 4, [15, 16, 32, 65], [[0, 1, 2, 3], [4], [5], [6]], [1, 2, 4, 8, 16, 32, 65]),
+    (128, 1, [128], [[0, 1, 2, 3, 4, 5, 6]], [1, 2, 4, 8, 16, 32, 65]),
+    (128, 2, [63, 65], [[0, 1, 2, 3, 4, 5], [6]], [1, 2, 4, 8, 16, 32, 65]),
+    (16, 2, [7, 9], [[0, 1, 2], [3]], [1, 2, 4, 9]),
+    (64, 3, [15, 16, 33], [[0, 1, 2, 3], [4], [5]], [1, 2, 4, 8, 16, 33]),
+])
+def test_ass_layout_and_counts_match_the_reference(gen_length, blocks, sizes, steps, counts):
+    got_sizes, got_steps = tie_lite.ass_layout(gen_length, blocks)
+    assert (got_sizes, got_steps) == (sizes, steps)
+    assert tie_lite.ass_counts(gen_length, got_sizes).tolist() == counts
+    assert sum(counts) == gen_length
+    for size, block_steps in zip(sizes, steps):  # each block is exactly filled by its steps
+        assert sum(counts[i] for i in block_steps) == size
+
+
+def test_ass_config():
+    config = DecodeConfig(gen_length=64, block_size=64, strategy="ass", ass_blocks=3)
+    assert config.block_bounds == (0, 15, 31, 64) and config.num_blocks == 3
+    for kwargs, named in [(dict(gen_length=48, block_size=48), "power of two"),
+                          (dict(ass_blocks=7), "ass_blocks must be in"),
+                          (dict(block_size=16), "set block_size = gen_length"),
+                          (dict(steps=4), "takes log2"),
+                          (dict(answer_length=16), "block boundary")]:
+        with pytest.raises(tie_lite.ConfigError, match=named):
+            DecodeConfig(**{**dict(gen_length=64, block_size=64, strategy="ass", ass_blocks=3), **kwargs})
+    assert DecodeConfig(gen_length=64, block_size=64, strategy="ass", ass_blocks=2, answer_length=33).infill

@@ -95,3 +95,18 @@ def test_other_decoders_match_pytorch(torch_models, arch, setting):
     tie_lite.decode(model, state, config, np.random.default_rng(0))
     assert state.tokens[state.canvas.prompt_length:].tolist() == expected
     assert state.steps == forwards
+
+
+@pytest.mark.parametrize("arch", ["tiny_bert", "tiny_modernbert"])
+@pytest.mark.parametrize("gen_length,blocks", [(32, 1), (64, 3), (64, 6)])
+def test_ass_matches_the_reference_layout(torch_models, arch, gen_length, blocks):
+    from reference import reference_ass_decode
+
+    hf_model, hf_tok, model = torch_models[arch]
+    expected, forwards = reference_ass_decode(hf_model, hf_tok, PROMPTS[1], gen_length=gen_length, block_num=blocks,
+                                              vocab_size=model.manifest.vocab_size)
+    config = tie_lite.DecodeConfig(gen_length=gen_length, block_size=gen_length, strategy="ass", ass_blocks=blocks)
+    state = tie_lite.DecodeState(tie_lite.build_canvas(model, PROMPTS[1], config))
+    tie_lite.decode(model, state, config, np.random.default_rng(0))
+    assert state.tokens[state.canvas.prompt_length:].tolist() == expected
+    assert state.steps == forwards == gen_length.bit_length() - 1
