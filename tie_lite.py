@@ -87,6 +87,10 @@ class DecodeConfig:
     alg_temp: float = 0.0          # > 0: draw the positions from softmax(confidence / alg_temp) (Dream)
     eos_gamma: Optional[tuple] = None  # EOSER (g_min, g_max): EOS proposals' confidence scaled from g_min
                                    # at a block's first step up to g_max (seed 004; their default (0.4, 1.0))
+    exit_threshold: Optional[float] = None  # infilling early exit: stop once every still-masked answer
+                                   # position's top-1 probability is >= this, filling the answer with top-1 ids
+    exit_patience: Optional[int] = None  # infilling early exit: ... or once the answer's top-1 ids have been
+                                   # unchanged for this many consecutive steps
     temperature: float = 0.0       # 0 = greedy; > 0 = Gumbel-max sampling from softmax(logits / T)
     seed: int = 0                  # seeds the sampler's np.random.Generator (used when temperature > 0)
 
@@ -111,6 +115,21 @@ class DecodeConfig:
                  f"temperature must be a finite number >= 0, got {self.temperature}")
         _require(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         self._check_ranking()
+        self._check_exit()
+
+    def _check_exit(self):
+        if self.exit_threshold is None and self.exit_patience is None:
+            return
+        _require(self.infill, "early exit watches the answer positions: set answer_length > 0")
+        if self.exit_threshold is not None:
+            _require(0 < self.exit_threshold < 1, f"exit_threshold must be in (0, 1), got {self.exit_threshold}")
+        if self.exit_patience is not None:
+            _require_ints(self, ("exit_patience",))
+            _require(self.exit_patience > 0, f"exit_patience must be positive, got {self.exit_patience}")
+
+    @property
+    def early_exit(self) -> bool:
+        return self.exit_threshold is not None or self.exit_patience is not None
 
     def _check_ranking(self):
         _require(self.confidence in CONFIDENCES,
@@ -385,6 +404,17 @@ def mean_over_tracked(signals: AnswerSignals, metric: str) -> float:
     """Mean of a confidence metric (top1, entropy, margin) over A(t); NaN when A(t) is empty."""
     values = {"top1": signals.top1, "entropy": signals.neg_entropy, "margin": signals.margin}[metric]
     return float(values[signals.tracked].mean()) if signals.tracked.any() else float("nan")
+
+
+def answer_converged(top1_prob: np.ndarray, is_masked: np.ndarray, threshold: Optional[float],
+                     unchanged_steps: int, patience: Optional[int]) -> bool:
+    """The early-exit rule over the answer positions (A,): every still-masked one has top-1
+    probability >= threshold, or their top-1 ids have been unchanged for `patience` steps."""
+    if not is_masked.any():
+        return False
+    confident = threshold is not None and bool(np.all(top1_prob[is_masked] >= threshold))
+    settled = patience is not None and unchanged_steps >= patience
+    return confident or settled
 
 
 def leader_of(scores: np.ndarray) -> int:
@@ -689,6 +719,9 @@ class DecodeState:
     block_step: int = 0            # steps taken in the current block
     steps: int = 0                 # forward passes taken so far
     schedule: Optional[np.ndarray] = None  # (steps_per_block,) commits per step of the current block
+    exited: bool = False           # early exit filled the answer and ended the decode
+    answer_top1: Optional[np.ndarray] = None  # (A,) the answer positions' top-1 ids at the last step
+    unchanged_steps: int = 0       # consecutive steps those ids did not change (early exit)
 
     @property
     def tokens(self) -> np.ndarray:
@@ -704,7 +737,7 @@ def block_masked_idx(state: DecodeState, config: DecodeConfig, mask_id: int) -> 
 
 def advance_block(state: DecodeState, config: DecodeConfig, mask_id: int) -> np.ndarray:
     """Move past finished blocks; return the current block's masked positions (empty when done)."""
-    while state.block < config.num_blocks:
+    while state.block < config.num_blocks and not state.exited:
         masked_idx = block_masked_idx(state, config, mask_id)
         if masked_idx.size:
             if state.schedule is None:
@@ -723,7 +756,7 @@ def block_schedule(config: DecodeConfig, block: int, masked: int) -> np.ndarray:
 
 
 def is_finished(state: DecodeState, mask_id: int) -> bool:
-    return not bool(np.any(state.tokens[state.canvas.gen_idx] == mask_id))
+    return state.exited or not bool(np.any(state.tokens[state.canvas.gen_idx] == mask_id))
 
 
 def commit_count(state: DecodeState, config: DecodeConfig, masked: int) -> int:
@@ -784,20 +817,44 @@ def decode_step(model: Model, state: DecodeState, config: DecodeConfig, rng: np.
     masked_idx = advance_block(state, config, model.manifest.mask_id)
     if masked_idx.size == 0:
         return None
-    answer_idx = state.canvas.answer_idx if track else np.zeros(0, np.int64)
+    answer_idx = state.canvas.answer_idx if track or config.early_exit else np.zeros(0, np.int64)
     stats = model.stats(state.tokens, np.concatenate([masked_idx, answer_idx]),
                         with_logits=config.temperature > 0)
-    signals = (track_answer(model, state.tokens, answer_idx, stats.take(slice(masked_idx.size, None)), first_k)
-               if track else None)
+    answer_stats = stats.take(slice(masked_idx.size, None))
+    signals = track_answer(model, state.tokens, answer_idx, answer_stats, first_k) if track else None
     block_stats = stats.take(slice(0, masked_idx.size))
     proposed, proposed_prob = propose(block_stats, config, rng)
     confidence = rank_proposals(state, config, block_stats, proposed, proposed_prob, model.manifest.eos_id)
     picked = choose_positions(state, config, confidence, block_stats.entropy.astype(np.float64), rng)
-    state.tokens[masked_idx[picked]] = proposed[picked]
+    committed_idx, committed_ids, committed_p = masked_idx[picked], proposed[picked], proposed_prob[picked]
+    state.tokens[committed_idx] = committed_ids
+    if config.early_exit:
+        filled = exit_early(state, config, answer_stats, model.manifest.mask_id)
+        committed_idx, committed_ids, committed_p = (np.concatenate([a, b]) for a, b in
+                                                     zip((committed_idx, committed_ids, committed_p), filled))
     state.block_step += 1
     state.steps += 1
-    return StepEvent(state.steps, state.block, masked_idx[picked], proposed[picked], proposed_prob[picked],
+    return StepEvent(state.steps, state.block, committed_idx, committed_ids, committed_p,
                      state.tokens.copy(), state.canvas.gen_idx, model.name, signals)
+
+
+def exit_early(state: DecodeState, config: DecodeConfig, answer_stats: Stats, mask_id: int) -> tuple:
+    """Apply the early-exit rule to this step's answer predictions; fill the answer if it fires.
+
+    Returns the (positions, ids, probabilities) it filled, each (f,), empty when it did not fire.
+    """
+    answer_idx = state.canvas.answer_idx
+    top1 = answer_stats.top_ids[:, 0].astype(np.int64)  # (A,)
+    same = state.answer_top1 is not None and np.array_equal(top1, state.answer_top1)
+    state.unchanged_steps = state.unchanged_steps + 1 if same else 0
+    state.answer_top1 = top1
+    is_masked = state.tokens[answer_idx] == mask_id
+    top1_p = answer_stats.top_probs[:, 0].astype(np.float64)
+    if not answer_converged(top1_p, is_masked, config.exit_threshold, state.unchanged_steps, config.exit_patience):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    state.tokens[answer_idx[is_masked]] = top1[is_masked]
+    state.exited = True
+    return answer_idx[is_masked], top1[is_masked], top1_p[is_masked]
 
 
 def decode(model: Model, state: DecodeState, config: DecodeConfig, rng: np.random.Generator,
@@ -844,6 +901,7 @@ def finish(model: Model, canvas: Canvas, config: DecodeConfig) -> tuple[str, np.
     m = model.manifest
     reasoning_idx = canvas.gen_idx[: config.gen_length - config.answer_length]
     reasoning = trim_at_stop(canvas.tokens[reasoning_idx], m.stop_ids)
+    reasoning = reasoning[reasoning != m.mask_id]  # left by an early exit
     if not config.infill:
         return model.decode(reasoning), reasoning, None
     answer_ids = trim_at_stop(canvas.tokens[canvas.answer_idx], m.stop_ids)
@@ -1166,6 +1224,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     g.add_argument("--alg-temp", type=float, default=d.alg_temp, help="> 0: sample positions by confidence")
     g.add_argument("--eos-gamma", type=float, nargs=2, metavar=("G_MIN", "G_MAX"), default=d.eos_gamma,
                    help="EOSER: scale EOS proposals' confidence from G_MIN up to G_MAX (e.g. 0.4 1.0)")
+    g.add_argument("--exit-threshold", type=float, default=d.exit_threshold,
+                   help="early exit once every masked answer position's top-1 probability reaches this")
+    g.add_argument("--exit-patience", type=int, default=d.exit_patience,
+                   help="early exit once the answer's top-1 ids are unchanged for this many steps")
     g.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy")
     g.add_argument("--seed", type=int, default=d.seed, help="sampling seed")
     t = p.add_argument_group("ensembling (TIE)")
@@ -1226,7 +1288,8 @@ def decode_config(args: argparse.Namespace, manifest: Manifest) -> DecodeConfig:
     return DecodeConfig(**{k: v for k, v in lengths.items() if v is not None}, steps=args.steps,
                         strategy=args.strategy, threshold=args.threshold, tokens_per_step=args.tokens_per_step,
                         entropy_budget=args.entropy_budget, eps=args.eps, ass_blocks=args.ass_blocks,
-                        confidence=args.confidence,
+                        confidence=args.confidence, exit_threshold=args.exit_threshold,
+                        exit_patience=args.exit_patience,
                         alg_temp=args.alg_temp, eos_gamma=tuple(args.eos_gamma) if args.eos_gamma else None,
                         temperature=args.temperature, seed=args.seed)
 

@@ -97,3 +97,17 @@ def test_runtime_reads_only_onnx_json_and_tokenizer_json():
     source = (ROOT / "tie_lite.py").read_text()
     for unsafe in ("pickle", "np.load(", "allow_pickle", "torch.load", "eval(", "exec("):
         assert unsafe not in source, unsafe
+
+
+@pytest.mark.parametrize("rule", [dict(exit_threshold=0.2), dict(exit_patience=2)])
+def test_early_exit_fills_the_answer_and_stops(tiny_bert, rule):
+    model = tie_lite.Model.load(tiny_bert[1])
+    full = tie_lite.generate(model, "how many cat ?", tie_lite.DecodeConfig(gen_length=64, answer_length=16))
+    config = tie_lite.DecodeConfig(gen_length=64, answer_length=16, **rule)
+    result = tie_lite.generate(model, "how many cat ?", config, record_history=True)
+    assert result.steps < full.steps  # the rule fired before the reasoning was done
+    last = result.history[-1]
+    answer_idx = np.arange(last.tokens.size - 16, last.tokens.size)
+    assert (last.tokens[answer_idx] != model.manifest.mask_id).all()
+    assert set(answer_idx.tolist()) <= set(np.concatenate([e.committed_idx for e in result.history]).tolist())
+    assert result.answer is not None and model.manifest.answer_marker in result.text

@@ -201,3 +201,20 @@ def test_ass_config():
         with pytest.raises(tie_lite.ConfigError, match=named):
             DecodeConfig(**{**dict(gen_length=64, block_size=64, strategy="ass", ass_blocks=3), **kwargs})
     assert DecodeConfig(gen_length=64, block_size=64, strategy="ass", ass_blocks=2, answer_length=33).infill
+
+
+def test_answer_converged_rules():
+    p = np.array([0.95, 0.5, 0.99])
+    is_masked = np.array([True, False, True])
+    assert tie_lite.answer_converged(p, is_masked, 0.9, 0, None)           # 0.5 is not masked: ignored
+    assert not tie_lite.answer_converged(p, np.array([True, True, True]), 0.9, 0, None)
+    assert tie_lite.answer_converged(p, np.array([True, True, True]), None, 3, 3)
+    assert not tie_lite.answer_converged(p, np.array([True, True, True]), None, 2, 3)
+    assert not tie_lite.answer_converged(p, np.zeros(3, bool), 0.1, 9, 1)  # nothing left to fill
+
+
+def test_early_exit_needs_infilling():
+    with pytest.raises(tie_lite.ConfigError, match="answer_length > 0"):
+        DecodeConfig(exit_threshold=0.9)
+    with pytest.raises(tie_lite.ConfigError, match="exit_patience must be positive"):
+        DecodeConfig(answer_length=16, exit_patience=0)
