@@ -1,0 +1,139 @@
+"""tie-lite vs the PyTorch loop users run today, same weights, same settings, one run.
+
+    python bench/vs_pytorch.py [--hidden 768 --layers 22 --vocab 50368] [--length 512] [--gen 32]
+    python bench/vs_pytorch.py --model-dir HF_FOLDER --onnx-dir ONNX_FOLDER
+
+The PyTorch side is the LLaDA-style loop: transformers model, full logits over the
+canvas every step, softmax, low-confidence remasking inside the current block,
+greedy. The tie-lite side is `tie_lite.generate` on the exported graph. Both decode
+the same prompt (the canvas padded to --length with prompt tokens), interleaved,
+and the script checks the outputs are token-identical, then prints the median time
+ratio, the graph's forward time against this machine's measured float32 GEMM rate,
+and `import tie_lite` time. Without --model-dir it builds a random ModernBERT of the
+given size (ModernBERT-base: hidden 768, 22 layers, vocab 50368). Needs torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--hidden", type=int, default=768)
+    p.add_argument("--layers", type=int, default=22)
+    p.add_argument("--vocab", type=int, default=50368)
+    p.add_argument("--length", type=int, default=512, help="canvas length L (prompt + generation)")
+    p.add_argument("--gen", type=int, default=32, help="generated positions (one block, one token per step)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--model-dir", type=Path, help="an existing Hugging Face folder instead of a random model")
+    p.add_argument("--onnx-dir", type=Path, help="its export (python -m export)")
+    return p.parse_args()
+
+
+def torch_loop(model, prompt_ids: list, gen: int, mask_id: int, vocab_size: int) -> list:
+    """LLaDA's generate() for one block of `gen` masks, one token per step, greedy."""
+    import torch
+
+    x = torch.tensor(prompt_ids + [mask_id] * gen)[None]
+    start = len(prompt_ids)
+    with torch.no_grad():
+        for _ in range(gen):
+            logits = model(input_ids=x, attention_mask=torch.ones_like(x)).logits[0]
+            logits[:, mask_id] = float("-inf")
+            logits[:, vocab_size:] = float("-inf")
+            probs = torch.softmax(logits, dim=-1)
+            conf, x0 = probs.max(-1)
+            conf[:start] = float("-inf")
+            conf[x[0] != mask_id] = float("-inf")
+            pos = int(torch.argmax(conf))
+            x[0, pos] = x0[pos]
+    return x[0, start:].tolist()
+
+
+def gemm_gflops(threads: int, n: int = 1024, repeats: int = 10) -> float:
+    """This machine's float32 GEMM rate through numpy/BLAS, the limit a forward can approach."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    a @ a
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ a
+    return 2 * n ** 3 * repeats / (time.perf_counter() - t0) / 1e9
+
+
+def forward_gflop(hidden: int, layers: int, length: int, intermediate: int) -> float:
+    """Approximate float ops of one encoder forward (attention + MLP matmuls), LM head excluded."""
+    per_layer = 2 * length * (4 * hidden * hidden + 3 * hidden * intermediate) + 4 * length * length * hidden
+    return layers * per_layer / 1e9
+
+
+def import_time() -> float:
+    code = "import time; t = time.perf_counter(); import tie_lite; print(time.perf_counter() - t)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=HERE.parent, check=True)
+    return float(out.stdout)
+
+
+def main() -> int:
+    args = parse_args()
+    import torch
+    from transformers import AutoModelForMaskedLM
+
+    import tie_lite
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        hf_dir, onnx_dir = args.model_dir, args.onnx_dir
+        if hf_dir is None:
+            from random_models import export_random
+
+            onnx_dir = export_random(Path(tmp), "modernbert", args.hidden, args.layers, args.vocab,
+                                     max(args.length, 128))
+            hf_dir = Path(tmp) / "hf"
+        model = AutoModelForMaskedLM.from_pretrained(hf_dir).eval()
+        engine = tie_lite.Model.load(onnx_dir, threads=args.threads)
+        m = engine.manifest
+        prompt_ids = list(range(4, 4 + args.length - args.gen))
+        prompt_text = engine.decode(np.array(prompt_ids))
+        config = tie_lite.DecodeConfig(gen_length=args.gen, block_size=args.gen)
+        assert engine.encode(prompt_text).tolist() == prompt_ids, "prompt does not round-trip"
+        torch_loop(model, prompt_ids, 2, m.mask_id, m.vocab_size)  # warm-up, untimed
+        tie_lite.generate(engine, prompt_text, tie_lite.DecodeConfig(gen_length=2, block_size=2))
+        t_torch, t_lite = [], []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            expected = torch_loop(model, prompt_ids, args.gen, m.mask_id, m.vocab_size)
+            t1 = time.perf_counter()
+            got = tie_lite.generate(engine, prompt_text, config).tokens.tolist()
+            t2 = time.perf_counter()
+            t_torch.append(t1 - t0), t_lite.append(t2 - t1)
+        state = tie_lite.DecodeState(tie_lite.build_canvas(engine, prompt_text, config))
+        tie_lite.decode(engine, state, config, np.random.default_rng(0))
+        identical = state.tokens[len(prompt_ids):].tolist() == expected
+        cfg = model.config
+        flop = forward_gflop(cfg.hidden_size, cfg.num_hidden_layers, args.length, cfg.intermediate_size)
+        per_forward = np.median(t_lite) / args.gen
+        print(f"model: {hf_dir if args.model_dir else 'random ModernBERT'} hidden={cfg.hidden_size} "
+              f"layers={cfg.num_hidden_layers} vocab={cfg.vocab_size}; L={args.length}, {args.gen} steps, "
+              f"threads={args.threads}, repeats={args.repeats}")
+        print(f"outputs token-identical: {identical} (tie-lite output trimmed at EOS: {len(got)} tokens)")
+        print(f"PyTorch loop / tie-lite: {np.median(t_torch) / np.median(t_lite):.2f}x")
+        print(f"tie-lite forward: ~{flop / per_forward:.1f} GFLOP/s vs float32 GEMM {gemm_gflops(args.threads):.1f} "
+              f"GFLOP/s on this machine")
+        print(f"import tie_lite: {import_time():.3f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
