@@ -703,6 +703,7 @@ class StepEvent:
     gen_idx: np.ndarray        # (G,) int64 canvas positions of the generated region (shared, read-only)
     model: str                 # name of the model that decoded
     signals: Optional[AnswerSignals] = None  # answer-position signals before the commit (when tracking)
+    answer_confidence: Optional[float] = None  # given an answer: the model's confidence in it after the step
 
 
 # Called after every step with its StepEvent and, in an ensemble, after every relay with the Relay;
@@ -889,6 +890,7 @@ class GenerateResult:
     chosen: int = 0             # ensemble: index in candidates of this result
     relays: tuple = ()          # ensemble: the Relay records, in order
     model_calls: int = 0        # forward passes of every model, scoring included
+    answer_confidence: tuple = ()  # given an answer: p(answer | prompt, reasoning so far) after each step
 
 
 def trim_at_stop(tokens: np.ndarray, stop_ids: Sequence[int]) -> np.ndarray:
@@ -920,6 +922,51 @@ def generate_one(model: Model, prompt: str, config: DecodeConfig = DecodeConfig(
     text, tokens, answer = finish(model, state.canvas, config)
     return GenerateResult(text, tokens, answer, state.steps, not completed, model.name, history,
                           model_calls=state.steps)
+
+
+def answer_slot(model: Model, answer: str, config: DecodeConfig) -> np.ndarray:
+    """The answer region (A,) holding `answer`'s ids, then EOS."""
+    ids = model.encode(answer)
+    if ids.size >= config.answer_length:
+        raise ConfigError(f"the given answer is {ids.size} tokens; answer_length {config.answer_length} must "
+                          "leave room for at least one EOS after it")
+    return np.concatenate([ids, np.full(config.answer_length - ids.size, model.manifest.eos_id, np.int64)])
+
+
+def answer_likelihood(model: Model, tokens: np.ndarray, answer_idx: np.ndarray, slot: np.ndarray) -> float:
+    """p(answer | the canvas's prompt and reasoning): the answer re-masked, the geometric mean of the
+    probabilities of its tokens and of the EOS that ends it (one forward pass)."""
+    scored = first_index(slot, model.manifest.stop_ids) + 1  # the answer's tokens and its first EOS
+    masked = tokens.copy()
+    masked[answer_idx] = model.manifest.mask_id
+    stats = model.stats(masked, answer_idx[:scored], with_logits=True)
+    probs = softmax(stats.logits)  # (scored, V)
+    log_p = np.log(np.maximum(probs[np.arange(scored), slot[:scored]], 1e-300))
+    return float(np.exp(log_p.mean()))
+
+
+def infill_reasoning(model: Model, prompt: str, answer: str, config: DecodeConfig,
+                     on_step: Optional[OnStep] = None, record_history: bool = False) -> GenerateResult:
+    """Decode the reasoning for a given answer (seed 002), reporting after every step the model's
+    confidence in that answer given the reasoning so far: scoring reasoning without rollouts."""
+    if not config.infill or config.early_exit:
+        raise ConfigError("a given answer needs reasoning-as-infilling (answer_length > 0) and no early exit")
+    state = DecodeState(build_canvas(model, prompt, config))
+    slot = answer_slot(model, answer, config)
+    state.tokens[state.canvas.answer_idx] = slot
+    confidence, history = [], [] if record_history else None
+
+    def hook(event: StepEvent) -> Optional[bool]:
+        confidence.append(answer_likelihood(model, event.tokens, state.canvas.answer_idx, slot))
+        event = dataclasses.replace(event, answer_confidence=confidence[-1])
+        if history is not None:
+            history.append(event)
+        return on_step(event) if on_step is not None else None
+
+    completed = decode(model, state, config, np.random.default_rng(config.seed), on_step=hook)
+    text, tokens, answer_text = finish(model, state.canvas, config)
+    return GenerateResult(text, tokens, answer_text, state.steps, not completed, model.name, history,
+                          model_calls=2 * state.steps, answer_confidence=tuple(confidence))
 
 
 # ---------------------------------------------------------------------------
@@ -1167,17 +1214,22 @@ def generate_tie(models: Sequence[Model], prompt: str, config: DecodeConfig, ens
 
 def generate(models, prompt: str, config: DecodeConfig = DecodeConfig(),
              ensemble: EnsembleConfig = EnsembleConfig(), on_step: Optional[OnStep] = None,
-             record_history: bool = False) -> GenerateResult:
+             record_history: bool = False, answer: Optional[str] = None) -> GenerateResult:
     """Decode `prompt` with one Model, or ensemble a sequence of Models with TIE.
 
     on_step(event) is called after every step of every model with a StepEvent and
     after every relay with a Relay (one call at a time, also when the models run in
     threads); returning False stops the decode. An exception it raises stops every
-    model and propagates.
+    model and propagates. answer: decode only the reasoning for this given answer,
+    reporting the model's confidence in it after every step (result.answer_confidence).
     """
     models = [models] if isinstance(models, Model) else list(models)
     if not models:
         raise ConfigError("no model given")
+    if answer is not None:
+        if len(models) != 1:
+            raise ConfigError("a given answer is decoded with one model, not an ensemble")
+        return infill_reasoning(models[0], prompt, answer, config, on_step, record_history)
     if len(models) == 1:
         return generate_one(models[0], prompt, config, on_step, record_history)
     return generate_tie(models, prompt, config, ensemble, on_step, record_history)
@@ -1228,6 +1280,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="early exit once every masked answer position's top-1 probability reaches this")
     g.add_argument("--exit-patience", type=int, default=d.exit_patience,
                    help="early exit once the answer's top-1 ids are unchanged for this many steps")
+    g.add_argument("--answer", help="infill the reasoning for this given answer and report the model's "
+                                    "confidence in it after every step")
     g.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy")
     g.add_argument("--seed", type=int, default=d.seed, help="sampling seed")
     t = p.add_argument_group("ensembling (TIE)")
@@ -1307,6 +1361,8 @@ def result_json(result: GenerateResult, with_history: bool) -> dict:
         out["history"] = [{"step": e.step, "block": e.block, "positions": e.committed_idx.tolist(),
                            "ids": e.committed_ids.tolist(), "confidence": e.confidence.tolist()}
                           for e in result.history]
+    if result.answer_confidence:
+        out["answer_confidence"] = list(result.answer_confidence)
     if result.candidates:
         out["chosen"] = result.chosen
         out["candidates"] = [result_json(c, with_history) for c in result.candidates]
@@ -1395,12 +1451,15 @@ def _check_text(text: str, what: str) -> None:
 
 def run_cli(args: argparse.Namespace) -> GenerateResult:
     _check_text(args.prompt, "--prompt")
+    if args.answer is not None:
+        _check_text(args.answer, "--answer")
     ensemble = ensemble_config(args)
     models = load_models(model_dirs(args), args.provider, args.threads)
     config = decode_config(args, models[0].manifest)
     view = live_view(args, models)
     try:
-        return generate(models, args.prompt, config, ensemble, on_step=view, record_history=args.history)
+        return generate(models, args.prompt, config, ensemble, on_step=view, record_history=args.history,
+                        answer=args.answer)
     finally:
         if view:
             view.close()

@@ -111,3 +111,31 @@ def test_early_exit_fills_the_answer_and_stops(tiny_bert, rule):
     assert (last.tokens[answer_idx] != model.manifest.mask_id).all()
     assert set(answer_idx.tolist()) <= set(np.concatenate([e.committed_idx for e in result.history]).tolist())
     assert result.answer is not None and model.manifest.answer_marker in result.text
+
+
+def test_infill_reasoning_for_a_given_answer_reports_confidence(tiny_bert):
+    model = tie_lite.Model.load(tiny_bert[1])
+    config = tie_lite.DecodeConfig(gen_length=48, answer_length=16)
+    result = tie_lite.generate(model, "what is two plus three ?", config, answer="five", record_history=True)
+    assert result.answer == "five" and result.text.endswith("Answer:five")
+    assert result.steps == 32  # only the reasoning is decoded
+    assert len(result.answer_confidence) == 32 and all(0 < c <= 1 for c in result.answer_confidence)
+    assert [e.answer_confidence for e in result.history] == list(result.answer_confidence)
+    # the reported confidence is the model's probability of "five" then EOS with the answer masked
+    last = result.history[-1].tokens.copy()
+    answer_idx = np.arange(last.size - 16, last.size)
+    last[answer_idx] = model.manifest.mask_id
+    stats = model.stats(last, answer_idx[:2], with_logits=True)
+    probs = tie_lite.softmax(stats.logits)
+    five = model.encode("five")[0]
+    expected = np.sqrt(probs[0, five] * probs[1, model.manifest.eos_id])
+    assert result.answer_confidence[-1] == pytest.approx(expected, rel=1e-6)
+
+
+def test_given_answer_errors(tiny_bert):
+    model = tie_lite.Model.load(tiny_bert[1])
+    with pytest.raises(tie_lite.ConfigError, match="reasoning-as-infilling"):
+        tie_lite.generate(model, "the cat", tie_lite.DecodeConfig(gen_length=32), answer="five")
+    with pytest.raises(tie_lite.ConfigError, match="room for at least one EOS"):
+        tie_lite.generate(model, "the cat", tie_lite.DecodeConfig(gen_length=32, answer_length=16),
+                          answer=" ".join(["cat"] * 16))

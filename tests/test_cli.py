@@ -70,3 +70,12 @@ def test_cli_one_provider_per_model(tiny_bert, tiny_modernbert):
     assert run_cli(*base, "--provider", "cpu,cpu").returncode == 0
     _assert_one_line_error(run_cli(*base, "--provider", "cpu,cpu,cpu"), "3 providers for 2 models")
     _assert_one_line_error(run_cli(*base, "--provider", "cpu,cuda:1"), "provider 'cuda:1' is not available")
+
+
+def test_cli_given_answer_and_early_exit(tiny_bert):
+    base = ["--model", str(tiny_bert[1]), "--prompt", "what is two plus three ?", "--gen-length", "48",
+            "--answer-length", "16", "--json"]
+    out = json.loads(run_cli(*base, "--answer", "five").stdout)
+    assert out["answer"] == "five" and len(out["answer_confidence"]) == out["steps"] == 32
+    early = json.loads(run_cli(*base, "--exit-patience", "2").stdout)
+    assert early["steps"] < 48 and early["answer"] is not None
