@@ -77,5 +77,5 @@ def test_cli_given_answer_and_early_exit(tiny_bert):
             "--answer-length", "16", "--json"]
     out = json.loads(run_cli(*base, "--answer", "five").stdout)
     assert out["answer"] == "five" and len(out["answer_confidence"]) == out["steps"] == 32
-    early = json.loads(run_cli(*base, "--exit-patience", "2").stdout)
+    early = json.loads(run_cli(*base, "--exit-threshold", "0.2").stdout)
     assert early["steps"] < 48 and early["answer"] is not None
