@@ -23,6 +23,7 @@ __all__ = ["export_model", "ExportError", "DEFAULT_TOP_K", "DEFAULT_ANSWER_MARKE
 
 DEFAULT_TOP_K = 4                 # top ids/probs per position in the graph (>= 2 for margins)
 DEFAULT_ANSWER_MARKER = "Answer:"  # reasoning-as-infilling marker (paper, section 1)
+DEFAULT_INT8_MIN_AGREEMENT = 0.9  # int8 export: least share of positions whose top-1 id equals PyTorch's
 _SENTINEL = "\u2063TIE_LITE_PROMPT\u2063"  # stands for the user's text while rendering a chat template
 
 
@@ -33,7 +34,8 @@ class ExportError(RuntimeError):
 def export_model(source: str | Path, out_dir: str | Path, *, top_k: int = DEFAULT_TOP_K,
                  prompt_format: Optional[str] = None, answer_marker: str = DEFAULT_ANSWER_MARKER,
                  name: Optional[str] = None, opset: Optional[int] = None, trust_remote_code: bool = False,
-                 decode_defaults: Optional[dict] = None,
+                 decode_defaults: Optional[dict] = None, int8: bool = False,
+                 int8_min_agreement: float = DEFAULT_INT8_MIN_AGREEMENT,
                  log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)) -> Path:
     """Export `source` to `out_dir`; validate it against PyTorch; return the manifest's path.
 
@@ -41,12 +43,15 @@ def export_model(source: str | Path, out_dir: str | Path, *, top_k: int = DEFAUL
     tokenizer's chat template (rendered now, so the runtime needs no template engine),
     else "{prompt}". decode_defaults: gen_length / answer_length / block_size the
     runtime's CLI uses when the user gives none (e.g. the layout the model was trained on).
+    int8: after the float32 graph validates, replace it by a dynamically quantized int8
+    graph (onnxruntime quant_pre_process + quantize_dynamic), which must agree with
+    PyTorch's top-1 ids at >= int8_min_agreement of the sample positions.
     """
     import torch
     from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
 
     from .graph import export_graph, suppressed_columns
-    from .validate import validate
+    from .validate import check_agreement, measure, validate
 
     if top_k < 2:
         raise ExportError(f"top_k must be >= 2, got {top_k}")
@@ -67,8 +72,14 @@ def export_model(source: str | Path, out_dir: str | Path, *, top_k: int = DEFAUL
     onnx_path = export_graph(model, out_dir, family, is_suppressed, top_k, opset)
     max_length = family.max_length(config)
     log("validating ONNX against PyTorch")
-    report = validate(onnx_path, model, is_suppressed, top_k, vocab_size, ids["mask_id"], max_length,
-                      family.logits_shift)
+    checks = (model, is_suppressed, top_k, vocab_size, ids["mask_id"], max_length, family.logits_shift)
+    extra = {"source": str(source), "validation": validate(onnx_path, *checks).as_dict()}
+    if int8:
+        log("quantizing to int8 (dynamic) and measuring its agreement with PyTorch")
+        quantize_int8(onnx_path)
+        int8_report = measure(onnx_path, *checks)
+        check_agreement(int8_report, int8_min_agreement)
+        extra.update(quantization="int8-dynamic", int8_validation=int8_report.as_dict())
     tokenizer_path = out_dir / "tokenizer.json"
     tokenizer.backend_tokenizer.save(str(tokenizer_path))
     manifest = tie_lite.Manifest(
@@ -76,9 +87,22 @@ def export_model(source: str | Path, out_dir: str | Path, *, top_k: int = DEFAUL
         vocab_size=vocab_size, graph_vocab_size=int(model.config.vocab_size), top_k=top_k,
         prompt_format=prompt_format or chat_prompt_format(tokenizer), answer_marker=answer_marker,
         tokenizer_sha256=hashlib.sha256(tokenizer_path.read_bytes()).hexdigest(),
-        name=name or Path(str(source)).name, decode_defaults=dict(decode_defaults or {}), extra={"source": str(source), "validation": report.as_dict()},
+        name=name or Path(str(source)).name, decode_defaults=dict(decode_defaults or {}), extra=extra,
         **ids)
     return write_manifest(manifest, out_dir)
+
+
+def quantize_int8(onnx_path: Path) -> None:
+    """Replace the float32 graph at onnx_path by a dynamically quantized int8 one."""
+    import tempfile
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
+        quantize_dynamic(prepared, onnx_path, weight_type=QuantType.QInt8)
 
 
 def _load(loader, source, trust_remote_code: bool, **kwargs):

@@ -60,6 +60,22 @@ def torch_statistics(model, tokens: np.ndarray, positions: np.ndarray, is_suppre
 def validate(onnx_path: Path, model, is_suppressed, top_k: int, vocab_size: int, mask_id: int,
              max_length: int, logits_shift: int = 0) -> ValidationReport:
     """Run sample canvases through ONNX and PyTorch; raise ExportValidationError if they disagree."""
+    report = measure(onnx_path, model, is_suppressed, top_k, vocab_size, mask_id, max_length, logits_shift)
+    _check(report)
+    return report
+
+
+def check_agreement(report: ValidationReport, min_agreement: float) -> None:
+    """For a quantized graph: top-1 ids must agree with PyTorch at >= min_agreement of positions."""
+    rate = report.top1_agree / report.positions
+    if rate < min_agreement:
+        raise ExportValidationError(f"the int8 graph's top-1 ids agree with PyTorch at {rate:.1%} of positions, "
+                                    f"below the required {min_agreement:.1%}")
+
+
+def measure(onnx_path: Path, model, is_suppressed, top_k: int, vocab_size: int, mask_id: int,
+            max_length: int, logits_shift: int = 0) -> ValidationReport:
+    """Compare the ONNX graph's statistics with PyTorch's on sample canvases."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -71,9 +87,7 @@ def validate(onnx_path: Path, model, is_suppressed, top_k: int, vocab_size: int,
                 "positions": np.maximum(positions - logits_shift, 0)[None]}
         top_ids, top_probs, entropy = (x[0] for x in session.run(["top_ids", "top_probs", "entropy"], feed))
         _accumulate(totals, ref, top_ids, top_probs, entropy)
-    report = ValidationReport(**totals)
-    _check(report)
-    return report
+    return ValidationReport(**totals)
 
 
 def _accumulate(totals: dict, ref: dict, top_ids, top_probs, entropy) -> None:

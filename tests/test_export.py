@@ -96,3 +96,20 @@ def test_export_refuses_custom_code_without_trust_and_says_what_it_would_run(tmp
     from export import remote_code_notice
 
     assert remote_code_notice(source) == f"--trust-remote-code: running configuration_mything.py from {source}"
+
+
+def test_int8_export_records_its_agreement_and_decodes(tiny_bert, tmp_path):
+    import tie_lite
+    from export import export_model
+    from export.validate import ExportValidationError, ValidationReport, check_agreement
+
+    path = export_model(tiny_bert[0], tmp_path / "int8", int8=True, log=lambda m: None)
+    manifest = json.loads(path.read_text())
+    report = manifest["int8_validation"]
+    assert manifest["quantization"] == "int8-dynamic"
+    assert report["top1_agree"] / report["positions"] >= 0.9
+    assert (tmp_path / "int8" / "model.onnx").stat().st_size < (tiny_bert[1] / "model.onnx").stat().st_size
+    result = tie_lite.generate(tie_lite.Model.load(tmp_path / "int8"), "the cat", tie_lite.DecodeConfig(gen_length=16))
+    assert result.steps == 16
+    with pytest.raises(ExportValidationError, match="50.0% of positions"):
+        check_agreement(ValidationReport(1, 10, 5, 0, 0.1, 0.1), 0.9)
