@@ -34,7 +34,7 @@ class ExportError(RuntimeError):
 def export_model(source: str | Path, out_dir: str | Path, *, top_k: int = DEFAULT_TOP_K,
                  prompt_format: Optional[str] = None, answer_marker: str = DEFAULT_ANSWER_MARKER,
                  name: Optional[str] = None, opset: Optional[int] = None, trust_remote_code: bool = False,
-                 decode_defaults: Optional[dict] = None, int8: bool = False,
+                 decode_defaults: Optional[dict] = None, int8: bool = False, family: Optional[str] = None,
                  int8_min_agreement: float = DEFAULT_INT8_MIN_AGREEMENT,
                  log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)) -> Path:
     """Export `source` to `out_dir`; validate it against PyTorch; return the manifest's path.
@@ -43,12 +43,13 @@ def export_model(source: str | Path, out_dir: str | Path, *, top_k: int = DEFAUL
     tokenizer's chat template (rendered now, so the runtime needs no template engine),
     else "{prompt}". decode_defaults: gen_length / answer_length / block_size the
     runtime's CLI uses when the user gives none (e.g. the layout the model was trained on).
+    family: the export family by name (see export/families.py), when config.json's
+    model_type does not say it (e.g. a Dream-style model saved as plain Qwen2).
     int8: after the float32 graph validates, replace it by a dynamically quantized int8
     graph (onnxruntime quant_pre_process + quantize_dynamic), which must agree with
     PyTorch's top-1 ids at >= int8_min_agreement of the sample positions.
     """
-    import torch
-    from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from .graph import export_graph, suppressed_columns
     from .validate import check_agreement, measure, validate
@@ -59,20 +60,20 @@ def export_model(source: str | Path, out_dir: str | Path, *, top_k: int = DEFAUL
     if trust_remote_code:
         log(remote_code_notice(source))
     log(f"loading {source}")
-    config = _load(AutoConfig.from_pretrained, source, trust_remote_code)
-    family = _family(config)
+    model_family = _family(_load(read_config_quietly, source, trust_remote_code).get("model_type", ""), family)
+    model = _load(model_family.load, source, trust_remote_code)
     tokenizer = _load(AutoTokenizer.from_pretrained, source, trust_remote_code)
-    model = _load(AutoModelForMaskedLM.from_pretrained, source, trust_remote_code, dtype=torch.float32)
     model.eval()
-    ids = special_ids(tokenizer)
+    config = model.config
+    ids = special_ids(tokenizer, model_family, config)
     vocab_size = min(len(tokenizer), model.config.vocab_size)
     is_suppressed = suppressed_columns(model.config.vocab_size, vocab_size, [ids["mask_id"]])
     out_dir.mkdir(parents=True, exist_ok=True)
-    log(f"exporting {config.model_type} ({family.name}) with optimum to {out_dir / 'model.onnx'}")
-    onnx_path = export_graph(model, out_dir, family, is_suppressed, top_k, opset)
-    max_length = family.max_length(config)
+    log(f"exporting {config.model_type} ({model_family.name}) with optimum to {out_dir / 'model.onnx'}")
+    onnx_path = export_graph(model, out_dir, model_family, is_suppressed, top_k, opset)
+    max_length = model_family.max_length(config)
     log("validating ONNX against PyTorch")
-    checks = (model, is_suppressed, top_k, vocab_size, ids["mask_id"], max_length, family.logits_shift)
+    checks = (model, model_family, is_suppressed, top_k, vocab_size, ids["mask_id"], max_length)
     extra = {"source": str(source), "validation": validate(onnx_path, *checks).as_dict()}
     if int8:
         log("quantizing to int8 (dynamic) and measuring its agreement with PyTorch")
@@ -83,7 +84,7 @@ def export_model(source: str | Path, out_dir: str | Path, *, top_k: int = DEFAUL
     tokenizer_path = out_dir / "tokenizer.json"
     tokenizer.backend_tokenizer.save(str(tokenizer_path))
     manifest = tie_lite.Manifest(
-        family=family.name, logits_shift=family.logits_shift, max_length=max_length,
+        family=model_family.name, logits_shift=model_family.logits_shift, max_length=max_length,
         vocab_size=vocab_size, graph_vocab_size=int(model.config.vocab_size), top_k=top_k,
         prompt_format=prompt_format or chat_prompt_format(tokenizer), answer_marker=answer_marker,
         tokenizer_sha256=hashlib.sha256(tokenizer_path.read_bytes()).hexdigest(),
@@ -124,25 +125,42 @@ def remote_code_notice(source) -> str:
     return f"--trust-remote-code: running the Python files of the Hub repository {source}"
 
 
-def _family(config):
+def read_config_quietly(source, trust_remote_code: bool = False) -> dict:
+    from .families import read_config
+
+    return read_config(source)
+
+
+def _family(model_type: str, name: Optional[str]):
     from .families import family_for
 
     try:
-        return family_for(config.model_type)
+        return family_for(model_type, name)
     except ValueError as exc:
         raise ExportError(str(exc)) from None
 
 
-def special_ids(tokenizer) -> dict:
-    """mask / eos / pad / stop ids from a transformers tokenizer; EOS falls back to [SEP]."""
+def special_ids(tokenizer, family, config) -> dict:
+    """mask / eos / pad / stop ids. The mask: the tokenizer's, else the family's mask token, else
+    config.mask_token_id. EOS falls back to [SEP]; the family's end-of-turn tokens also stop."""
     mask_id = tokenizer.mask_token_id
+    if mask_id is None and family.mask_token is not None:
+        mask_id = tokenizer.convert_tokens_to_ids(family.mask_token)
+        mask_id = None if mask_id == tokenizer.unk_token_id else mask_id
+    if mask_id is None:
+        mask_id = getattr(config, "mask_token_id", None)
     if mask_id is None:
         raise ExportError("the tokenizer has no mask token: not a masked diffusion LM")
     eos_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
     if eos_id is None:
         raise ExportError("the tokenizer has neither an EOS nor a SEP token to end generation")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
-    return {"mask_id": int(mask_id), "eos_id": int(eos_id), "pad_id": int(pad_id), "stop_ids": (int(eos_id),)}
+    stop_ids = [int(eos_id)]
+    for text in family.stop_tokens:
+        token_id = tokenizer.convert_tokens_to_ids(text)
+        if token_id is not None and token_id != tokenizer.unk_token_id and token_id not in stop_ids:
+            stop_ids.append(int(token_id))
+    return {"mask_id": int(mask_id), "eos_id": int(eos_id), "pad_id": int(pad_id), "stop_ids": tuple(stop_ids)}
 
 
 def chat_prompt_format(tokenizer) -> str:

@@ -20,6 +20,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gen-length", type=int, help="recommended gen length, used when the user gives none")
     p.add_argument("--answer-length", type=int, help="recommended answer length (reasoning-as-infilling)")
     p.add_argument("--block-size", type=int, help="recommended block size")
+    p.add_argument("--family", help="export family when config.json's model_type does not say it (e.g. dream)")
     p.add_argument("--int8", action="store_true", help="quantize the graph to int8 (dynamic), after validating it")
     p.add_argument("--int8-min-agreement", type=float, default=DEFAULT_INT8_MIN_AGREEMENT,
                    help="least share of positions whose int8 top-1 id equals PyTorch's")
@@ -39,7 +40,7 @@ def main(argv=None) -> int:
         path = export_model(args.source, args.out_dir, top_k=args.top_k, prompt_format=args.prompt_format,
                             answer_marker=args.answer_marker, name=args.name, opset=args.opset,
                             trust_remote_code=args.trust_remote_code, decode_defaults=_defaults(args),
-                            int8=args.int8, int8_min_agreement=args.int8_min_agreement)
+                            int8=args.int8, int8_min_agreement=args.int8_min_agreement, family=args.family)
     except (ExportError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

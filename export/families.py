@@ -1,26 +1,90 @@
-"""Model families: how to split a masked LM into encoder and LM head, and its conventions.
+"""Model families: how to run a masked diffusion LM up to its hidden states and LM head, and its conventions.
 
-Each family says where the encoder and the LM head live inside the transformers
-model, and whether token i is read from the logits at i (shift 0) or at i - 1
-(shift 1, Dream-style). Adding a family means adding one `Family` here.
+Each family says how to load a checkpoint, how to get the last hidden states with
+bidirectional attention, how to apply the LM head to hidden states gathered at a
+few positions, whether token i is read from the logits at i (shift 0) or at i - 1
+(shift 1, Dream-style), and where its mask token comes from. Adding a family means
+adding one `Family` here.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Optional
 
 import torch
+
+Tensor = torch.Tensor
+
+
+def _encoder_hidden(base: str) -> Callable:
+    """hidden() for encoder masked LMs: the base module's last_hidden_state."""
+    def hidden(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return getattr(model, base)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return hidden
+
+
+def bidirectional_mask(attention_mask: Tensor) -> Tensor:
+    """A (B, 1, L, L) boolean mask letting every position attend to every unpadded position.
+
+    Handed to a causal-LM class (Qwen, Llama) in place of its causal mask: transformers
+    uses a 4D mask as given, so the decoder runs as the bidirectional MDLM it was trained as.
+    """
+    keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, L)
+    return keep.expand(-1, 1, attention_mask.shape[1], -1)
+
+
+def _decoder_hidden(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    return model.model(input_ids=input_ids, attention_mask=bidirectional_mask(attention_mask)).last_hidden_state
+
+
+def _full_logits(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    return model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def _decoder_full_logits(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    return model(input_ids=input_ids, attention_mask=bidirectional_mask(attention_mask)).logits
+
+
+def _load_masked_lm(source: str, trust_remote_code: bool):
+    from transformers import AutoModelForMaskedLM
+
+    return AutoModelForMaskedLM.from_pretrained(source, trust_remote_code=trust_remote_code, dtype=torch.float32)
+
+
+def _load_causal_lm(source: str, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(source, trust_remote_code=trust_remote_code, dtype=torch.float32,
+                                                attn_implementation="sdpa")
+
+
+def _load_a2d(source: str, trust_remote_code: bool):
+    """A2D checkpoints (dllm): Qwen weights under model_type a2d-qwen2/3, a type only dllm registers.
+    Loaded with transformers' own Qwen classes; the bidirectional mask comes from `hidden`."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    config = read_config(source)
+    classes = {"a2d-qwen2": (Qwen2Config, Qwen2ForCausalLM), "a2d-qwen3": (Qwen3Config, Qwen3ForCausalLM)}
+    config_class, model_class = classes[config.pop("model_type")]
+    return model_class.from_pretrained(source, config=config_class(**config), dtype=torch.float32,
+                                       attn_implementation="sdpa")
 
 
 @dataclass(frozen=True)
 class Family:
-    name: str                    # written to the manifest as "family"
-    model_types: tuple[str, ...]  # config.model_type values this family covers
-    encoder: Callable[[torch.nn.Module], torch.nn.Module]  # model -> module giving last_hidden_state
-    head: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]  # (model, hidden (B, K, H)) -> logits (B, K, Vg)
-    logits_shift: int = 0        # 1: token i is predicted by the logits at position i - 1
-    position_offset: int = 0     # position ids start past this many slots (RoBERTa: pad_token_id + 1)
+    name: str                      # written to the manifest as "family"
+    model_types: tuple[str, ...]   # config.json model_type values this family covers
+    hidden: Callable               # (model, input_ids, attention_mask) -> last hidden states (B, L, H)
+    head: Callable                 # (model, hidden (B, K, H)) -> logits (B, K, Vg)
+    full_logits: Callable = _full_logits  # (model, input_ids, attention_mask) -> (B, L, Vg): the reference
+    load: Callable = _load_masked_lm      # (source, trust_remote_code) -> model
+    logits_shift: int = 0          # 1: token i is predicted by the logits at position i - 1
+    position_offset: int = 0       # position ids start past this many slots (RoBERTa: pad_token_id + 1)
+    mask_token: Optional[str] = None  # the mask token's text, when the tokenizer does not name one
+    stop_tokens: tuple = ()        # texts of end-of-turn tokens that also end generation
 
     def max_length(self, config) -> int:
         """Longest canvas the model accepts."""
@@ -28,22 +92,48 @@ class Family:
         return int(config.max_position_embeddings) - offset
 
 
-def _modernbert_head(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+def _modernbert_head(model, hidden: Tensor) -> Tensor:
     return model.decoder(model.head(hidden))
 
 
+def _lm_head(model, hidden: Tensor) -> Tensor:
+    return model.lm_head(hidden)
+
+
 FAMILIES = (
-    Family("modernbert", ("modernbert",), lambda m: m.model, _modernbert_head),
-    Family("bert", ("bert",), lambda m: m.bert, lambda m, h: m.cls(h)),
-    Family("roberta", ("roberta", "xlm-roberta"), lambda m: m.roberta, lambda m, h: m.lm_head(h),
+    Family("modernbert", ("modernbert",), _encoder_hidden("model"), _modernbert_head),
+    Family("bert", ("bert",), _encoder_hidden("bert"), lambda m, h: m.cls(h)),
+    Family("roberta", ("roberta", "xlm-roberta"), _encoder_hidden("roberta"), lambda m, h: m.lm_head(h),
            position_offset=1),
+    Family("a2d-qwen", ("a2d-qwen2", "a2d-qwen3"), _decoder_hidden, _lm_head, _decoder_full_logits, _load_a2d,
+           mask_token="<|mask|>", stop_tokens=("<|im_end|>",)),
+    Family("dream", ("Dream", "dream"), _decoder_hidden, _lm_head, _decoder_full_logits, _load_causal_lm,
+           logits_shift=1, stop_tokens=("<|im_end|>",)),
 )
+REFUSED = {  # model types export knows and refuses, with the reason
+    "bd3lm": "BD3LM needs a block-causal attention mask between blocks; tie-lite's graph is fully "
+             "bidirectional, so its predictions would not be the model's",
+}
 
 
-def family_for(model_type: str) -> Family:
-    """The family that exports `model_type`, or a ValueError listing the supported ones."""
+def read_config(source) -> dict:
+    """config.json of a local folder, or of a Hub repository (through huggingface_hub)."""
+    path = Path(str(source)) / "config.json"
+    if not path.is_file():
+        from huggingface_hub import hf_hub_download
+
+        path = Path(hf_hub_download(str(source), "config.json"))
+    return json.loads(path.read_text())
+
+
+def family_for(model_type: str, name: Optional[str] = None) -> Family:
+    """The family named `name`, else the one covering `model_type`; ValueError listing the supported ones."""
+    if model_type in REFUSED and name is None:
+        raise ValueError(f"model_type {model_type!r} is not supported: {REFUSED[model_type]}")
     for family in FAMILIES:
-        if model_type in family.model_types:
+        if family.name == name or (name is None and model_type in family.model_types):
             return family
     supported = ", ".join(t for f in FAMILIES for t in f.model_types)
-    raise ValueError(f"model_type {model_type!r} is not supported for export (supported: {supported})")
+    what = f"family {name!r}" if name else f"model_type {model_type!r}"
+    raise ValueError(f"{what} is not supported for export (supported: {supported}; --family picks one of "
+                     f"{', '.join(f.name for f in FAMILIES)})")

@@ -77,8 +77,7 @@ class _StatsPatcher(ModelPatcher):
         family, is_suppressed, top_k = config.family, config.is_suppressed, config.top_k
 
         def patched_forward(input_ids, attention_mask, positions):
-            encoder = family.encoder(model)
-            hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, H)
+            hidden = family.hidden(model, input_ids, attention_mask)  # (B, L, H)
             index = positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])  # (B, K, H)
             logits = family.head(model, torch.gather(hidden, 1, index))  # (B, K, Vg)
             return confidence_statistics(logits, is_suppressed, top_k)

@@ -46,21 +46,21 @@ def sample_canvases(vocab_size: int, mask_id: int, max_length: int, seed: int = 
     return canvases
 
 
-def torch_statistics(model, tokens: np.ndarray, positions: np.ndarray, is_suppressed, top_k: int,
-                     logits_shift: int) -> dict:
-    """The reference: the full transformers forward, then the same statistics as the graph."""
+def torch_statistics(model, family, tokens: np.ndarray, positions: np.ndarray, is_suppressed,
+                     top_k: int) -> dict:
+    """The reference: the model's own full forward, then the same statistics as the graph."""
     with torch.no_grad():
         ids = torch.from_numpy(tokens)[None]
-        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0]  # (L, Vg)
-        read_at = torch.from_numpy(np.maximum(positions - logits_shift, 0))
+        logits = family.full_logits(model, ids, torch.ones_like(ids))[0]  # (L, Vg)
+        read_at = torch.from_numpy(np.maximum(positions - family.logits_shift, 0))
         stats = confidence_statistics(logits[read_at][None], is_suppressed, top_k)
     return {k: v[0].numpy() for k, v in stats.items()}
 
 
-def validate(onnx_path: Path, model, is_suppressed, top_k: int, vocab_size: int, mask_id: int,
-             max_length: int, logits_shift: int = 0) -> ValidationReport:
+def validate(onnx_path: Path, model, family, is_suppressed, top_k: int, vocab_size: int, mask_id: int,
+             max_length: int) -> ValidationReport:
     """Run sample canvases through ONNX and PyTorch; raise ExportValidationError if they disagree."""
-    report = measure(onnx_path, model, is_suppressed, top_k, vocab_size, mask_id, max_length, logits_shift)
+    report = measure(onnx_path, model, family, is_suppressed, top_k, vocab_size, mask_id, max_length)
     _check(report)
     return report
 
@@ -73,8 +73,8 @@ def check_agreement(report: ValidationReport, min_agreement: float) -> None:
                                     f"below the required {min_agreement:.1%}")
 
 
-def measure(onnx_path: Path, model, is_suppressed, top_k: int, vocab_size: int, mask_id: int,
-            max_length: int, logits_shift: int = 0) -> ValidationReport:
+def measure(onnx_path: Path, model, family, is_suppressed, top_k: int, vocab_size: int, mask_id: int,
+            max_length: int) -> ValidationReport:
     """Compare the ONNX graph's statistics with PyTorch's on sample canvases."""
     import onnxruntime as ort
 
@@ -82,9 +82,9 @@ def measure(onnx_path: Path, model, is_suppressed, top_k: int, vocab_size: int, 
     totals = dict(cases=0, positions=0, top1_agree=0, near_ties=0, max_prob_diff=0.0, max_entropy_diff=0.0)
     for tokens in sample_canvases(vocab_size, mask_id, max_length):
         positions = np.arange(tokens.size, dtype=np.int64)
-        ref = torch_statistics(model, tokens, positions, is_suppressed, top_k, logits_shift)
+        ref = torch_statistics(model, family, tokens, positions, is_suppressed, top_k)
         feed = {"input_ids": tokens[None], "attention_mask": np.ones((1, tokens.size), np.int64),
-                "positions": np.maximum(positions - logits_shift, 0)[None]}
+                "positions": np.maximum(positions - family.logits_shift, 0)[None]}
         top_ids, top_probs, entropy = (x[0] for x in session.run(["top_ids", "top_probs", "entropy"], feed))
         _accumulate(totals, ref, top_ids, top_probs, entropy)
     return ValidationReport(**totals)

@@ -28,6 +28,7 @@ def test_manifest_contents(tiny_modernbert):
 
 
 def test_validation_catches_a_graph_that_disagrees(tiny_bert, tiny_char):
+    from export.families import family_for
     from export.graph import suppressed_columns
     from export.validate import ExportValidationError, validate
 
@@ -38,8 +39,8 @@ def test_validation_catches_a_graph_that_disagrees(tiny_bert, tiny_char):
     manifest = json.loads((tiny_bert[1] / "tie_lite.json").read_text())
     is_suppressed = suppressed_columns(manifest["graph_vocab_size"], manifest["vocab_size"], [manifest["mask_id"]])
     with pytest.raises(ExportValidationError, match="differ"):
-        validate(tiny_bert[1] / "model.onnx", other, is_suppressed, manifest["top_k"], manifest["vocab_size"],
-                 manifest["mask_id"], manifest["max_length"])
+        validate(tiny_bert[1] / "model.onnx", other, family_for("bert"), is_suppressed, manifest["top_k"],
+                 manifest["vocab_size"], manifest["mask_id"], manifest["max_length"])
 
 
 def test_chat_template_renders_into_prompt_format(tiny_bert):
@@ -86,8 +87,8 @@ def test_roberta_max_length_excludes_its_position_offset(tiny_roberta):
 def test_export_refuses_custom_code_without_trust_and_says_what_it_would_run(tmp_path):
     source = tmp_path / "custom"
     source.mkdir()
-    (source / "config.json").write_text(json.dumps({"model_type": "mything", "auto_map": {
-        "AutoConfig": "configuration_mything.MyConfig"}}))
+    (source / "config.json").write_text(json.dumps({"model_type": "Dream", "auto_map": {
+        "AutoConfig": "configuration_mything.MyConfig", "AutoModel": "modeling_mything.MyModel"}}))
     (source / "configuration_mything.py").write_text("raise SystemExit('must not run')\n")
     result = run_cli(str(source), str(tmp_path / "out"), module="export", timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
