@@ -85,6 +85,7 @@ class Family:
     position_offset: int = 0       # position ids start past this many slots (RoBERTa: pad_token_id + 1)
     mask_token: Optional[str] = None  # the mask token's text, when the tokenizer does not name one
     stop_tokens: tuple = ()        # texts of end-of-turn tokens that also end generation
+    optimum_task: str = "fill-mask"  # the task optimum knows the architecture under (its config is replaced)
 
     def max_length(self, config) -> int:
         """Longest canvas the model accepts."""
@@ -106,9 +107,9 @@ FAMILIES = (
     Family("roberta", ("roberta", "xlm-roberta"), _encoder_hidden("roberta"), lambda m, h: m.lm_head(h),
            position_offset=1),
     Family("a2d-qwen", ("a2d-qwen2", "a2d-qwen3"), _decoder_hidden, _lm_head, _decoder_full_logits, _load_a2d,
-           mask_token="<|mask|>", stop_tokens=("<|im_end|>",)),
+           mask_token="<|mask|>", stop_tokens=("<|im_end|>",), optimum_task="feature-extraction"),
     Family("dream", ("Dream", "dream"), _decoder_hidden, _lm_head, _decoder_full_logits, _load_causal_lm,
-           logits_shift=1, stop_tokens=("<|im_end|>",)),
+           logits_shift=1, stop_tokens=("<|im_end|>",), optimum_task="feature-extraction"),
 )
 REFUSED = {  # model types export knows and refuses, with the reason
     "bd3lm": "BD3LM needs a block-causal attention mask between blocks; tie-lite's graph is fully "

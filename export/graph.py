@@ -94,7 +94,7 @@ class StatsOnnxConfig(TextEncoderOnnxConfig):
     DEFAULT_ONNX_OPSET = 14
 
     def __init__(self, config, family: Family, is_suppressed: torch.Tensor, top_k: int):
-        super().__init__(config, task="fill-mask")
+        super().__init__(config, task=family.optimum_task)
         self.family = family
         self.is_suppressed = is_suppressed
         self.top_k = top_k
@@ -128,7 +128,7 @@ def export_graph(model, out_dir: Path, family: Family, is_suppressed: torch.Tens
         model,
         out_dir,
         opset=opset,
-        task="fill-mask",
+        task=family.optimum_task,
         custom_onnx_configs={"model": onnx_config},
         do_validation=False,  # export/validate.py checks top-1 ids and probabilities itself
     )

@@ -14,9 +14,14 @@ def reference_decode(model, tokenizer, prompt: str, *, gen_length: int, block_si
                      steps: int | None = None, answer_length: int = 0, marker: str = "Answer:",
                      strategy: str = "schedule", threshold: float = 0.9, tokens_per_step: int = 2,
                      vocab_size: int | None = None, confidence: str = "top1", entropy_budget: float = 1.0,
-                     eps: float = 1e-3, eos_gamma: tuple | None = None) -> tuple[list[int], int]:
-    """Greedy decode; returns (the canvas after the prompt, number of forward passes)."""
-    mask_id = tokenizer.mask_token_id
+                     eps: float = 1e-3, eos_gamma: tuple | None = None, mask_id: int | None = None,
+                     bidirectional: bool = False, shift: int = 0) -> tuple[list[int], int]:
+    """Greedy decode; returns (the canvas after the prompt, number of forward passes).
+
+    bidirectional: hand a causal-LM class an all-true 4D mask; shift 1: position i reads
+    the logits at i - 1 (position 0 its own), as Dream does.
+    """
+    mask_id = tokenizer.mask_token_id if mask_id is None else mask_id
     prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
     marker_ids = tokenizer.encode(marker, add_special_tokens=False) if answer_length else []
     reasoning = gen_length - answer_length
@@ -34,8 +39,12 @@ def reference_decode(model, tokenizer, prompt: str, *, gen_length: int, block_si
         while bool((x[block] == mask_id).any()):
             masked = block[x[block] == mask_id]
             with torch.no_grad():
-                logits = model(input_ids=x[None], attention_mask=torch.ones(1, len(x), dtype=torch.long)).logits[0]
+                attention = (torch.ones(1, 1, len(x), len(x), dtype=torch.bool) if bidirectional
+                             else torch.ones(1, len(x), dtype=torch.long))
+                logits = model(input_ids=x[None], attention_mask=attention).logits[0]
             forwards += 1
+            if shift:
+                logits = torch.cat([logits[:1], logits[:-1]])
             logits[:, mask_id] = float("-inf")
             if vocab_size is not None:
                 logits[:, vocab_size:] = float("-inf")

@@ -52,6 +52,43 @@ def tiny_model(arch: str, vocab_size: int, seed: int, max_length: int = 128, ext
     raise ValueError(f"unknown arch {arch!r}")
 
 
+def qwen_tokenizer(with_mask_token: bool) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer with Qwen's special tokens; the mask is <|mask|>, named or not."""
+    specials = ["<|endoftext|>", "<|im_end|>", "<|mask|>", "[UNK]"]
+    vocab = {tok: i for i, tok in enumerate(specials + WORDS)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.decoder = decoders.WordPiece(prefix="##")
+    named = {"mask_token": "<|mask|>"} if with_mask_token else {}
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                   unk_token="[UNK]", additional_special_tokens=specials[:3], **named)
+
+
+def save_qwen_family(folder: Path, family: str, seed: int = 0, extra_columns: int = 0) -> Path:
+    """A tiny Qwen checkpoint with a family's conventions: "a2d-qwen3" (model_type rewritten, as dllm
+    saves it) or "dream" (plain Qwen2 weights, a graph vocabulary wider than the tokenizer)."""
+    import json
+
+    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    tok = qwen_tokenizer(with_mask_token=family == "dream")
+    common = dict(vocab_size=len(tok) + extra_columns, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=1, intermediate_size=64, max_position_embeddings=128, initializer_range=0.3,
+                  tie_word_embeddings=False)
+    if family == "a2d-qwen3":
+        model = Qwen3ForCausalLM(Qwen3Config(**common, head_dim=16))
+    else:
+        model = Qwen2ForCausalLM(Qwen2Config(**common))
+    model.eval().save_pretrained(folder)
+    tok.save_pretrained(folder)
+    if family == "a2d-qwen3":
+        config = json.loads((folder / "config.json").read_text())
+        config["model_type"] = "a2d-qwen3"
+        (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
 def save_tiny(folder: Path, arch: str, tokenizer: str = "word", seed: int = 0, **kwargs) -> Path:
     """Write a Hugging Face folder (config, safetensors, tokenizer) for a tiny model."""
     tok = word_tokenizer() if tokenizer == "word" else char_tokenizer()

@@ -1,0 +1,91 @@
+"""Real model families on tiny random models with their conventions: A2D-Qwen and Dream (shifted logits)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+import tie_lite
+from conftest import run_cli
+from reference import reference_decode
+from tiny import save_qwen_family
+
+SETTINGS = [dict(gen_length=16, block_size=16), dict(gen_length=32, block_size=16, answer_length=16),
+            dict(gen_length=32, block_size=8, steps=16)]
+
+
+@pytest.fixture(scope="module")
+def families(tmp_path_factory):
+    from export import export_model
+
+    out = {}
+    for family, extra in (("a2d-qwen3", 0), ("dream", 5)):
+        base = tmp_path_factory.mktemp(family)
+        hf = save_qwen_family(base / "hf", family, seed=7, extra_columns=extra)
+        export_model(hf, base / "onnx", name=family, family="dream" if family == "dream" else None,
+                     log=lambda m: None)
+        out[family] = (hf, base / "onnx")
+    return out
+
+
+def _torch_model(hf, family):
+    from export.families import family_for, read_config
+
+    fam = family_for(read_config(hf)["model_type"], "dream" if family == "dream" else None)
+    return fam.load(str(hf), False).eval()
+
+
+def test_manifests_carry_the_family_conventions(families):
+    a2d = json.loads((families["a2d-qwen3"][1] / "tie_lite.json").read_text())
+    dream = json.loads((families["dream"][1] / "tie_lite.json").read_text())
+    tok = AutoTokenizer.from_pretrained(families["a2d-qwen3"][0])
+    assert a2d["family"] == "a2d-qwen" and a2d["logits_shift"] == 0
+    assert a2d["mask_id"] == tok.convert_tokens_to_ids("<|mask|>")  # found by the family, not the tokenizer
+    assert a2d["stop_ids"] == [tok.convert_tokens_to_ids("<|endoftext|>"), tok.convert_tokens_to_ids("<|im_end|>")]
+    assert dream["family"] == "dream" and dream["logits_shift"] == 1
+    assert dream["graph_vocab_size"] == dream["vocab_size"] + 5
+
+
+def test_a2d_export_attends_bidirectionally(families):
+    """A causal mask would make position 0's prediction ignore the rest of the canvas."""
+    model = tie_lite.Model.load(families["a2d-qwen3"][1])
+    a, b = model.encode("the cat is big"), model.encode("the dog is small")
+    assert a[0] == b[0]
+    stats_a, stats_b = model.stats(a, np.array([0]), True), model.stats(b, np.array([0]), True)
+    assert not np.allclose(stats_a.logits, stats_b.logits)
+
+
+@pytest.mark.parametrize("family", ["a2d-qwen3", "dream"])
+@pytest.mark.parametrize("setting", SETTINGS, ids=["plain", "infill", "two-per-step"])
+def test_family_decode_matches_pytorch(families, family, setting):
+    hf, onnx = families[family]
+    model = tie_lite.Model.load(onnx)
+    m = model.manifest
+    config = tie_lite.DecodeConfig(**setting)
+    expected, forwards = reference_decode(
+        _torch_model(hf, family), AutoTokenizer.from_pretrained(hf), "what is two plus three ?",
+        marker=m.answer_marker, vocab_size=m.vocab_size, mask_id=m.mask_id, bidirectional=True,
+        shift=m.logits_shift, **setting)
+    state = tie_lite.DecodeState(tie_lite.build_canvas(model, "what is two plus three ?", config))
+    tie_lite.decode(model, state, config, np.random.default_rng(0))
+    assert state.tokens[state.canvas.prompt_length:].tolist() == expected
+    assert state.steps == forwards
+
+
+def test_tie_across_two_families_with_different_tokenizers(families, tiny_char):
+    models = [tie_lite.Model.load(families["a2d-qwen3"][1]), tie_lite.Model.load(tiny_char[1])]
+    config = tie_lite.DecodeConfig(gen_length=48, answer_length=16)
+    result = tie_lite.generate(models, "what is two plus three ?", config, tie_lite.EnsembleConfig(interval=16))
+    assert len(result.relays) >= 1 and {c.model for c in result.candidates} == {"a2d-qwen3", "char"}
+    assert all(isinstance(c.answer, str) for c in result.candidates)
+
+
+def test_bd3lm_is_refused_with_the_reason(tmp_path):
+    (tmp_path / "bd3lm").mkdir()
+    (tmp_path / "bd3lm" / "config.json").write_text(json.dumps({"model_type": "bd3lm"}))
+    result = run_cli(str(tmp_path / "bd3lm"), str(tmp_path / "out"), module="export", timeout=300)
+    assert result.returncode == 2 and "block-causal" in result.stderr and "Traceback" not in result.stderr
