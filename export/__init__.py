@@ -94,16 +94,32 @@ def export_model(source: str | Path, out_dir: str | Path, *, top_k: int = DEFAUL
 
 
 def quantize_int8(onnx_path: Path) -> None:
-    """Replace the float32 graph at onnx_path by a dynamically quantized int8 one."""
+    """Replace the float32 graph at onnx_path by a dynamically quantized int8 one.
+
+    A graph stored with external data (over 2 GB) is quantized into external data too.
+    """
+    import shutil
     import tempfile
 
+    import onnx
+    from onnx.external_data_helper import uses_external_data
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    graph = onnx.load(str(onnx_path), load_external_data=False)
+    external = [t.name for t in graph.graph.initializer if uses_external_data(t)]
+    data_files = {e.value for t in graph.graph.initializer if uses_external_data(t)
+                  for e in t.external_data if e.key == "location"}
     with tempfile.TemporaryDirectory() as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
-        quantize_dynamic(prepared, onnx_path, weight_type=QuantType.QInt8)
+        prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "out" / onnx_path.name
+        quantized.parent.mkdir()
+        quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True,
+                          save_as_external_data=bool(external))
+        quantize_dynamic(prepared, quantized, weight_type=QuantType.QInt8, use_external_data_format=bool(external))
+        for name in data_files:
+            (onnx_path.parent / name).unlink()
+        for file in quantized.parent.iterdir():
+            shutil.move(str(file), onnx_path.parent / file.name)
 
 
 def _load(loader, source, trust_remote_code: bool, **kwargs):

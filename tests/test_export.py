@@ -114,3 +114,20 @@ def test_int8_export_records_its_agreement_and_decodes(tiny_bert, tmp_path):
     assert result.steps == 16
     with pytest.raises(ExportValidationError, match="50.0% of positions"):
         check_agreement(ValidationReport(1, 10, 5, 0, 0.1, 0.1), 0.9)
+
+
+def test_graphs_stored_as_external_data_export_quantize_and_load(tmp_path, monkeypatch):
+    """What a model over 2 GB gets (forced here on a tiny one through optimum's switch)."""
+    import tie_lite
+    from export import export_model
+    from tiny import save_tiny
+
+    monkeypatch.setenv("FORCE_ONNX_EXTERNAL_DATA", "1")
+    source = save_tiny(tmp_path / "hf", "bert", seed=5)
+    for int8 in (False, True):
+        out = tmp_path / f"onnx-{int8}"
+        export_model(source, out, int8=int8, log=lambda m: None)
+        files = sorted(p.name for p in out.iterdir())
+        assert any(name != "model.onnx" and name.startswith("model.onnx") for name in files), files
+        result = tie_lite.generate(tie_lite.Model.load(out), "the cat", tie_lite.DecodeConfig(gen_length=16))
+        assert result.steps == 16
