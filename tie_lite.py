@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -160,7 +161,7 @@ class DecodeConfig:
         _require(self.steps in (None, power), f"strategy 'ass' takes log2(gen_length) = {power} steps, "
                                               f"got {self.steps}")
 
-    @property
+    @functools.cached_property
     def block_bounds(self) -> tuple:
         """Offsets into the generated masks where blocks start, and the end: (0, ..., gen_length)."""
         if self.strategy == "ass":
