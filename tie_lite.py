@@ -5,7 +5,8 @@ blocks and confidence-based unmasking, and (with two or more models) ensembles
 them while they decode with TIE, Trajectory-based Iterative Ensembling
 (arXiv 2606.16281).
 
-    python tie_lite.py --model models/a --prompt "What is 12 + 7?"
+    python tie_lite.py --prompt "Compute 3 * 7 + 2."            # the shipped default pair, TIE
+    python tie_lite.py --model DIR --prompt "..." --json         # one exported model
 
 Needs only numpy, onnxruntime and tokenizers.
 """
