@@ -110,3 +110,29 @@ def test_ctrl_c_exits_cleanly_with_130(tiny_bert, tiny_modernbert):
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "interrupted"
     assert len(out.strip().splitlines()) < 20  # stopped within a step or so of each model
+
+
+def test_progress_line_only_when_stderr_is_a_terminal(tiny_bert):
+    import os
+    import pty
+
+    args = [sys.executable, str(ROOT / "tie_lite.py"), "--model", str(tiny_bert[1]), "--prompt", "the cat",
+            "--gen-length", "32"]
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=follower, text=True)
+    out, _ = proc.communicate(timeout=60)
+    os.close(follower)
+    progress = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        progress += chunk
+    os.close(leader)
+    assert proc.returncode == 0 and out.strip()
+    assert b"32 steps, " in progress and b"steps/s" in progress
+    piped = run_cli("--model", str(tiny_bert[1]), "--prompt", "the cat", "--gen-length", "32")
+    assert piped.stderr == ""  # not a terminal: no progress
