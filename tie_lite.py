@@ -452,6 +452,7 @@ class Manifest:
     tokenizer_sha256: str     # sha256 of tokenizer.json: equal hashes relay token ids exactly
     name: str = ""            # display name
     decode_defaults: dict = field(default_factory=dict)  # recommended gen_length / answer_length / block_size
+    stop_texts: tuple = ()    # output text is also cut at the first of these (end markers that are not one token)
     extra: dict = field(default_factory=dict)  # everything else the manifest holds (source, validation)
 
     _INT_FIELDS = ("mask_id", "eos_id", "pad_id", "logits_shift", "max_length", "vocab_size",
@@ -472,7 +473,13 @@ class Manifest:
         for name in cls._STR_FIELDS:
             _check_type(data, name, str, where)
         _check_type(data, "stop_ids", list, where)
-        optional = {"name": str(data.get("name", "")), "decode_defaults": data.get("decode_defaults", {})}
+        optional = {"name": str(data.get("name", "")), "decode_defaults": data.get("decode_defaults", {}),
+                    "stop_texts": data.get("stop_texts", [])}
+        if not (isinstance(optional["stop_texts"], list) and all(isinstance(t, str) and t
+                                                                   for t in optional["stop_texts"])):
+            raise ModelError(f"{where}: stop_texts must be a list of non-empty strings, "
+                             f"got {optional['stop_texts']!r}")
+        optional["stop_texts"] = tuple(optional["stop_texts"])
         known = {f.name for f in dataclasses.fields(cls)} - {"extra", "stop_ids", *optional}
         manifest = cls(stop_ids=tuple(data["stop_ids"]), **optional,
                        extra={k: v for k, v in data.items() if k not in known | {"stop_ids", *optional}},
@@ -512,6 +519,7 @@ class Manifest:
         data = {"schema_version": SCHEMA_VERSION, **dataclasses.asdict(self)}
         data.update(data.pop("extra"))
         data["stop_ids"] = list(self.stop_ids)
+        data["stop_texts"] = list(self.stop_texts)
         return data
 
 
@@ -900,18 +908,23 @@ def trim_at_stop(tokens: np.ndarray, stop_ids: Sequence[int]) -> np.ndarray:
     return tokens[: first_index(tokens, stop_ids)]
 
 
+def cut_at_stop_text(text: str, stop_texts: Sequence[str]) -> str:
+    """text up to (not including) the first occurrence of any stop text."""
+    return text[: min([text.find(s) for s in stop_texts if s in text], default=len(text))]
+
+
 def finish(model: Model, canvas: Canvas, config: DecodeConfig) -> tuple[str, np.ndarray, Optional[str]]:
     """Text, kept token ids and answer text of a decoded canvas."""
     m = model.manifest
     reasoning_idx = canvas.gen_idx[: config.gen_length - config.answer_length]
     reasoning = trim_at_stop(canvas.tokens[reasoning_idx], m.stop_ids)
     reasoning = reasoning[reasoning != m.mask_id]  # left by an early exit
+    reasoning_text = cut_at_stop_text(model.decode(reasoning), m.stop_texts)
     if not config.infill:
-        return model.decode(reasoning), reasoning, None
+        return reasoning_text, reasoning, None
     answer_ids = trim_at_stop(canvas.tokens[canvas.answer_idx], m.stop_ids)
-    answer = model.decode(answer_ids)
-    text = model.decode(reasoning) + m.answer_marker + answer
-    return text, np.concatenate([reasoning, answer_ids]), answer
+    answer = cut_at_stop_text(model.decode(answer_ids), m.stop_texts)
+    return reasoning_text + m.answer_marker + answer, np.concatenate([reasoning, answer_ids]), answer
 
 
 def generate_one(model: Model, prompt: str, config: DecodeConfig = DecodeConfig(),

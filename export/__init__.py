@@ -15,7 +15,7 @@ import hashlib
 import json
 import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import tie_lite
 
@@ -35,6 +35,7 @@ def export_model(source: str | Path, out_dir: str | Path, *, top_k: int = DEFAUL
                  prompt_format: Optional[str] = None, answer_marker: str = DEFAULT_ANSWER_MARKER,
                  name: Optional[str] = None, opset: Optional[int] = None, trust_remote_code: bool = False,
                  decode_defaults: Optional[dict] = None, int8: bool = False, family: Optional[str] = None,
+                 stop_texts: Sequence[str] = (),
                  int8_min_agreement: float = DEFAULT_INT8_MIN_AGREEMENT,
                  log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)) -> Path:
     """Export `source` to `out_dir`; validate it against PyTorch; return the manifest's path.
@@ -43,6 +44,8 @@ def export_model(source: str | Path, out_dir: str | Path, *, top_k: int = DEFAUL
     tokenizer's chat template (rendered now, so the runtime needs no template engine),
     else "{prompt}". decode_defaults: gen_length / answer_length / block_size the
     runtime's CLI uses when the user gives none (e.g. the layout the model was trained on).
+    stop_texts: end markers that are text, not one token (ModernBERT-chat's "[/Answer]"):
+    the runtime cuts its output at the first of them.
     family: the export family by name (see export/families.py), when config.json's
     model_type does not say it (e.g. a Dream-style model saved as plain Qwen2).
     int8: after the float32 graph validates, replace it by a dynamically quantized int8
@@ -88,7 +91,8 @@ def export_model(source: str | Path, out_dir: str | Path, *, top_k: int = DEFAUL
         vocab_size=vocab_size, graph_vocab_size=int(model.config.vocab_size), top_k=top_k,
         prompt_format=prompt_format or chat_prompt_format(tokenizer), answer_marker=answer_marker,
         tokenizer_sha256=hashlib.sha256(tokenizer_path.read_bytes()).hexdigest(),
-        name=name or Path(str(source)).name, decode_defaults=dict(decode_defaults or {}), extra=extra,
+        name=name or Path(str(source)).name, decode_defaults=dict(decode_defaults or {}),
+        stop_texts=tuple(stop_texts), extra=extra,
         **ids)
     return write_manifest(manifest, out_dir)
 

@@ -20,6 +20,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gen-length", type=int, help="recommended gen length, used when the user gives none")
     p.add_argument("--answer-length", type=int, help="recommended answer length (reasoning-as-infilling)")
     p.add_argument("--block-size", type=int, help="recommended block size")
+    p.add_argument("--stop-text", action="append", default=[],
+                   help="an end marker that is text, e.g. [/Answer] for ModernBERT-chat (repeatable)")
     p.add_argument("--family", help="export family when config.json's model_type does not say it (e.g. dream)")
     p.add_argument("--int8", action="store_true", help="quantize the graph to int8 (dynamic), after validating it")
     p.add_argument("--int8-min-agreement", type=float, default=DEFAULT_INT8_MIN_AGREEMENT,
@@ -40,7 +42,8 @@ def main(argv=None) -> int:
         path = export_model(args.source, args.out_dir, top_k=args.top_k, prompt_format=args.prompt_format,
                             answer_marker=args.answer_marker, name=args.name, opset=args.opset,
                             trust_remote_code=args.trust_remote_code, decode_defaults=_defaults(args),
-                            int8=args.int8, int8_min_agreement=args.int8_min_agreement, family=args.family)
+                            int8=args.int8, int8_min_agreement=args.int8_min_agreement, family=args.family,
+                            stop_texts=args.stop_text)
     except (ExportError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

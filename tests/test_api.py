@@ -139,3 +139,9 @@ def test_given_answer_errors(tiny_bert):
     with pytest.raises(tie_lite.ConfigError, match="room for at least one EOS"):
         tie_lite.generate(model, "the cat", tie_lite.DecodeConfig(gen_length=32, answer_length=16),
                           answer=" ".join(["cat"] * 16))
+
+
+def test_stop_texts_cut_the_output():
+    assert tie_lite.cut_at_stop_text("the answer is 5[/Answer] and more", ["[/Answer]"]) == "the answer is 5"
+    assert tie_lite.cut_at_stop_text("a b c", ["[/Answer]", "b"]) == "a "
+    assert tie_lite.cut_at_stop_text("a b c", []) == "a b c"

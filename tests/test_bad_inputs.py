@@ -76,6 +76,7 @@ CATALOGUE = [
     ("stop id out of range", _edit_manifest(stop_ids=[-1]), [], "stop_ids[0] -1"),
     ("logit shift not 0/1", _edit_manifest(logits_shift=2), [], "logits_shift must be 0 or 1"),
     ("prompt format without {prompt}", _edit_manifest(prompt_format="Q:"), [], "{prompt}"),
+    ("stop texts not strings", _edit_manifest(stop_texts=[3]), [], "stop_texts must be a list"),
     ("decode defaults invalid", _edit_manifest(decode_defaults={"gen_length": 30}), [], "decode_defaults"),
     ("tokenizer.json missing", _remove("tokenizer.json"), [], "no tokenizer.json"),
     ("tokenizer.json not the manifest's", "other tokenizer", [], "does not match the manifest"),

@@ -131,3 +131,23 @@ def test_graphs_stored_as_external_data_export_quantize_and_load(tmp_path, monke
         assert any(name != "model.onnx" and name.startswith("model.onnx") for name in files), files
         result = tie_lite.generate(tie_lite.Model.load(out), "the cat", tie_lite.DecodeConfig(gen_length=16))
         assert result.steps == 16
+
+
+def test_modernbert_chat_conventions(tiny_modernbert, tmp_path):
+    """ModernBERT-chat: the chat format rendered at export, "[/Answer]" ending the output."""
+    from transformers import AutoTokenizer
+
+    import tie_lite
+    from export import export_model
+
+    tok = AutoTokenizer.from_pretrained(tiny_modernbert[0])
+    tok.chat_template = ("{% for m in messages %}[Question]\n{{ m['content'] }}\n[/Question]\n\n{% endfor %}"
+                         "{% if add_generation_prompt %}[Answer]\n{% endif %}")
+    source = tmp_path / "chat"
+    import shutil
+    shutil.copytree(tiny_modernbert[0], source)
+    tok.save_pretrained(source)
+    path = export_model(source, tmp_path / "onnx", stop_texts=["[/Answer]"], log=lambda m: None)
+    manifest = tie_lite.Manifest.from_dict(json.loads(path.read_text()))
+    assert manifest.prompt_format == "[Question]\n{prompt}\n[/Question]\n\n[Answer]\n"
+    assert manifest.stop_texts == ("[/Answer]",)
