@@ -1,0 +1,124 @@
+"""Exact-match accuracy of the shipped models alone and ensembled with TIE, through tie_lite.
+
+    python train/evaluate.py --split test --n 1000 [--models-dir models] [--only NAME ...]
+
+Prints one table: each model alone, post-generation ensembling, TIE with every
+score, TIE across tokenizers (A + C); for each, accuracy, the paired-bootstrap 95%
+interval of its accuracy minus the best single model's, the leader change rate and
+the mean model calls per problem. Tune on --split validation; report on test.
+Decoding settings come from the models' manifests (the layout they were trained on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "train"))
+
+import task  # noqa: E402
+import tie_lite  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str                  # row label
+    models: tuple              # model folder names under models/
+    ensemble: tie_lite.EnsembleConfig = tie_lite.EnsembleConfig()
+
+
+def variants() -> list[Variant]:
+    E = tie_lite.EnsembleConfig
+    return [Variant("A alone", ("a",)), Variant("B alone", ("b",)), Variant("C alone", ("c",)),
+            Variant("post-generation A+B", ("a", "b"), E(interval=10_000)),
+            Variant("TIE A+B tcc", ("a", "b"), E(score="tcc")),
+            Variant("TIE A+B top1", ("a", "b"), E(score="top1")),
+            Variant("TIE A+B entropy", ("a", "b"), E(score="entropy")),
+            Variant("TIE A+B margin", ("a", "b"), E(score="margin")),
+            Variant("TIE A+C tcc (text relay)", ("a", "c"), E(score="tcc"))]
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--split", choices=("validation", "test"), default="validation")
+    p.add_argument("--n", type=int, default=1000, help="problems")
+    p.add_argument("--seed", type=int, default=0, help="split seed (the problems drawn)")
+    p.add_argument("--models-dir", type=Path, default=ROOT / "models")
+    p.add_argument("--only", nargs="+", help="row names to run (default: all)")
+    p.add_argument("--threads", type=int, default=2, help="onnxruntime threads in all")
+    p.add_argument("--json", type=Path, help="also write per-problem results here")
+    return p.parse_args()
+
+
+def run_variant(variant: Variant, models: dict, problems: list) -> dict:
+    """Per-problem correctness (n,) bool, leader changes, relays and model calls."""
+    chosen = [models[name] for name in variant.models]
+    defaults = chosen[0].manifest.decode_defaults
+    config = tie_lite.DecodeConfig(**defaults)
+    correct, calls, changes, relays = [], [], 0, 0
+    t0 = time.perf_counter()
+    for i, ex in enumerate(problems):
+        result = tie_lite.generate(chosen if len(chosen) > 1 else chosen[0], ex["prompt"], config,
+                                   variant.ensemble)
+        correct.append(task.is_correct(result.answer or "", ex))
+        calls.append(result.model_calls)
+        changes += sum(r.changed for r in result.relays[1:])
+        relays += max(len(result.relays) - 1, 0)
+        if (i + 1) % 100 == 0:
+            print(f"  {variant.name}: {i + 1}/{len(problems)}, accuracy so far {np.mean(correct):.3f}, "
+                  f"{time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    return {"correct": np.array(correct), "calls": float(np.mean(calls)),
+            "change_rate": changes / relays if relays else None}
+
+
+def bootstrap_ci(a: np.ndarray, b: np.ndarray, rounds: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """Paired-bootstrap 95% interval of mean(a) - mean(b), in points."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, a.size, size=(rounds, a.size))
+    diffs = (a[idx].mean(1) - b[idx].mean(1)) * 100
+    return float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))
+
+
+def table(rows: dict) -> str:
+    singles = {k: v for k, v in rows.items() if k.endswith("alone") and not k.startswith("C")}
+    best = max(singles, key=lambda k: singles[k]["correct"].mean()) if singles else None
+    lines = ["| variant | accuracy | minus best single (95% CI) | leader change rate | model calls / problem |",
+             "|---|---|---|---|---|"]
+    for name, r in rows.items():
+        acc = 100 * r["correct"].mean()
+        diff = ""
+        if best and name != best and r["correct"].size == rows[best]["correct"].size:
+            lo, hi = bootstrap_ci(r["correct"], rows[best]["correct"])
+            diff = f"{acc - 100 * rows[best]['correct'].mean():+.1f} ({lo:+.1f}, {hi:+.1f})"
+        rate = "" if r["change_rate"] is None else f"{100 * r['change_rate']:.0f}%"
+        lines.append(f"| {name} | {acc:.1f} | {diff} | {rate} | {r['calls']:.0f} |")
+    return "\n".join(lines) + (f"\n\nbest single model (A or B): {best}" if best else "")
+
+
+def main() -> int:
+    args = parse_args()
+    chosen = [v for v in variants() if not args.only or v.name in args.only]
+    needed = sorted({m for v in chosen for m in v.models})
+    per_model = max(1, args.threads // 2)
+    models = {m: tie_lite.Model.load(args.models_dir / m / "onnx", threads=per_model) for m in needed}
+    problems = task.make_split(args.split, args.n, seed=args.seed)
+    rows = {}
+    for variant in chosen:
+        rows[variant.name] = run_variant(variant, models, problems)
+    print(f"split {args.split}, {len(problems)} problems (seed {args.seed})\n")
+    print(table(rows))
+    if args.json:
+        args.json.write_text(json.dumps({k: {**v, "correct": v["correct"].tolist()} for k, v in rows.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

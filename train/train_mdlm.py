@@ -1,0 +1,204 @@
+"""Train a small masked diffusion LM (MDLM) on the arithmetic task, reasoning-as-infilling layout.
+
+Objective (LLaDA-style): per example t ~ U(0, 1) clamped to >= t_min; each response position
+(reasoning + answer, including their EOS padding; never prompt or marker) is replaced by [MASK]
+independently with probability t; loss = sum over masked positions of CE / t, divided by
+(batch * response positions). Full bidirectional attention, no padding: batches are drawn from
+one prompt-length bucket at a time so every sequence in a batch has the same length.
+
+    nice -n 19 /work/venv/bin/python train/train_mdlm.py --out /work/ckpt/A --arch modernbert \
+        --tokenizer char --hidden 128 --layers 4 --heads 4 --intermediate 256 --steps 3000
+    /work/venv/bin/python train/train_mdlm.py --smoke --out /tmp/mdlm-smoke
+"""
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import task  # noqa: E402
+from common import Layout, bucket_by_prompt_length, build_tokenizer  # noqa: E402
+from quick_eval import evaluate  # noqa: E402
+
+
+def make_model(args, tok):
+    from transformers import BertConfig, BertForMaskedLM, ModernBertConfig, ModernBertForMaskedLM
+    ids = dict(pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    if args.arch == "modernbert":
+        cfg = ModernBertConfig(
+            vocab_size=len(tok), hidden_size=args.hidden, intermediate_size=args.intermediate,
+            num_hidden_layers=args.layers, num_attention_heads=args.heads,
+            max_position_embeddings=task.MAX_LENGTH, global_attn_every_n_layers=1,
+            local_attention=2 * task.MAX_LENGTH, global_rope_theta=10000.0, local_rope_theta=10000.0,
+            attention_dropout=0.0, mlp_dropout=0.0, embedding_dropout=0.0,
+            bos_token_id=tok.eos_token_id, cls_token_id=tok.eos_token_id, sep_token_id=tok.eos_token_id,
+            reference_compile=False, tie_word_embeddings=True, **ids)
+        model = ModernBertForMaskedLM(cfg)
+    elif args.arch == "bert":
+        cfg = BertConfig(
+            vocab_size=len(tok), hidden_size=args.hidden, intermediate_size=args.intermediate,
+            num_hidden_layers=args.layers, num_attention_heads=args.heads,
+            max_position_embeddings=task.MAX_LENGTH, hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0, tie_word_embeddings=True, **ids)
+        model = BertForMaskedLM(cfg)
+    else:
+        raise ValueError(args.arch)
+    return model
+
+
+def lr_at(step, args):
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    frac = min(1.0, (step - args.warmup) / max(1, args.steps - args.warmup))
+    return args.lr * (args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def save(model, tok, layout, args, out, extra):
+    os.makedirs(out, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    info = {"task": "tie-lite arithmetic (train/task.py)", "layout": layout.to_dict(),
+            "difficulty": {"N_OPS": task.N_OPS, "FIRST_RANGE": task.FIRST_RANGE, "ADD_RANGE": task.ADD_RANGE, "MUL_RANGE": task.MUL_RANGE,
+                           "MAX_VALUE": task.MAX_VALUE, "MUL_MAX_VALUE": task.MUL_MAX_VALUE},
+            "args": vars(args), **extra}
+    with open(os.path.join(out, "training_args.json"), "w") as f:
+        json.dump(info, f, indent=2)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--arch", default="modernbert", choices=["modernbert", "bert"])
+    ap.add_argument("--tokenizer", default="char", choices=["char", "bpe"])
+    ap.add_argument("--bpe_vocab", type=int, default=300)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--intermediate", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--min_lr_frac", type=float, default=0.05)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--weight_decay", type=float, default=0.01)
+    ap.add_argument("--t_min", type=float, default=1e-3)
+    ap.add_argument("--n_train", type=int, default=200000)
+    ap.add_argument("--data_seed", type=int, default=0, help="seed of the train split")
+    ap.add_argument("--seed", type=int, default=0, help="seed of init, masking and batching")
+    ap.add_argument("--eval_every", type=int, default=500)
+    ap.add_argument("--eval_n", type=int, default=200, help="validation problems per periodic eval")
+    ap.add_argument("--keep_snapshots", action="store_true", help="also keep every eval's checkpoint in OUT_steps/")
+    ap.add_argument("--max_minutes", type=float, default=30.0, help="stop (and save) after this much time")
+    ap.add_argument("--init_from", default=None,
+                    help="continue from this checkpoint dir (weights + tokenizer; fresh optimizer and schedule)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--smoke", action="store_true", help="tiny model, few steps, seconds")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.hidden, args.layers, args.heads, args.intermediate = 32, 1, 2, 64
+        args.steps, args.warmup, args.batch, args.n_train = 20, 5, 8, 500
+        args.eval_every, args.eval_n, args.bpe_vocab = 20, 8, 280
+
+    torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+
+    t0 = time.time()
+    train = task.make_split("train", args.n_train, seed=args.data_seed)
+    val = task.make_split("validation", args.eval_n, seed=0)
+    if args.init_from:
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(args.init_from)
+        args.tokenizer = "bpe" if type(tok.backend_tokenizer.model).__name__ == "BPE" else "char"
+    else:
+        tok = build_tokenizer(args.tokenizer, train, bpe_vocab=args.bpe_vocab)
+    layout = Layout(tok)
+    buckets = bucket_by_prompt_length(layout, train)
+    keys = sorted(buckets)
+    weights = np.array([len(buckets[k]) for k in keys], dtype=np.float64)
+    weights /= weights.sum()
+    if args.init_from:
+        from transformers import AutoModelForMaskedLM
+        model = AutoModelForMaskedLM.from_pretrained(args.init_from)
+        c = model.config  # record the loaded model's shape, not the command-line defaults
+        args.hidden, args.layers = c.hidden_size, c.num_hidden_layers
+        args.heads, args.intermediate = c.num_attention_heads, c.intermediate_size
+        args.arch = "bert" if c.model_type == "bert" else "modernbert"
+    else:
+        model = make_model(args, tok)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"{args.arch} tokenizer={args.tokenizer} vocab={len(tok)} params={n_params} "
+          f"train={len(train)} buckets={len(keys)} setup {time.time() - t0:.1f}s", flush=True)
+
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98))
+
+    n_resp = layout.R + layout.A
+    history, start, step, loss_avg = [], time.time(), 0, None
+
+    def do_eval(step):
+        acc, _, _ = evaluate(model, layout, val)
+        model.train()
+        elapsed = time.time() - start
+        history.append({"step": step, "val_acc": acc, "minutes": round(elapsed / 60, 2)})
+        extra = {"n_params": n_params, "step": step, "val_acc_quick": acc, "val_n_quick": len(val),
+                 "train_minutes": round(elapsed / 60, 2), "history": history}
+        save(model, tok, layout, args, args.out, extra)
+        if args.keep_snapshots:
+            snap = f"{args.out.rstrip('/')}_steps/step{step:05d}"
+            shutil.rmtree(snap, ignore_errors=True)
+            shutil.copytree(args.out, snap)
+        print(f"step {step} val_acc {acc:.3f} ({len(val)}) loss {loss_avg:.4f} "
+              f"{elapsed / 60:.1f} min", flush=True)
+
+    model.train()
+    while step < args.steps:
+        P = keys[rng.choice(len(keys), p=weights)]
+        data = buckets[P]
+        rows = rng.choice(len(data), size=min(args.batch, len(data)), replace=False)
+        x = torch.from_numpy(data[rows])  # (B, L)
+        B = x.shape[0]
+        resp = torch.tensor(layout.response_positions(P))
+        t = torch.from_numpy(rng.random(B)).float().clamp_min(args.t_min)  # (B,)
+        masked = torch.zeros_like(x, dtype=torch.bool)
+        masked[:, resp] = torch.from_numpy(rng.random((B, len(resp)))).float() < t[:, None]
+        inp = x.masked_fill(masked, layout.mask)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args)
+        logits = model(input_ids=inp).logits  # (B, L, V)
+        ce = F.cross_entropy(logits[masked].float(), x[masked], reduction="none")
+        w = (1.0 / t)[:, None].expand_as(x)[masked]
+        loss = (ce * w).sum() / (B * n_resp)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
+        if step % 50 == 0:
+            print(f"step {step} loss {loss_avg:.4f} lr {lr_at(step, args):.2e} "
+                  f"{(time.time() - start) / step:.2f}s/step", flush=True)
+        timed_out = time.time() - start > args.max_minutes * 60
+        if step % args.eval_every == 0 or step == args.steps or timed_out:
+            do_eval(step)
+        if timed_out:
+            print(f"stopping at step {step}: max_minutes {args.max_minutes} reached", flush=True)
+            break
+    print(f"done: {args.out} step {step} params {n_params} {(time.time() - start) / 60:.1f} min", flush=True)
+
+
+if __name__ == "__main__":
+    main()
