@@ -53,9 +53,36 @@ def parse_args():
     p.add_argument("--seed", type=int, default=0, help="split seed (the problems drawn)")
     p.add_argument("--models-dir", type=Path, default=ROOT / "models")
     p.add_argument("--only", nargs="+", help="row names to run (default: all)")
-    p.add_argument("--threads", type=int, default=2, help="onnxruntime threads in all")
+    p.add_argument("--workers", type=int, default=2, help="processes, each decoding a share of the problems")
     p.add_argument("--json", type=Path, help="also write per-problem results here")
     return p.parse_args()
+
+
+def load_models(models_dir: Path, names) -> dict:
+    return {m: tie_lite.Model.load(models_dir / m / "onnx", threads=1) for m in names}
+
+
+def run_share(args: tuple) -> dict:
+    """One worker's share: (variant, models_dir, problems) -> run_variant's result."""
+    variant, models_dir, problems = args
+    return run_variant(variant, load_models(models_dir, variant.models), problems)
+
+
+def run_parallel(variant: Variant, models_dir: Path, problems: list, workers: int) -> dict:
+    """run_variant over `workers` processes, results in problem order."""
+    import multiprocessing
+
+    shares = [problems[i::workers] for i in range(workers)]
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        parts = pool.map(run_share, [(variant, models_dir, share) for share in shares])
+    correct = np.zeros(len(problems), dtype=bool)
+    for i, part in enumerate(parts):
+        correct[i::workers] = part["correct"]
+    changes = sum(p["changes"] for p in parts)
+    relays = sum(p["relays"] for p in parts)
+    calls = float(np.average([p["calls"] for p in parts], weights=[len(s) for s in shares]))
+    return {"correct": correct, "calls": calls, "changes": changes, "relays": relays,
+            "change_rate": changes / relays if relays else None}
 
 
 def run_variant(variant: Variant, models: dict, problems: list) -> dict:
@@ -75,7 +102,7 @@ def run_variant(variant: Variant, models: dict, problems: list) -> dict:
         if (i + 1) % 100 == 0:
             print(f"  {variant.name}: {i + 1}/{len(problems)}, accuracy so far {np.mean(correct):.3f}, "
                   f"{time.perf_counter() - t0:.0f}s", file=sys.stderr)
-    return {"correct": np.array(correct), "calls": float(np.mean(calls)),
+    return {"correct": np.array(correct), "calls": float(np.mean(calls)), "changes": changes, "relays": relays,
             "change_rate": changes / relays if relays else None}
 
 
@@ -106,13 +133,13 @@ def table(rows: dict) -> str:
 def main() -> int:
     args = parse_args()
     chosen = [v for v in variants() if not args.only or v.name in args.only]
-    needed = sorted({m for v in chosen for m in v.models})
-    per_model = max(1, args.threads // 2)
-    models = {m: tie_lite.Model.load(args.models_dir / m / "onnx", threads=per_model) for m in needed}
     problems = task.make_split(args.split, args.n, seed=args.seed)
     rows = {}
     for variant in chosen:
-        rows[variant.name] = run_variant(variant, models, problems)
+        t0 = time.perf_counter()
+        rows[variant.name] = run_parallel(variant, args.models_dir, problems, args.workers)
+        print(f"{variant.name}: {100 * rows[variant.name]['correct'].mean():.1f}% "
+              f"({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
     print(f"split {args.split}, {len(problems)} problems (seed {args.seed})\n")
     print(table(rows))
     if args.json:
