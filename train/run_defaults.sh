@@ -32,6 +32,6 @@ case $S in A1|A2|A3) run A_stage3 $ARCH_A --init_from "$OUT/A_stage2" --steps 24
 case $S in A1|A2|A3|A) run A $ARCH_A --init_from "$OUT/A_stage3" --steps 2000 --warmup 50 --lr 1.5e-3 \
   --max_minutes 18 --eval_every 400 --seed 3 ;; esac
 case $S in A1|A2|A3|A|B) run B --arch bert --tokenizer char --data_seed 1 --hidden 128 --layers 4 --heads 4 \
-  --intermediate 512 --steps 4000 --max_minutes 35 --eval_every 500 ;; esac
+  --intermediate 512 --steps 4000 --lr 1e-3 --warmup 300 --max_minutes 35 --eval_every 500 ;; esac
 case $S in A1|A2|A3|A|B|C) run C --arch modernbert --tokenizer bpe --data_seed 2 --hidden 128 --layers 4 --heads 4 \
   --intermediate 384 --steps 4000 --max_minutes 35 --eval_every 500 ;; esac
