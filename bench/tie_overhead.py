@@ -60,6 +60,9 @@ def main() -> int:
         import tempfile
 
         args.models = random_pair(Path(tempfile.mkdtemp(prefix="tie_bench_")))
+    if len(args.models) < 2:
+        print("error: TIE needs two or more models: pass --models DIR_A DIR_B, or --random", file=sys.stderr)
+        return 2
     whole = [tie_lite.Model.load(d, threads=args.threads) for d in args.models]
     split = [tie_lite.Model.load(d, threads=max(1, args.threads // len(args.models))) for d in args.models]
     d = whole[0].manifest.decode_defaults
