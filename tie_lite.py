@@ -5,7 +5,7 @@ blocks and confidence-based unmasking, and (with two or more models) ensembles
 them while they decode with TIE, Trajectory-based Iterative Ensembling
 (arXiv 2606.16281).
 
-    python tie_lite.py --prompt "Compute 3 * 7 + 2."            # the shipped default pair, TIE
+    python tie_lite.py --prompt "Compute 3 * 7 + 2."            # the shipped default model(s)
     python tie_lite.py --model DIR --prompt "..." --json         # one exported model
 
 Needs only numpy, onnxruntime and tokenizers.
@@ -1255,7 +1255,8 @@ def generate(models, prompt: str, config: DecodeConfig = DecodeConfig(),
 # ---------------------------------------------------------------------------
 
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent / "models"
-DEFAULT_MODELS = ("a", "b")        # the shipped pair, as folders under models/ holding onnx/
+DEFAULT_MODELS = ("a",)            # the shipped default models, folders under models/ holding onnx/;
+                                   # becomes the A+B pair once B is trained (see models/README.md)
 
 
 class _ArgumentParser(argparse.ArgumentParser):

@@ -1,0 +1,44 @@
+"""The default models shipped in models/: they load, their manifests validate, their ONNX graphs agree
+with their PyTorch checkpoints, and the CLI answers with them and no other argument."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import tie_lite
+from conftest import ROOT, run_cli
+
+SHIPPED = sorted(p.name for p in (ROOT / "models").iterdir() if (p / "onnx" / tie_lite.MANIFEST_NAME).is_file())
+
+
+def test_the_default_models_are_shipped():
+    assert set(tie_lite.DEFAULT_MODELS) <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_loads_and_matches_its_checkpoint(name):
+    from export.families import family_for
+    from export.graph import suppressed_columns
+    from export.validate import validate
+    from transformers import AutoModelForMaskedLM
+
+    folder = ROOT / "models" / name
+    model = tie_lite.Model.load(folder / "onnx")
+    m = model.manifest
+    assert m.decode_defaults["answer_length"] > 0  # shipped for reasoning-as-infilling
+    hf = AutoModelForMaskedLM.from_pretrained(folder / "hf").eval()
+    report = validate(folder / "onnx" / "model.onnx", hf, family_for(hf.config.model_type),
+                      suppressed_columns(m.graph_vocab_size, m.vocab_size, [m.mask_id]), m.top_k, m.vocab_size,
+                      m.mask_id, m.max_length)
+    assert report.top1_agree + report.near_ties == report.positions
+
+
+def test_cli_answers_with_the_default_models():
+    result = run_cli("--prompt", "Compute 3 * 7 + 2.", "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    names = [c["model"] for c in out["candidates"]] if "candidates" in out else [out["model"]]
+    assert names == list(tie_lite.DEFAULT_MODELS)
+    assert out["answer"] is not None and "\nAnswer: " in out["text"]
