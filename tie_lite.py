@@ -473,19 +473,21 @@ class Manifest:
         for name in cls._STR_FIELDS:
             _check_type(data, name, str, where)
         _check_type(data, "stop_ids", list, where)
-        optional = {"name": str(data.get("name", "")), "decode_defaults": data.get("decode_defaults", {}),
-                    "stop_texts": data.get("stop_texts", [])}
-        if not (isinstance(optional["stop_texts"], list) and all(isinstance(t, str) and t
-                                                                   for t in optional["stop_texts"])):
-            raise ModelError(f"{where}: stop_texts must be a list of non-empty strings, "
-                             f"got {optional['stop_texts']!r}")
-        optional["stop_texts"] = tuple(optional["stop_texts"])
+        optional = cls._optional_fields(data, where)
         known = {f.name for f in dataclasses.fields(cls)} - {"extra", "stop_ids", *optional}
         manifest = cls(stop_ids=tuple(data["stop_ids"]), **optional,
                        extra={k: v for k, v in data.items() if k not in known | {"stop_ids", *optional}},
                        **{k: data[k] for k in known})
         manifest._check_values(where)
         return manifest
+
+    @staticmethod
+    def _optional_fields(data: dict, where: str) -> dict:
+        stop_texts = data.get("stop_texts", [])
+        if not (isinstance(stop_texts, list) and all(isinstance(t, str) and t for t in stop_texts)):
+            raise ModelError(f"{where}: stop_texts must be a list of non-empty strings, got {stop_texts!r}")
+        return {"name": str(data.get("name", "")), "decode_defaults": data.get("decode_defaults", {}),
+                "stop_texts": tuple(stop_texts)}
 
     def _check_values(self, where: str) -> None:
         named_ids = [("mask_id", self.mask_id), ("eos_id", self.eos_id), ("pad_id", self.pad_id)]

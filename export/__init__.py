@@ -63,7 +63,7 @@ def export_model(source: str | Path, out_dir: str | Path, *, top_k: int = DEFAUL
     if trust_remote_code:
         log(remote_code_notice(source))
     log(f"loading {source}")
-    model_family = _family(_load(read_config_quietly, source, trust_remote_code).get("model_type", ""), family)
+    model_family = _family(_load(_read_config, source, trust_remote_code).get("model_type", ""), family)
     model = _load(model_family.load, source, trust_remote_code)
     tokenizer = _load(AutoTokenizer.from_pretrained, source, trust_remote_code)
     model.eval()
@@ -145,7 +145,8 @@ def remote_code_notice(source) -> str:
     return f"--trust-remote-code: running the Python files of the Hub repository {source}"
 
 
-def read_config_quietly(source, trust_remote_code: bool = False) -> dict:
+def _read_config(source, trust_remote_code: bool = False) -> dict:
+    """config.json as a dict (the _load signature; reading JSON runs no code)."""
     from .families import read_config
 
     return read_config(source)
