@@ -69,8 +69,9 @@ def export_model(source: str | Path, out_dir: str | Path, *, top_k: int = DEFAUL
     model.eval()
     config = model.config
     ids = special_ids(tokenizer, model_family, config)
-    vocab_size = min(len(tokenizer), model.config.vocab_size)
-    is_suppressed = suppressed_columns(model.config.vocab_size, vocab_size, [ids["mask_id"]])
+    graph_vocab = model_family.graph_vocab(config)
+    vocab_size = min(len(tokenizer), graph_vocab)
+    is_suppressed = suppressed_columns(graph_vocab, vocab_size, [ids["mask_id"]])
     out_dir.mkdir(parents=True, exist_ok=True)
     log(f"exporting {config.model_type} ({model_family.name}) with optimum to {out_dir / 'model.onnx'}")
     onnx_path = export_graph(model, out_dir, model_family, is_suppressed, top_k, opset)
@@ -88,7 +89,7 @@ def export_model(source: str | Path, out_dir: str | Path, *, top_k: int = DEFAUL
     tokenizer.backend_tokenizer.save(str(tokenizer_path))
     manifest = tie_lite.Manifest(
         family=model_family.name, logits_shift=model_family.logits_shift, max_length=max_length,
-        vocab_size=vocab_size, graph_vocab_size=int(model.config.vocab_size), top_k=top_k,
+        vocab_size=vocab_size, graph_vocab_size=graph_vocab, top_k=top_k,
         prompt_format=prompt_format or chat_prompt_format(tokenizer), answer_marker=answer_marker,
         tokenizer_sha256=hashlib.sha256(tokenizer_path.read_bytes()).hexdigest(),
         name=name or Path(str(source)).name, decode_defaults=dict(decode_defaults or {}),

@@ -73,6 +73,50 @@ def _load_a2d(source: str, trust_remote_code: bool):
                                        attn_implementation="sdpa")
 
 
+def _is_llada_code(model) -> bool:
+    """True for LLaDA's own modeling code (LLaDAModelLM: model.model.transformer holds wte, blocks, ln_f)."""
+    return hasattr(getattr(model, "model", None), "transformer")
+
+
+def _llada_hidden(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """LLaDA's code attends bidirectionally by itself and lists the final, normed hidden states last;
+    a Llama-class stand-in gets the bidirectional mask."""
+    if not _is_llada_code(model):
+        return _decoder_hidden(model, input_ids, attention_mask)
+    out = model.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    return out.hidden_states[-1]
+
+
+def _llada_head(model, hidden: Tensor) -> Tensor:
+    """LLaDA's output layer: the tied embedding or ff_out, scaled by 1/sqrt(d_model) when scale_logits."""
+    if not _is_llada_code(model):
+        return _lm_head(model, hidden)
+    config, transformer = model.config, model.model.transformer
+    if getattr(config, "weight_tying", False):
+        logits = torch.nn.functional.linear(hidden, transformer.wte.weight)
+    else:
+        logits = transformer.ff_out(hidden)
+    if getattr(config, "scale_logits", False):
+        logits = logits * (1.0 / config.d_model ** 0.5)
+    return logits
+
+
+def _llada_full_logits(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    if not _is_llada_code(model):
+        return _decoder_full_logits(model, input_ids, attention_mask)
+    return model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def _load_llada(source: str, trust_remote_code: bool):
+    """LLaDA's own code (model_type llada, needs trust_remote_code), or a Llama checkpoint given
+    --family llada (transformers' Llama classes, run bidirectionally)."""
+    if read_config(source).get("model_type") == "llada":
+        from transformers import AutoModel
+
+        return AutoModel.from_pretrained(source, trust_remote_code=trust_remote_code, dtype=torch.float32)
+    return _load_causal_lm(source, trust_remote_code)
+
+
 @dataclass(frozen=True)
 class Family:
     name: str                      # written to the manifest as "family"
@@ -88,9 +132,15 @@ class Family:
     optimum_task: str = "fill-mask"  # the task optimum knows the architecture under (its config is replaced)
 
     def max_length(self, config) -> int:
-        """Longest canvas the model accepts."""
+        """Longest canvas the model accepts (LLaDA's config calls it max_sequence_length)."""
         offset = (config.pad_token_id + 1) if self.position_offset else 0
-        return int(config.max_position_embeddings) - offset
+        longest = getattr(config, "max_position_embeddings", None) or config.max_sequence_length
+        return int(longest) - offset
+
+    @staticmethod
+    def graph_vocab(config) -> int:
+        """Columns of the LM head: LLaDA pads its embedding past vocab_size to embedding_size."""
+        return int(getattr(config, "embedding_size", None) or config.vocab_size)
 
 
 def _modernbert_head(model, hidden: Tensor) -> Tensor:
@@ -110,6 +160,9 @@ FAMILIES = (
            mask_token="<|mask|>", stop_tokens=("<|im_end|>",), optimum_task="feature-extraction"),
     Family("dream", ("Dream", "dream"), _decoder_hidden, _lm_head, _decoder_full_logits, _load_causal_lm,
            logits_shift=1, stop_tokens=("<|im_end|>",), optimum_task="feature-extraction"),
+    Family("llada", ("llada",), _llada_hidden, _llada_head, _llada_full_logits, _load_llada,
+           mask_token="<|mdm_mask|>", stop_tokens=("<|eot_id|>", "<|endoftext|>"),
+           optimum_task="feature-extraction"),
 )
 REFUSED = {  # model types export knows and refuses, with the reason
     "bd3lm": "BD3LM needs a block-causal attention mask between blocks; tie-lite's graph is fully "

@@ -1,4 +1,4 @@
-"""Real model families on tiny random models with their conventions: A2D-Qwen and Dream (shifted logits)."""
+"""Real model families on tiny random models with their conventions: A2D-Qwen, Dream (shifted logits), LLaDA."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 import tie_lite
 from conftest import run_cli
 from reference import reference_decode
-from tiny import save_qwen_family
+from tiny import save_llada_code, save_llada_like, save_qwen_family
 
 SETTINGS = [dict(gen_length=16, block_size=16), dict(gen_length=32, block_size=16, answer_length=16),
             dict(gen_length=32, block_size=8, steps=16)]
@@ -23,19 +23,24 @@ def families(tmp_path_factory):
     from export import export_model
 
     out = {}
-    for family, extra in (("a2d-qwen3", 0), ("dream", 5)):
+    for family, extra in (("a2d-qwen3", 0), ("dream", 5), ("llada", 0)):
         base = tmp_path_factory.mktemp(family)
-        hf = save_qwen_family(base / "hf", family, seed=7, extra_columns=extra)
-        export_model(hf, base / "onnx", name=family, family="dream" if family == "dream" else None,
-                     log=lambda m: None)
+        if family == "llada":
+            hf = save_llada_like(base / "hf", seed=7)
+        else:
+            hf = save_qwen_family(base / "hf", family, seed=7, extra_columns=extra)
+        export_model(hf, base / "onnx", name=family, family=_FAMILY_OPTION.get(family), log=lambda m: None)
         out[family] = (hf, base / "onnx")
     return out
+
+
+_FAMILY_OPTION = {"dream": "dream", "llada": "llada"}  # plain Qwen2 / Llama checkpoints say no family
 
 
 def _torch_model(hf, family):
     from export.families import family_for, read_config
 
-    fam = family_for(read_config(hf)["model_type"], "dream" if family == "dream" else None)
+    fam = family_for(read_config(hf)["model_type"], _FAMILY_OPTION.get(family))
     return fam.load(str(hf), False).eval()
 
 
@@ -48,18 +53,25 @@ def test_manifests_carry_the_family_conventions(families):
     assert a2d["stop_ids"] == [tok.convert_tokens_to_ids("<|endoftext|>"), tok.convert_tokens_to_ids("<|im_end|>")]
     assert dream["family"] == "dream" and dream["logits_shift"] == 1
     assert dream["graph_vocab_size"] == dream["vocab_size"] + 5
+    llada = json.loads((families["llada"][1] / "tie_lite.json").read_text())
+    tok = AutoTokenizer.from_pretrained(families["llada"][0])
+    assert tok.mask_token_id is None  # as in LLaDA's tokenizer: the family knows the mask token
+    assert llada["family"] == "llada" and llada["logits_shift"] == 0
+    assert llada["mask_id"] == tok.convert_tokens_to_ids("<|mdm_mask|>")
+    assert llada["stop_ids"] == [tok.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|eot_id|>")]
 
 
-def test_a2d_export_attends_bidirectionally(families):
+@pytest.mark.parametrize("family", ["a2d-qwen3", "llada"])
+def test_decoder_families_attend_bidirectionally(families, family):
     """A causal mask would make position 0's prediction ignore the rest of the canvas."""
-    model = tie_lite.Model.load(families["a2d-qwen3"][1])
+    model = tie_lite.Model.load(families[family][1])
     a, b = model.encode("the cat is big"), model.encode("the dog is small")
     assert a[0] == b[0]
     stats_a, stats_b = model.stats(a, np.array([0]), True), model.stats(b, np.array([0]), True)
     assert not np.allclose(stats_a.logits, stats_b.logits)
 
 
-@pytest.mark.parametrize("family", ["a2d-qwen3", "dream"])
+@pytest.mark.parametrize("family", ["a2d-qwen3", "dream", "llada"])
 @pytest.mark.parametrize("setting", SETTINGS, ids=["plain", "infill", "two-per-step"])
 def test_family_decode_matches_pytorch(families, family, setting):
     hf, onnx = families[family]
@@ -82,6 +94,52 @@ def test_tie_across_two_families_with_different_tokenizers(families, tiny_char):
     result = tie_lite.generate(models, "what is two plus three ?", config, tie_lite.EnsembleConfig(interval=16))
     assert len(result.relays) >= 1 and {c.model for c in result.candidates} == {"a2d-qwen3", "char"}
     assert all(isinstance(c.answer, str) for c in result.candidates)
+
+
+@pytest.fixture(scope="module")
+def llada_code(tmp_path_factory):
+    """LLaDA's own checkpoint format: custom code run through trust_remote_code (a test stand-in)."""
+    from export import export_model
+
+    base = tmp_path_factory.mktemp("llada-code")
+    hf = save_llada_code(base / "hf", seed=3, extra_columns=8)
+    export_model(hf, base / "onnx", trust_remote_code=True, log=lambda m: None)
+    return hf, base / "onnx"
+
+
+def test_llada_code_manifest(llada_code):
+    hf, onnx = llada_code
+    manifest = json.loads((onnx / "tie_lite.json").read_text())
+    tok = AutoTokenizer.from_pretrained(hf)
+    assert manifest["family"] == "llada" and manifest["logits_shift"] == 0
+    assert manifest["graph_vocab_size"] == manifest["vocab_size"] + 8 == len(tok) + 8  # embedding_size
+    assert manifest["max_length"] == 128  # max_sequence_length
+    assert manifest["mask_id"] == tok.convert_tokens_to_ids("<|mdm_mask|>")
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=["plain", "infill", "two-per-step"])
+def test_llada_code_decode_matches_pytorch(llada_code, setting):
+    """Hidden states after ln_f, the tied and scaled output layer: the same tokens as the model's own logits."""
+    from export.families import family_for
+
+    hf, onnx = llada_code
+    model = tie_lite.Model.load(onnx)
+    m = model.manifest
+    torch_model = family_for("llada").load(str(hf), True).eval()
+    config = tie_lite.DecodeConfig(**setting)
+    expected, forwards = reference_decode(
+        torch_model, AutoTokenizer.from_pretrained(hf), "what is two plus three ?", marker=m.answer_marker,
+        vocab_size=m.vocab_size, mask_id=m.mask_id, **setting)
+    state = tie_lite.DecodeState(tie_lite.build_canvas(model, "what is two plus three ?", config))
+    tie_lite.decode(model, state, config, np.random.default_rng(0))
+    assert state.tokens[state.canvas.prompt_length:].tolist() == expected
+    assert state.steps == forwards
+
+
+def test_llada_code_needs_trust_remote_code(llada_code, tmp_path):
+    result = run_cli(str(llada_code[0]), str(tmp_path / "out"), module="export", timeout=300)
+    assert result.returncode == 2 and "--trust-remote-code" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_bd3lm_is_refused_with_the_reason(tmp_path):

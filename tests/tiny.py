@@ -89,6 +89,58 @@ def save_qwen_family(folder: Path, family: str, seed: int = 0, extra_columns: in
     return folder
 
 
+LLADA_SPECIALS = ["<|endoftext|>", "<|eot_id|>", "<|mdm_mask|>", "[UNK]"]
+
+
+def llada_tokenizer() -> PreTrainedTokenizerFast:
+    """LLaDA's special tokens on a word vocabulary: EOS <|endoftext|>, end of turn <|eot_id|>, and the mask
+    <|mdm_mask|>, which (as in LLaDA's tokenizer) the tokenizer does not name as its mask token."""
+    vocab = {tok: i for i, tok in enumerate(LLADA_SPECIALS + WORDS)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.decoder = decoders.WordPiece(prefix="##")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                   unk_token="[UNK]", additional_special_tokens=LLADA_SPECIALS[:3])
+
+
+def save_llada_like(folder: Path, seed: int = 0) -> Path:
+    """A tiny Llama checkpoint with LLaDA's conventions (exported with family="llada")."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    tok = llada_tokenizer()
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128,
+                         initializer_range=0.3, tie_word_embeddings=False)
+    LlamaForCausalLM(config).eval().save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def save_llada_code(folder: Path, seed: int = 0, extra_columns: int = 8) -> Path:
+    """A tiny checkpoint in LLaDA's own format: model_type llada, custom code (tests/llada_standin, with
+    LLaDA's module layout) named by config.json's auto_map, tied embedding, scaled logits, and an
+    embedding wider than vocab_size as LLaDA pads it."""
+    import json
+    import shutil
+
+    from llada_standin.configuration_llada import LLaDAConfig
+    from llada_standin.modeling_llada import LLaDAModelLM
+
+    torch.manual_seed(seed)
+    tok = llada_tokenizer()
+    config = LLaDAConfig(vocab_size=len(tok), embedding_size=len(tok) + extra_columns, weight_tying=True,
+                         scale_logits=True, mask_token_id=tok.convert_tokens_to_ids("<|mdm_mask|>"))
+    LLaDAModelLM(config).eval().save_pretrained(folder)
+    tok.save_pretrained(folder)
+    for name in ("configuration_llada.py", "modeling_llada.py"):
+        shutil.copy(Path(__file__).parent / "llada_standin" / name, folder / name)
+    saved = json.loads((folder / "config.json").read_text())
+    saved["auto_map"] = {"AutoConfig": "configuration_llada.LLaDAConfig", "AutoModel": "modeling_llada.LLaDAModelLM"}
+    (folder / "config.json").write_text(json.dumps(saved))
+    return folder
+
+
 def save_tiny(folder: Path, arch: str, tokenizer: str = "word", seed: int = 0, **kwargs) -> Path:
     """Write a Hugging Face folder (config, safetensors, tokenizer) for a tiny model."""
     tok = word_tokenizer() if tokenizer == "word" else char_tokenizer()
