@@ -40,6 +40,7 @@ def parse_args():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--model-dir", type=Path, help="an existing Hugging Face folder instead of a random model")
     p.add_argument("--onnx-dir", type=Path, help="its export (python -m export)")
+    p.add_argument("--int8", action="store_true", help="also time a dynamically quantized int8 copy")
     return p.parse_args()
 
 
@@ -85,6 +86,43 @@ def import_time() -> float:
     return float(out.stdout)
 
 
+def peak_rss(onnx_dir: Path, prompt_text: str, gen: int, threads: int) -> tuple[float, float]:
+    """(peak resident MB, graph MB) of a fresh process that loads the export and decodes once."""
+    code = ("import sys, tie_lite; "
+            f"m = tie_lite.Model.load({str(onnx_dir)!r}, threads={threads}); "
+            f"tie_lite.generate(m, sys.stdin.read(), tie_lite.DecodeConfig(gen_length={gen}, block_size={gen})); "
+            "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
+    out = subprocess.run([sys.executable, "-c", code], input=prompt_text, capture_output=True, text=True,
+                         cwd=HERE.parent, check=True)
+    graph = sum(p.stat().st_size for p in Path(onnx_dir).iterdir() if p.name != "tokenizer.json")
+    return float(out.stdout) / 1024, graph / 2 ** 20  # VmHWM (kB): ru_maxrss would count the parent's fork
+
+
+def quantized_copy(onnx_dir: Path, dest: Path) -> Path:
+    """An int8 (dynamic) copy of an export, as `python -m export --int8` writes it."""
+    import shutil
+
+    from export import quantize_int8
+
+    shutil.copytree(onnx_dir, dest)
+    quantize_int8(dest / "model.onnx")
+    return dest
+
+
+def timed_decodes(engine, prompt_text: str, config, repeats: int, reference) -> tuple[list, list]:
+    """Interleaved wall times of the PyTorch loop and tie-lite's decode, `repeats` each."""
+    import tie_lite
+
+    t_ref, t_lite = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        reference()
+        t1 = time.perf_counter()
+        tie_lite.generate(engine, prompt_text, config)
+        t_ref.append(t1 - t0), t_lite.append(time.perf_counter() - t1)
+    return t_ref, t_lite
+
+
 def main() -> int:
     args = parse_args()
     import torch
@@ -110,14 +148,9 @@ def main() -> int:
         assert engine.encode(prompt_text).tolist() == prompt_ids, "prompt does not round-trip"
         torch_loop(model, prompt_ids, 2, m.mask_id, m.vocab_size)  # warm-up, untimed
         tie_lite.generate(engine, prompt_text, tie_lite.DecodeConfig(gen_length=2, block_size=2))
-        t_torch, t_lite = [], []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            expected = torch_loop(model, prompt_ids, args.gen, m.mask_id, m.vocab_size)
-            t1 = time.perf_counter()
-            got = tie_lite.generate(engine, prompt_text, config).tokens.tolist()
-            t2 = time.perf_counter()
-            t_torch.append(t1 - t0), t_lite.append(t2 - t1)
+        reference = lambda: torch_loop(model, prompt_ids, args.gen, m.mask_id, m.vocab_size)  # noqa: E731
+        t_torch, t_lite = timed_decodes(engine, prompt_text, config, args.repeats, reference)
+        expected = reference()
         state = tie_lite.DecodeState(tie_lite.build_canvas(engine, prompt_text, config))
         tie_lite.decode(engine, state, config, np.random.default_rng(0))
         identical = state.tokens[len(prompt_ids):].tolist() == expected
@@ -127,10 +160,23 @@ def main() -> int:
         print(f"model: {hf_dir if args.model_dir else 'random ModernBERT'} hidden={cfg.hidden_size} "
               f"layers={cfg.num_hidden_layers} vocab={cfg.vocab_size}; L={args.length}, {args.gen} steps, "
               f"threads={args.threads}, repeats={args.repeats}")
-        print(f"outputs token-identical: {identical} (tie-lite output trimmed at EOS: {len(got)} tokens)")
+        print(f"outputs token-identical: {identical}")
         print(f"PyTorch loop / tie-lite: {np.median(t_torch) / np.median(t_lite):.2f}x")
         print(f"tie-lite forward: ~{flop / per_forward:.1f} GFLOP/s vs float32 GEMM {gemm_gflops(args.threads):.1f} "
               f"GFLOP/s on this machine")
+        rss, graph = peak_rss(onnx_dir, prompt_text, args.gen, args.threads)
+        print(f"peak RSS {rss:.0f} MB; graph {graph:.0f} MB, so 1.3 x graph + 150 MB = {1.3 * graph + 150:.0f} MB")
+        if args.int8:
+            int8_dir = quantized_copy(onnx_dir, Path(tmp) / "int8")
+            engine8 = tie_lite.Model.load(int8_dir, threads=args.threads)
+            tie_lite.generate(engine8, prompt_text, tie_lite.DecodeConfig(gen_length=2, block_size=2))
+            t_torch8, t_int8 = timed_decodes(engine8, prompt_text, config, args.repeats, reference)
+            got8 = tie_lite.generate(engine8, prompt_text, config).tokens.tolist()
+            same = sum(a == b for a, b in zip(got8, expected)) / len(expected)
+            print(f"int8: PyTorch loop / tie-lite int8: {np.median(t_torch8) / np.median(t_int8):.2f}x; "
+                  f"tokens equal to PyTorch's: {same:.0%} (accuracy delta: train/evaluate.py on int8 exports)")
+            rss8, graph8 = peak_rss(int8_dir, prompt_text, args.gen, args.threads)
+            print(f"int8 peak RSS {rss8:.0f} MB; graph {graph8:.0f} MB, so 1.3 x graph + 150 MB = {1.3 * graph8 + 150:.0f} MB")
         print(f"import tie_lite: {import_time():.3f} s")
     return 0
 

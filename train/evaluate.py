@@ -1,6 +1,6 @@
 """Exact-match accuracy of the shipped models alone and ensembled with TIE, through tie_lite.
 
-    python train/evaluate.py --split test --n 1000 [--models-dir models] [--only NAME ...]
+    python train/evaluate.py --split test --n 1000 [--models-dir models] [--only NAME ...] [--interval N]
 
 Prints one table: each model alone, post-generation ensembling, TIE with every
 score, TIE across tokenizers (A + C); for each, accuracy, the paired-bootstrap 95%
@@ -12,6 +12,7 @@ Decoding settings come from the models' manifests (the layout they were trained 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -35,10 +36,10 @@ class Variant:
     ensemble: tie_lite.EnsembleConfig = tie_lite.EnsembleConfig()
 
 
-def variants() -> list[Variant]:
-    E = tie_lite.EnsembleConfig
+def variants(interval: int = tie_lite.EnsembleConfig.interval) -> list[Variant]:
+    E = functools.partial(tie_lite.EnsembleConfig, interval=interval)
     return [Variant("A alone", ("a",)), Variant("B alone", ("b",)), Variant("C alone", ("c",)),
-            Variant("post-generation A+B", ("a", "b"), E(interval=10_000)),
+            Variant("post-generation A+B", ("a", "b"), tie_lite.EnsembleConfig(interval=10_000)),
             Variant("TIE A+B tcc", ("a", "b"), E(score="tcc")),
             Variant("TIE A+B top1", ("a", "b"), E(score="top1")),
             Variant("TIE A+B entropy", ("a", "b"), E(score="entropy")),
@@ -53,6 +54,8 @@ def parse_args():
     p.add_argument("--seed", type=int, default=0, help="split seed (the problems drawn)")
     p.add_argument("--models-dir", type=Path, default=ROOT / "models")
     p.add_argument("--only", nargs="+", help="row names to run (default: all)")
+    p.add_argument("--interval", type=int, default=tie_lite.EnsembleConfig.interval,
+                   help="TIE rows: steps between relays (tune on validation)")
     p.add_argument("--workers", type=int, default=2, help="processes, each decoding a share of the problems")
     p.add_argument("--json", type=Path, help="also write per-problem results here")
     return p.parse_args()
@@ -132,7 +135,10 @@ def table(rows: dict) -> str:
 
 def main() -> int:
     args = parse_args()
-    chosen = [v for v in variants() if not args.only or v.name in args.only]
+    chosen = [v for v in variants(args.interval) if not args.only or v.name in args.only]
+    unknown = set(args.only or ()) - {v.name for v in variants()}
+    if unknown:
+        raise SystemExit(f"error: unknown row(s) {sorted(unknown)}; rows: {[v.name for v in variants()]}")
     problems = task.make_split(args.split, args.n, seed=args.seed)
     rows = {}
     for variant in chosen:
@@ -140,7 +146,7 @@ def main() -> int:
         rows[variant.name] = run_parallel(variant, args.models_dir, problems, args.workers)
         print(f"{variant.name}: {100 * rows[variant.name]['correct'].mean():.1f}% "
               f"({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
-    print(f"split {args.split}, {len(problems)} problems (seed {args.seed})\n")
+    print(f"split {args.split}, {len(problems)} problems (seed {args.seed}), TIE interval {args.interval}\n")
     print(table(rows))
     if args.json:
         args.json.write_text(json.dumps({k: {**v, "correct": v["correct"].tolist()} for k, v in rows.items()}))

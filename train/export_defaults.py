@@ -2,7 +2,7 @@
 into models/NAME/hf and export it with export/ into models/NAME/onnx, exactly as a
 user exports a Hub model.
 
-    python train/export_defaults.py [--ckpt /work/ckpt] [--models-dir models]
+    python train/export_defaults.py [--ckpt /work/ckpt3] [--models-dir models] [--only A B C]
 
 Reads each checkpoint's training_args.json for the layout it was trained on (prompt
 suffix, answer marker, reasoning and answer budgets) and records it in the manifest,
@@ -24,14 +24,15 @@ from export import export_model  # noqa: E402
 
 HF_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
             "special_tokens_map.json", "training_args.json")
-BLOCK_SIZE = 16  # the paper's block size; the layout's budgets are multiples of it
+CHECKPOINTS = {"A": "A", "B": "B2", "C": "C"}  # shipped model -> its final stage (train/run_defaults.sh)
+BLOCK_SIZE = 4  # divides R = 28 and A = 4, so the answer starts a block of its own
 
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ckpt", type=Path, default=Path("/work/ckpt"), help="folder holding A, B, C")
+    p.add_argument("--ckpt", type=Path, default=Path("/work/ckpt3"), help="folder holding the checkpoints")
     p.add_argument("--models-dir", type=Path, default=ROOT / "models")
-    p.add_argument("--only", nargs="+", default=["A", "B", "C"])
+    p.add_argument("--only", nargs="+", default=list(CHECKPOINTS), choices=list(CHECKPOINTS))
     return p.parse_args()
 
 
@@ -55,7 +56,7 @@ def ship(ckpt: Path, dest: Path, name: str) -> Path:
 def main() -> int:
     args = parse_args()
     for name in args.only:
-        manifest = ship(args.ckpt / name, args.models_dir / name.lower(), name.lower())
+        manifest = ship(args.ckpt / CHECKPOINTS[name], args.models_dir / name.lower(), name.lower())
         print(manifest)
     return 0
 

@@ -3,7 +3,7 @@
 A problem is a left-to-right chain of 2-3 operations (+, -, *) on small integers, written the
 way a person would type it, e.g. "What is (7 + 5) * 3 - 9?". The reasoning is the chain of
 intermediate results, "7+5=12. 12*3=36. 36-9=27.", and the answer is "27". The first operand
-is 2-20, the others 2-9 (multipliers 2-5, applied to values <= 10), every result 0-50.
+is 2-20, the others 2-9 (multipliers 2-5, applied to values <= 10), every result 0-30.
 
 Splits are disjoint by construction: every expression is assigned to exactly one split by a hash
 of its canonical form (5% test, 5% validation, 90% train), so two calls with any seeds never
@@ -21,8 +21,8 @@ import random
 PROMPT_PREFIX = ""
 PROMPT_SUFFIX = "\n"
 MARKER = "\nAnswer: "
-R = 32            # reasoning positions (EOS-padded)
-A = 16            # answer positions (EOS-padded)
+R = 28            # reasoning positions (EOS-padded); the longest reasoning is 26 characters
+A = 4             # answer positions (EOS-padded); answers have at most 2 digits
 MAX_LENGTH = 128  # max_position_embeddings of the models
 MAX_PROMPT_CHARS = MAX_LENGTH - R - A - len(MARKER) - len(PROMPT_PREFIX) - len(PROMPT_SUFFIX)
 
@@ -31,7 +31,7 @@ N_OPS = (2, 3)          # number of operations, drawn uniformly
 FIRST_RANGE = (2, 20)   # first operand
 ADD_RANGE = (2, 9)      # operand range for + and -
 MUL_RANGE = (2, 5)      # multiplier range for *
-MAX_VALUE = 50          # every intermediate result must lie in [0, MAX_VALUE]
+MAX_VALUE = 30          # every intermediate result must lie in [0, MAX_VALUE]
 MUL_MAX_VALUE = 10      # only values up to this are multiplied
 
 SPLIT_BUCKETS = {"test": range(0, 5), "validation": range(5, 10), "train": range(10, 100)}

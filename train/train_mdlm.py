@@ -48,7 +48,8 @@ def make_model(args, tok):
             vocab_size=len(tok), hidden_size=args.hidden, intermediate_size=args.intermediate,
             num_hidden_layers=args.layers, num_attention_heads=args.heads,
             max_position_embeddings=task.MAX_LENGTH, hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0, tie_word_embeddings=True, **ids)
+            attention_probs_dropout_prob=0.0, tie_word_embeddings=True,
+            position_embedding_type=args.bert_positions, **ids)
         model = BertForMaskedLM(cfg)
     else:
         raise ValueError(args.arch)
@@ -80,6 +81,9 @@ def main(argv=None):
     ap.add_argument("--arch", default="modernbert", choices=["modernbert", "bert"])
     ap.add_argument("--tokenizer", default="char", choices=["char", "bpe"])
     ap.add_argument("--bpe_vocab", type=int, default=300)
+    ap.add_argument("--bert_positions", default="relative_key", choices=["absolute", "relative_key"],
+                    help="BERT's position embeddings; relative positions learn the layout far faster here, "
+                         "where the prompt length varies")
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=4)
