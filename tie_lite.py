@@ -5,7 +5,7 @@ blocks and confidence-based unmasking, and (with two or more models) ensembles
 them while they decode with TIE, Trajectory-based Iterative Ensembling
 (arXiv 2606.16281).
 
-    python tie_lite.py --prompt "Compute 3 * 7 + 2."            # the shipped default model(s)
+    python tie_lite.py --prompt "Compute 7 - 6 + 8."            # the shipped default model(s)
     python tie_lite.py --model DIR --prompt "..." --json         # one exported model
 
 Needs only numpy, onnxruntime and tokenizers.
@@ -1257,8 +1257,8 @@ def generate(models, prompt: str, config: DecodeConfig = DecodeConfig(),
 # ---------------------------------------------------------------------------
 
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent / "models"
-DEFAULT_MODELS = ("a",)            # the shipped default models, folders under models/ holding onnx/;
-                                   # becomes the A+B pair once B is trained (see models/README.md)
+DEFAULT_MODELS = ("a", "b")        # the shipped default pair, folders under models/ holding onnx/
+                                   # (see models/README.md)
 
 
 class _ArgumentParser(argparse.ArgumentParser):

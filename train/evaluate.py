@@ -34,6 +34,7 @@ class Variant:
     name: str                  # row label
     models: tuple              # model folder names under models/
     ensemble: tie_lite.EnsembleConfig = tie_lite.EnsembleConfig()
+    decode: tuple = ()         # (option, value) pairs over the manifest's decode defaults
 
 
 def variants(interval: int = tie_lite.EnsembleConfig.interval) -> list[Variant]:
@@ -85,14 +86,19 @@ def run_parallel(variant: Variant, models_dir: Path, problems: list, workers: in
     relays = sum(p["relays"] for p in parts)
     calls = float(np.average([p["calls"] for p in parts], weights=[len(s) for s in shares]))
     return {"correct": correct, "calls": calls, "changes": changes, "relays": relays,
-            "change_rate": changes / relays if relays else None}
+            "change_rate": changes / relays if relays else None, "seconds": sum(p["seconds"] for p in parts)}
 
 
 def run_variant(variant: Variant, models: dict, problems: list) -> dict:
-    """Per-problem correctness (n,) bool, leader changes, relays and model calls."""
+    """Per-problem correctness (n,) bool, leader changes, relays and model calls.
+
+    The leader sequence of a problem is each relay's leader, then the final pick (the trajectory
+    output); a change is a differing neighbour in it. With 32 steps and interval 16 there is one
+    relay, so the rate is the share of problems whose output comes from the other model than the
+    one that led at step 16."""
     chosen = [models[name] for name in variant.models]
     defaults = chosen[0].manifest.decode_defaults
-    config = tie_lite.DecodeConfig(**defaults)
+    config = tie_lite.DecodeConfig(**{**defaults, **dict(variant.decode)})
     correct, calls, changes, relays = [], [], 0, 0
     t0 = time.perf_counter()
     for i, ex in enumerate(problems):
@@ -100,13 +106,14 @@ def run_variant(variant: Variant, models: dict, problems: list) -> dict:
                                    variant.ensemble)
         correct.append(task.is_correct(result.answer or "", ex))
         calls.append(result.model_calls)
-        changes += sum(r.changed for r in result.relays[1:])
-        relays += max(len(result.relays) - 1, 0)
+        leaders = [r.leader for r in result.relays] + ([result.chosen] if result.candidates else [])
+        changes += sum(a != b for a, b in zip(leaders, leaders[1:]))
+        relays += max(len(leaders) - 1, 0)
         if (i + 1) % 100 == 0:
             print(f"  {variant.name}: {i + 1}/{len(problems)}, accuracy so far {np.mean(correct):.3f}, "
                   f"{time.perf_counter() - t0:.0f}s", file=sys.stderr)
     return {"correct": np.array(correct), "calls": float(np.mean(calls)), "changes": changes, "relays": relays,
-            "change_rate": changes / relays if relays else None}
+            "change_rate": changes / relays if relays else None, "seconds": time.perf_counter() - t0}
 
 
 def bootstrap_ci(a: np.ndarray, b: np.ndarray, rounds: int = 10_000, seed: int = 0) -> tuple[float, float]:

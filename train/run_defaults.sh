@@ -8,7 +8,7 @@
 #   B  BERT with relative positions, char tokenizer, another train sample (data seed 1):
 #      4500 steps at lr 1e-3, then stage B2 from B: 3000 steps at lr 1e-3 (fresh optimizer)
 #   C  ModernBERT, byte-level BPE tokenizer, data seed 2, 4500 steps
-# export_defaults.py ships A, B2 (as b) and C.
+# export_defaults.py ships A's step-3750 snapshot (chosen on validation, see there), B2 (as b) and C.
 set -e
 OUT=${1:-/work/ckpt3}
 HERE=$(dirname "$0")

@@ -1,0 +1,81 @@
+"""Accuracy, model calls and time of every unmasking strategy, for A, B and TIE(A + B).
+
+    python train/evaluate_strategies.py --split test --n 1000 [--workers 2] [--interval N]
+
+For each strategy (issue 5) and each of A alone, B alone and TIE over A + B (score tcc):
+exact-match accuracy, mean model calls per problem, and decode time relative to the
+default low-confidence schedule (one token per step) of the same row, measured in the
+same run. Times are summed over the worker processes; on a shared machine they are
+approximate, the call counts are exact. The strategy ASS is left out: its own block
+layout cannot put the answer on a block boundary of the shipped layout (reasoning 28,
+answer 4), which infilling needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import evaluate  # noqa: E402
+import task  # noqa: E402
+import tie_lite  # noqa: E402
+
+STRATEGIES = {  # name -> decode options over the manifest defaults
+    "schedule, 1 token/step (default)": (),
+    "schedule, 2 tokens/step": (("steps", 16),),
+    "threshold 0.9": (("strategy", "threshold"), ("threshold", 0.9)),
+    "threshold 0.7": (("strategy", "threshold"), ("threshold", 0.7)),
+    "threshold 0.5": (("strategy", "threshold"), ("threshold", 0.5)),
+    "top-k 2": (("strategy", "topk"), ("tokens_per_step", 2)),
+    "MED budget 0.5": (("strategy", "med"), ("entropy_budget", 0.5)),
+    "MED budget 1.0": (("strategy", "med"), ("entropy_budget", 1.0)),
+    "Dream schedule, 16 steps, margin": (("strategy", "dream"), ("steps", 16), ("confidence", "margin")),
+    "EOSER (0.4, 1.0)": (("eos_gamma", (0.4, 1.0)),),
+    "early exit 0.9": (("exit_threshold", 0.9),),
+    "threshold 0.7 + early exit 0.9": (("strategy", "threshold"), ("threshold", 0.7), ("exit_threshold", 0.9)),
+}
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--split", choices=("validation", "test"), default="validation")
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--models-dir", type=Path, default=evaluate.ROOT / "models")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--interval", type=int, default=tie_lite.EnsembleConfig.interval)
+    p.add_argument("--only", nargs="+", choices=list(STRATEGIES), help="strategies to run (default: all)")
+    return p.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    problems = task.make_split(args.split, args.n, seed=args.seed)
+    rows = {"A": ("a",), "B": ("b",), "TIE A+B": ("a", "b")}
+    ensemble = tie_lite.EnsembleConfig(interval=args.interval)
+    names = ["schedule, 1 token/step (default)"] + [s for s in (args.only or STRATEGIES) if s != "schedule, 1 token/step (default)"]
+    lines = ["| strategy | " + " | ".join(f"{r} acc. | {r} calls | {r} time" for r in rows) + " |",
+             "|---|" + "---|---|---|" * len(rows)]
+    base = {}
+    for name in names:
+        cells = []
+        for row, models in rows.items():
+            variant = evaluate.Variant(f"{row} {name}", models, ensemble, STRATEGIES[name])
+            r = evaluate.run_parallel(variant, args.models_dir, problems, args.workers)
+            base.setdefault(row, r)
+            ratio = r["seconds"] / base[row]["seconds"]
+            cells.append(f"{100 * r['correct'].mean():.1f} | {r['calls']:.1f} | {ratio:.2f}")
+            print(f"{variant.name}: {100 * r['correct'].mean():.1f}%, {r['calls']:.1f} calls, time x{ratio:.2f}",
+                  file=sys.stderr)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    print(f"split {args.split}, {len(problems)} problems (seed {args.seed}); TIE: score tcc, interval "
+          f"{args.interval}; time: relative to the default schedule of the same column\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
