@@ -186,11 +186,14 @@ def special_ids(tokenizer, family, config) -> dict:
 
 
 def chat_prompt_format(tokenizer) -> str:
-    """The chat template rendered around a placeholder, as "prefix{prompt}suffix"; "{prompt}" if none."""
+    """The chat template rendered around a placeholder, as "prefix{prompt}suffix"; "{prompt}" if none.
+
+    Thinking is disabled (enable_thinking=False, which Qwen3 templates read, as A2D-Qwen3 expects);
+    templates that do not read it are unaffected."""
     if not getattr(tokenizer, "chat_template", None):
         return tie_lite.PROMPT_SLOT
-    rendered = tokenizer.apply_chat_template([{"role": "user", "content": _SENTINEL}],
-                                             tokenize=False, add_generation_prompt=True)
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": _SENTINEL}], tokenize=False,
+                                             add_generation_prompt=True, enable_thinking=False)
     if rendered.count(_SENTINEL) != 1:
         raise ExportError("the chat template does not place the user's message exactly once; "
                           "pass prompt_format explicitly")

@@ -54,6 +54,20 @@ def test_chat_template_renders_into_prompt_format(tiny_bert):
     assert chat_prompt_format(tok) == "[Question]\n{prompt}\n[/Question]\n[Answer]"
 
 
+def test_chat_template_renders_with_thinking_disabled(tiny_bert):
+    """Qwen3-style templates (A2D-Qwen3) add an empty think block when enable_thinking is False."""
+    from transformers import AutoTokenizer
+
+    from export import chat_prompt_format
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert[0])
+    tok.chat_template = ("{% for m in messages %}<|im_start|>user\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                         "<|im_start|>assistant\n{% if enable_thinking is defined and not enable_thinking %}"
+                         "<think>\n\n</think>\n\n{% endif %}")
+    assert chat_prompt_format(tok) == ("<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
+                                       "<think>\n\n</think>\n\n")
+
+
 def test_export_cli_writes_a_loadable_folder(tiny_char, tmp_path):
     result = run_cli(str(tiny_char[0]), str(tmp_path / "out"), "--name", "char", "--answer-marker", " = ",
                      module="export", timeout=300)
