@@ -36,7 +36,7 @@ __all__ = [
     "Canvas", "DecodeState", "StepEvent", "GenerateResult", "AnswerSignals", "Relay",
     "softmax", "transfer_schedule", "pick_by_confidence", "pick_above_threshold", "gumbel_argmax",
     "tracked_positions", "answer_signals", "token_change_count", "mean_over_tracked", "leader_of",
-    "build_canvas", "decode", "generate", "leader_change_rate", "main",
+    "build_canvas", "decode", "generate", "leader_change_rate", "leader_changes", "main",
     "SCHEMA_VERSION", "MANIFEST_NAME",
 ]
 
@@ -1038,11 +1038,17 @@ class Relay:
     changed: bool        # the leader differs from the previous relay's
 
 
-def leader_change_rate(relays: Sequence[Relay]) -> Optional[float]:
-    """Fraction of relays after the first whose leader differs from the one before; None if < 2 relays."""
-    if len(relays) < 2:
-        return None
-    return sum(r.changed for r in relays[1:]) / (len(relays) - 1)
+def leader_changes(relays: Sequence[Relay], chosen: Optional[int] = None) -> tuple[int, int]:
+    """(changes, hand-overs) along the leader sequence: each relay's leader, then the final pick
+    `chosen` when given (the trajectory output leads the last interval)."""
+    leaders = [r.leader for r in relays] + ([] if chosen is None else [chosen])
+    return sum(a != b for a, b in zip(leaders, leaders[1:])), max(len(leaders) - 1, 0)
+
+
+def leader_change_rate(relays: Sequence[Relay], chosen: Optional[int] = None) -> Optional[float]:
+    """Share of hand-overs (see leader_changes) where the leader changes; None if there are none."""
+    changes, handovers = leader_changes(relays, chosen)
+    return changes / handovers if handovers else None
 
 
 def same_tokenizer(a: Model, b: Model) -> bool:
@@ -1385,7 +1391,7 @@ def result_json(result: GenerateResult, with_history: bool) -> dict:
         out["chosen"] = result.chosen
         out["candidates"] = [result_json(c, with_history) for c in result.candidates]
         out["relays"] = [dataclasses.asdict(r) for r in result.relays]
-        out["leader_change_rate"] = leader_change_rate(result.relays)
+        out["leader_change_rate"] = leader_change_rate(result.relays, result.chosen)
     return out
 
 
@@ -1393,7 +1399,7 @@ def trace_lines(result: GenerateResult) -> list[str]:
     names = [c.model for c in result.candidates]
     lines = [f"relay at step {r.steps}: " + "  ".join(f"{n}={s:.4f}" for n, s in zip(names, r.scores))
              + f"  -> {names[r.leader]}" + (" (leader changed)" if r.changed else "") for r in result.relays]
-    rate = leader_change_rate(result.relays)
+    rate = leader_change_rate(result.relays, result.chosen)
     lines.append(f"leader change rate: {'n/a' if rate is None else f'{rate:.2f}'}; "
                  f"final: {names[result.chosen]}; model calls: {result.model_calls}")
     return lines

@@ -82,6 +82,8 @@ def test_leader_change_rate():
               tie_lite.Relay(48, (1, 0), 0, False)]
     assert tie_lite.leader_change_rate(relays) == 0.5
     assert tie_lite.leader_change_rate(relays[:1]) is None
+    assert tie_lite.leader_change_rate(relays[:1], chosen=0) == 1.0  # the final pick leads the last interval
+    assert tie_lite.leader_changes(relays, chosen=0) == (1, 3)
 
 
 @pytest.mark.parametrize("kwargs,named", [

@@ -92,10 +92,9 @@ def run_parallel(variant: Variant, models_dir: Path, problems: list, workers: in
 def run_variant(variant: Variant, models: dict, problems: list) -> dict:
     """Per-problem correctness (n,) bool, leader changes, relays and model calls.
 
-    The leader sequence of a problem is each relay's leader, then the final pick (the trajectory
-    output); a change is a differing neighbour in it. With 32 steps and interval 16 there is one
-    relay, so the rate is the share of problems whose output comes from the other model than the
-    one that led at step 16."""
+    Leader changes are tie_lite.leader_changes with the final pick: with 32 steps and interval 16
+    there is one relay, so the rate is the share of problems whose output comes from the other
+    model than the one that led at step 16."""
     chosen = [models[name] for name in variant.models]
     defaults = chosen[0].manifest.decode_defaults
     config = tie_lite.DecodeConfig(**{**defaults, **dict(variant.decode)})
@@ -106,9 +105,8 @@ def run_variant(variant: Variant, models: dict, problems: list) -> dict:
                                    variant.ensemble)
         correct.append(task.is_correct(result.answer or "", ex))
         calls.append(result.model_calls)
-        leaders = [r.leader for r in result.relays] + ([result.chosen] if result.candidates else [])
-        changes += sum(a != b for a, b in zip(leaders, leaders[1:]))
-        relays += max(len(leaders) - 1, 0)
+        changed, handovers = tie_lite.leader_changes(result.relays, result.chosen if result.candidates else None)
+        changes, relays = changes + changed, relays + handovers
         if (i + 1) % 100 == 0:
             print(f"  {variant.name}: {i + 1}/{len(problems)}, accuracy so far {np.mean(correct):.3f}, "
                   f"{time.perf_counter() - t0:.0f}s", file=sys.stderr)

@@ -23,8 +23,9 @@ import evaluate  # noqa: E402
 import task  # noqa: E402
 import tie_lite  # noqa: E402
 
+DEFAULT = "schedule, 1 token/step (default)"
 STRATEGIES = {  # name -> decode options over the manifest defaults
-    "schedule, 1 token/step (default)": (),
+    DEFAULT: (),
     "schedule, 2 tokens/step": (("steps", 16),),
     "threshold 0.9": (("strategy", "threshold"), ("threshold", 0.9)),
     "threshold 0.7": (("strategy", "threshold"), ("threshold", 0.7)),
@@ -56,7 +57,7 @@ def main() -> int:
     problems = task.make_split(args.split, args.n, seed=args.seed)
     rows = {"A": ("a",), "B": ("b",), "TIE A+B": ("a", "b")}
     ensemble = tie_lite.EnsembleConfig(interval=args.interval)
-    names = ["schedule, 1 token/step (default)"] + [s for s in (args.only or STRATEGIES) if s != "schedule, 1 token/step (default)"]
+    names = list(dict.fromkeys([DEFAULT, *(args.only or STRATEGIES)]))  # the baseline first, once
     lines = ["| strategy | " + " | ".join(f"{r} acc. | {r} calls | {r} time" for r in rows) + " |",
              "|---|" + "---|---|---|" * len(rows)]
     base = {}
