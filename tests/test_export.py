@@ -165,3 +165,24 @@ def test_modernbert_chat_conventions(tiny_modernbert, tmp_path):
     manifest = tie_lite.Manifest.from_dict(json.loads(path.read_text()))
     assert manifest.prompt_format == "[Question]\n{prompt}\n[/Question]\n\n[Answer]\n"
     assert manifest.stop_texts == ("[/Answer]",)
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_big_graphs_keep_their_weights_in_a_data_file(tiny_bert, tmp_path, int8):
+    """Graphs over export's size bar (forced to 0 here) are stored as model.onnx + model.onnx.data,
+    which onnxruntime maps; the decode is the same as the single-file export's."""
+    import tie_lite
+    from export import export_model
+
+    out = tmp_path / "external"
+    export_model(tiny_bert[0], out, int8=int8, external_data_min_bytes=0, log=lambda m: None)
+    single = tmp_path / "single"
+    export_model(tiny_bert[0], single, int8=int8, log=lambda m: None)
+    assert not (single / "model.onnx.data").exists()
+    moved = (single / "model.onnx").stat().st_size - (out / "model.onnx").stat().st_size
+    assert moved > 0 and (out / "model.onnx.data").stat().st_size >= moved - 4096  # the weights moved out
+    config = tie_lite.DecodeConfig(gen_length=16, block_size=4)
+    a, b = (tie_lite.generate(tie_lite.Model.load(d), "the cat", config) for d in (out, single))
+    assert a.tokens.tolist() == b.tokens.tolist()
+    export_model(tiny_bert[0], out, int8=int8, log=lambda m: None)  # re-export, below the bar
+    assert not (out / "model.onnx.data").exists()
