@@ -37,12 +37,15 @@ __all__ = [
     "softmax", "transfer_schedule", "pick_by_confidence", "pick_above_threshold", "gumbel_argmax",
     "tracked_positions", "answer_signals", "token_change_count", "mean_over_tracked", "leader_of",
     "build_canvas", "decode", "generate", "leader_change_rate", "leader_changes", "main",
+    "Policy", "load_policy", "policy_features", "POLICY_FEATURES",
     "SCHEMA_VERSION", "MANIFEST_NAME",
 ]
 
 SCHEMA_VERSION = 1                 # tie_lite.json schema this runtime reads and export writes
 MANIFEST_NAME = "tie_lite.json"    # the manifest's file name inside a model folder
 PROMPT_SLOT = "{prompt}"           # where the user's text goes in a manifest's prompt format
+POLICY_GRAPH = "policy.onnx"       # a learned unmasking policy's files inside its folder
+POLICY_CARD = "policy.json"
 
 
 class TieLiteError(Exception):
@@ -61,7 +64,7 @@ class ModelError(TieLiteError):
 # config
 # ---------------------------------------------------------------------------
 
-STRATEGIES = ("schedule", "threshold", "topk", "med", "dream", "ass")
+STRATEGIES = ("schedule", "threshold", "topk", "med", "dream", "ass", "policy")
 CONFIDENCES = ("top1", "margin", "entropy")
 STEPPED = ("schedule", "dream", "ass")     # strategies whose step count is set by `steps`
 COUNTED = ("schedule", "topk", "dream", "ass")  # strategies that commit a number of positions a step
@@ -84,6 +87,7 @@ class DecodeConfig:
                                    # entropy (nats) stays within this budget (>= 1 a step)
     eps: float = 1e-3              # strategy "dream": the schedule's last timestep, linspace(1, eps, steps + 1)
     ass_blocks: int = 1            # strategy "ass": number of blocks of the ascending-step-size layout
+    policy: Optional[str] = None   # strategy "policy": folder of a learned unmasking policy (policy.onnx)
     confidence: str = "top1"       # ranks positions: top1 (LLaDA low-confidence, Dream maskgit_plus),
                                    # margin (p1 - p2, Dream topk_margin), entropy (-H, Dream entropy)
     alg_temp: float = 0.0          # > 0: draw the positions from softmax(confidence / alg_temp) (Dream)
@@ -107,6 +111,9 @@ class DecodeConfig:
         _require(self.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.strategy == "ass":
             self._check_ass()
+        _require((self.strategy == "policy") == (self.policy is not None),
+                 f"strategy 'policy' and a policy folder go together, got strategy {self.strategy!r} "
+                 f"with policy {self.policy!r}")
         _require(self.gen_length - self.answer_length in self.block_bounds,
                  f"answer_length {self.answer_length} does not start on a block boundary "
                  "(a block may not hold both reasoning and answer positions)")
@@ -150,6 +157,8 @@ class DecodeConfig:
                      f"eos_gamma must be (g_min, g_max) with 0 < g_min <= g_max <= 1, got {self.eos_gamma!r}")
             _require(self.confidence == "top1", f"eos_gamma (EOSER) scales top1 confidence, not "
                                                 f"{self.confidence!r}")
+            _require(self.strategy != "policy", "eos_gamma (EOSER) scales confidences; strategy 'policy' "
+                                                "ranks positions by its own logits")
 
     def _check_ass(self):
         _require(self.gen_length >= 2 and self.gen_length & (self.gen_length - 1) == 0,
@@ -342,6 +351,26 @@ def pick_above_threshold(confidence: np.ndarray, threshold: float) -> np.ndarray
     order = np.argsort(-confidence, kind="stable")
     above = int(np.count_nonzero(confidence > threshold))
     return order[: max(above, 1)]
+
+
+# What a learned unmasking policy sees at each position of the current block, in this order.
+POLICY_FEATURES = ("top1", "margin", "entropy", "is_masked", "position", "block_done", "progress")
+
+
+def policy_features(top_probs: np.ndarray, entropy: np.ndarray, is_masked: np.ndarray, block: int,
+                    num_blocks: int) -> np.ndarray:
+    """The policy's input (b, F) float32 over the b positions of the current block, from the graph's
+    statistics (b, k) and (b,) there, committed positions included (seed 003's confidence features).
+
+    top1, margin (p1 - p2), entropy (nats); is_masked (1 or 0); position in the block, 0 to 1;
+    block_done, the block's committed share; progress, the share of blocks before this one.
+    """
+    size = is_masked.size
+    masked = is_masked.astype(np.float32)  # (b,)
+    columns = [top_probs[:, 0], top_probs[:, 0] - top_probs[:, 1], entropy, masked,
+               np.arange(size) / max(size - 1, 1), np.full(size, 1.0 - masked.mean()),
+               np.full(size, block / num_blocks)]
+    return np.stack(columns, axis=1).astype(np.float32)  # (b, F)
 
 
 def gumbel_argmax(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
@@ -542,7 +571,8 @@ class Stats:
     entropy: np.ndarray          # (K,) float32, nats
     logits: Optional[np.ndarray]  # (K, V) float32, only when asked for (sampling)
 
-    def take(self, rows: slice) -> "Stats":
+    def take(self, rows) -> "Stats":
+        """The rows a slice or index / boolean array selects."""
         logits = None if self.logits is None else self.logits[rows]
         return Stats(self.top_ids[rows], self.top_probs[rows], self.entropy[rows], logits)
 
@@ -634,7 +664,7 @@ def parse_provider(provider: str) -> tuple[str, dict]:
     return PROVIDERS[name], ({"device_id": int(device)} if device else {})
 
 
-def _open_session(path: Path, provider: str, threads: Optional[int]):
+def _open_session(path: Path, provider: str, threads: Optional[int], check: Optional[Callable] = None):
     import onnxruntime as ort
 
     if not path.is_file():
@@ -654,7 +684,7 @@ def _open_session(path: Path, provider: str, threads: Optional[int]):
         raise ModelError(f"cannot load ONNX graph {path}: {first_line}") from None
     if session.get_providers()[0] != wanted:
         raise ModelError(f"onnxruntime did not give the session the {wanted} provider")
-    _check_graph_io(session, path)
+    (check or _check_graph_io)(session, path)
     return session
 
 
@@ -664,6 +694,52 @@ def _check_graph_io(session, path: Path) -> None:
     if sorted(inputs) != sorted(GRAPH_INPUTS) or sorted(outputs) != sorted(GRAPH_OUTPUTS):
         raise ModelError(f"{path} has inputs {inputs} and outputs {outputs}; tie-lite needs "
                          f"{GRAPH_INPUTS} and {GRAPH_OUTPUTS}: export it with `python -m export`")
+
+
+class Policy:
+    """A learned unmasking policy (seed 003): one ONNX graph mapping the current block's
+    features (1, b, F) to unmask logits (1, b); a masked position is committed when its logit
+    is > 0 (probability > 0.5), and at least the highest one each step."""
+
+    def __init__(self, folder: Path, card: dict, session):
+        self.folder, self.card, self.session = folder, card, session
+
+    @classmethod
+    def load(cls, folder) -> "Policy":
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ModelError(f"policy folder not found: {folder}")
+        card_path = folder / POLICY_CARD
+        try:
+            card = json.loads(card_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelError(f"cannot read {card_path}: {exc}") from None
+        if not isinstance(card, dict) or card.get("schema_version") != SCHEMA_VERSION:
+            raise ModelError(f"{card_path}: schema_version must be {SCHEMA_VERSION}")
+        if tuple(card.get("features", ())) != POLICY_FEATURES:
+            raise ModelError(f"{card_path}: features {card.get('features')!r} are not this runtime's "
+                             f"{list(POLICY_FEATURES)}")
+        session = _open_session(folder / POLICY_GRAPH, "cpu", threads=1, check=_check_policy_io)
+        return cls(folder, card, session)
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        """Unmask logits (b,) for the block's features (b, F)."""
+        return self.session.run(["unmask_logits"], {"features": features[None]})[0][0]
+
+
+@functools.lru_cache(maxsize=8)
+def load_policy(folder: str) -> Policy:
+    """The policy in `folder`, loaded once per process."""
+    return Policy.load(folder)
+
+
+def _check_policy_io(session, path: Path) -> None:
+    inputs = [(i.name, i.shape[-1]) for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]
+    if inputs != [("features", len(POLICY_FEATURES))] or outputs != ["unmask_logits"]:
+        raise ModelError(f"{path} has inputs {inputs} and outputs {outputs}; a policy needs features "
+                         f"(1, b, {len(POLICY_FEATURES)}) -> unmask_logits (1, b): train it with "
+                         "train/train_policy.py")
 
 
 # ---------------------------------------------------------------------------
@@ -741,10 +817,15 @@ class DecodeState:
         return self.canvas.tokens
 
 
+def current_block_idx(state: DecodeState, config: DecodeConfig) -> np.ndarray:
+    """Canvas positions (b,) of the current block."""
+    bounds = config.block_bounds
+    return state.canvas.gen_idx[bounds[state.block]: bounds[state.block + 1]]
+
+
 def block_masked_idx(state: DecodeState, config: DecodeConfig, mask_id: int) -> np.ndarray:
     """Still-masked canvas positions (c,) of the current block."""
-    bounds = config.block_bounds
-    block_idx = state.canvas.gen_idx[bounds[state.block]: bounds[state.block + 1]]
+    block_idx = current_block_idx(state, config)
     return block_idx[state.tokens[block_idx] == mask_id]
 
 
@@ -786,6 +867,8 @@ def choose_positions(state: DecodeState, config: DecodeConfig, confidence: np.nd
     """Indices (into the block's masked positions) to commit this step."""
     if config.strategy == "threshold":
         return pick_above_threshold(confidence, config.threshold)
+    if config.strategy == "policy":  # confidence holds the policy's unmask logits
+        return pick_above_threshold(confidence, 0.0)
     if config.strategy == "med":
         return pick_within_entropy_budget(entropy, config.entropy_budget)
     count = commit_count(state, config, confidence.size)
@@ -813,6 +896,16 @@ def rank_proposals(state: DecodeState, config: DecodeConfig, stats: Stats, propo
     return confidence
 
 
+def policy_view(state: DecodeState, config: DecodeConfig, block_stats: Stats, block_idx: np.ndarray,
+                mask_id: int) -> tuple[np.ndarray, Stats]:
+    """The learned policy's unmask logits (c,) at the block's masked positions, and their statistics."""
+    is_masked = state.tokens[block_idx] == mask_id  # (b,)
+    features = policy_features(block_stats.top_probs, block_stats.entropy, is_masked, state.block,
+                               config.num_blocks)
+    logits = load_policy(str(config.policy)).logits(features).astype(np.float64)  # (b,)
+    return logits[is_masked], block_stats.take(is_masked)
+
+
 def track_answer(model: Model, tokens: np.ndarray, answer_idx: np.ndarray, stats: Stats,
                  first_k: Optional[int]) -> AnswerSignals:
     """AnswerSignals from the statistics gathered at answer_idx (A,)."""
@@ -831,13 +924,17 @@ def decode_step(model: Model, state: DecodeState, config: DecodeConfig, rng: np.
     if masked_idx.size == 0:
         return None
     answer_idx = state.canvas.answer_idx if track or config.early_exit else np.zeros(0, np.int64)
-    stats = model.stats(state.tokens, np.concatenate([masked_idx, answer_idx]),
-                        with_logits=config.temperature > 0)
-    answer_stats = stats.take(slice(masked_idx.size, None))
+    learned = config.strategy == "policy"
+    read_idx = current_block_idx(state, config) if learned else masked_idx  # the policy sees the whole block
+    stats = model.stats(state.tokens, np.concatenate([read_idx, answer_idx]), with_logits=config.temperature > 0)
+    answer_stats = stats.take(slice(read_idx.size, None))
     signals = track_answer(model, state.tokens, answer_idx, answer_stats, first_k) if track else None
-    block_stats = stats.take(slice(0, masked_idx.size))
+    block_stats = stats.take(slice(0, read_idx.size))
+    if learned:
+        unmask_logits, block_stats = policy_view(state, config, block_stats, read_idx, model.manifest.mask_id)
     proposed, proposed_prob = propose(block_stats, config, rng)
-    confidence = rank_proposals(state, config, block_stats, proposed, proposed_prob, model.manifest.eos_id)
+    confidence = unmask_logits if learned else rank_proposals(state, config, block_stats, proposed,
+                                                              proposed_prob, model.manifest.eos_id)
     picked = choose_positions(state, config, confidence, block_stats.entropy.astype(np.float64), rng)
     committed_idx, committed_ids, committed_p = masked_idx[picked], proposed[picked], proposed_prob[picked]
     state.tokens[committed_idx] = committed_ids
@@ -1192,17 +1289,22 @@ def step_hook(on_step: Optional[OnStep], stop: threading.Event) -> Callable:
 
 def run_intervals(runs: Sequence[Run], prompt: str, config: DecodeConfig, ensemble: EnsembleConfig,
                   on_step: Optional[OnStep]) -> tuple[list, bool]:
-    """The TIE cycle until any model finishes: decode an interval, assess, relay. Returns (relays, stopped)."""
+    """The TIE cycle: decode an interval, assess, relay. Once any trajectory is complete (models
+    can finish apart: early exit, unequal step counts under threshold strategies, text relays
+    between tokenizers), relaying stops and the others decode to their own end, so every
+    candidate is a whole answer. Returns (relays, stopped)."""
     stop, relays = threading.Event(), []
     hook = step_hook(on_step, stop)
     pool = ThreadPoolExecutor(max_workers=len(runs)) if ensemble.parallel else None
+    finished = lambda r: is_finished(r.state, r.model.manifest.mask_id)  # noqa: E731
     try:
         while True:
-            jobs = [lambda r=r: decode_interval(r, config, ensemble, hook) for r in runs]
+            jobs = [lambda r=r: decode_interval(r, config, ensemble, hook) for r in runs if not finished(r)]
             list(pool.map(lambda job: job(), jobs)) if pool else [job() for job in jobs]
-            mask_ids = [r.model.manifest.mask_id for r in runs]
-            if stop.is_set() or any(is_finished(r.state, mid) for r, mid in zip(runs, mask_ids)):
+            if stop.is_set() or all(finished(r) for r in runs):
                 break
+            if any(finished(r) for r in runs):
+                continue
             relays.append(relay(runs, prompt, config, ensemble, relays[-1] if relays else None))
             if hook(relays[-1]) is False:
                 break
@@ -1287,9 +1389,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help=f"> 0: reasoning-as-infilling, answer positions after the marker ({d.answer_length})")
     g.add_argument("--block-size", type=int, help=f"semi-autoregressive block size ({d.block_size})")
     g.add_argument("--steps", type=int, default=d.steps, help="total steps (strategy schedule); default gen length")
-    g.add_argument("--strategy", choices=STRATEGIES, default=d.strategy,
-                   help="how many positions a step commits: schedule (LLaDA), threshold, topk, med (entropy "
-                        "budget), dream (Dream's eps-linear schedule)")
+    g.add_argument("--strategy", choices=STRATEGIES,
+                   help="which positions a step commits: schedule (LLaDA, the default), threshold, topk, med "
+                        "(entropy budget), dream (Dream's eps-linear schedule), ass, policy (needs --policy)")
+    g.add_argument("--policy", type=Path, help="folder of a learned unmasking policy (implies --strategy policy)")
     g.add_argument("--threshold", type=float, default=d.threshold, help="strategy threshold: confidence bar")
     g.add_argument("--tokens-per-step", type=int, default=d.tokens_per_step, help="strategy topk: commits a step")
     g.add_argument("--entropy-budget", type=float, default=d.entropy_budget,
@@ -1328,6 +1431,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.history and not args.json:
         p.error("--history needs --json")
+    if args.policy is not None and args.strategy not in (None, "policy"):
+        p.error(f"--policy is a strategy of its own; it cannot go with --strategy {args.strategy}")
+    args.strategy = args.strategy or ("policy" if args.policy is not None else d.strategy)
     return args
 
 
@@ -1364,7 +1470,8 @@ def decode_config(args: argparse.Namespace, manifest: Manifest) -> DecodeConfig:
     if args.strategy == "ass" and args.block_size is None:  # ASS lays out its own blocks
         lengths["block_size"] = lengths["gen_length"] or DecodeConfig.gen_length
     return DecodeConfig(**{k: v for k, v in lengths.items() if v is not None}, steps=args.steps,
-                        strategy=args.strategy, threshold=args.threshold, tokens_per_step=args.tokens_per_step,
+                        strategy=args.strategy, policy=None if args.policy is None else str(args.policy),
+                        threshold=args.threshold, tokens_per_step=args.tokens_per_step,
                         entropy_budget=args.entropy_budget, eps=args.eps, ass_blocks=args.ass_blocks,
                         confidence=args.confidence, exit_threshold=args.exit_threshold,
                         exit_patience=args.exit_patience,
@@ -1480,6 +1587,8 @@ def run_cli(args: argparse.Namespace) -> GenerateResult:
     ensemble = ensemble_config(args)
     models = load_models(model_dirs(args), args.provider, args.threads)
     config = decode_config(args, models[0].manifest)
+    if config.policy is not None:
+        load_policy(config.policy)  # a bad policy folder fails here, before any decoding
     view = live_view(args, models)
     try:
         return generate(models, args.prompt, config, ensemble, on_step=view, record_history=args.history,

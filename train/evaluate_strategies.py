@@ -8,7 +8,8 @@ default low-confidence schedule (one token per step) of the same row, measured i
 same run. Times are summed over the worker processes; on a shared machine they are
 approximate, the call counts are exact. The strategy ASS is left out: its own block
 layout cannot put the answer on a block boundary of the shipped layout (reasoning 28,
-answer 4), which infilling needs.
+answer 4), which infilling needs. The learned-policy rows use models/policy
+(train/train_policy.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import task  # noqa: E402
 import tie_lite  # noqa: E402
 
 DEFAULT = "schedule, 1 token/step (default)"
+POLICY = str(evaluate.ROOT / "models" / "policy")  # train/train_policy.py --out models/policy
 STRATEGIES = {  # name -> decode options over the manifest defaults
     DEFAULT: (),
     "schedule, 2 tokens/step": (("steps", 16),),
@@ -37,6 +39,8 @@ STRATEGIES = {  # name -> decode options over the manifest defaults
     "EOSER (0.4, 1.0)": (("eos_gamma", (0.4, 1.0)),),
     "early exit 0.9": (("exit_threshold", 0.9),),
     "threshold 0.7 + early exit 0.9": (("strategy", "threshold"), ("threshold", 0.7), ("exit_threshold", 0.9)),
+    "learned policy": (("strategy", "policy"), ("policy", POLICY)),
+    "learned policy + early exit 0.9": (("strategy", "policy"), ("policy", POLICY), ("exit_threshold", 0.9)),
 }
 
 
