@@ -1,0 +1,58 @@
+"""int8 copies of the shipped models under other quantization settings, to measure their accuracy.
+
+    python bench/int8_variants.py --out DIR [--variant default|per-channel|fp32-head ...]
+    python train/evaluate.py --split validation --n 1000 --models-dir DIR/VARIANT --only "A alone" "B alone"
+
+Each variant is onnxruntime's quant_pre_process + quantize_dynamic (QInt8) applied to
+models/{a,b}/onnx/model.onnx, as `python -m export --int8` does (default), or with
+per-channel weight scales (per-channel), or with the LM head's MatMul left in float32
+(fp32-head). Writes DIR/VARIANT/{a,b}/onnx, ready for train/evaluate.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VARIANTS = ("default", "per-channel", "fp32-head")
+
+
+def quantize(src: Path, dest: Path, variant: str) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+        options = {"weight_type": QuantType.QInt8}
+        if variant == "per-channel":
+            options["per_channel"] = True
+        if variant == "fp32-head":  # the last MatMul of the graph is the LM head's
+            matmuls = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "MatMul"]
+            options["nodes_to_exclude"] = matmuls[-1:]
+        quantize_dynamic(prepared, dest, **options)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--models-dir", type=Path, default=ROOT / "models")
+    p.add_argument("--variant", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    args = p.parse_args()
+    for variant in args.variant:
+        for name in ("a", "b"):
+            src, dest = args.models_dir / name / "onnx", args.out / variant / name / "onnx"
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(src, dest)
+            quantize(src / "model.onnx", dest / "model.onnx", variant)
+            print(f"{variant}: {dest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
