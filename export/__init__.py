@@ -55,8 +55,8 @@ def export_model(source: str | Path, out_dir: str | Path, *, top_k: int = DEFAUL
     graph (onnxruntime quant_pre_process + quantize_dynamic), which must agree with
     PyTorch's top-1 ids at >= int8_min_agreement of the sample positions.
     external_data_min_bytes: a final graph at least this big is stored as model.onnx plus its
-    weights in model.onnx.data (measured: 858 MB peak RSS instead of 1208 MB for a
-    ModernBERT-base-sized graph of 646 MB, bench/vs_pytorch.py).
+    weights in model.onnx.data (measured: 857 MB peak RSS instead of 1207 MB for a
+    ModernBERT-base-sized graph of 646 MB, bench/ort_levers.py).
     """
     from transformers import AutoTokenizer
 
