@@ -630,11 +630,14 @@ def _read_manifest(folder: Path) -> Manifest:
     path = folder / MANIFEST_NAME
     if not path.is_file():
         raise ModelError(f"{folder} has no {MANIFEST_NAME}: is it a folder written by `python -m export`?")
+    return Manifest.from_dict(_read_json(path), where=str(path))
+
+
+def _read_json(path: Path):
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(f"cannot read {path}: {exc}") from None
-    return Manifest.from_dict(data, where=str(path))
 
 
 def _load_tokenizer(folder: Path, manifest: Manifest):
@@ -710,10 +713,7 @@ class Policy:
         if not folder.is_dir():
             raise ModelError(f"policy folder not found: {folder}")
         card_path = folder / POLICY_CARD
-        try:
-            card = json.loads(card_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelError(f"cannot read {card_path}: {exc}") from None
+        card = _read_json(card_path)
         if not isinstance(card, dict) or card.get("schema_version") != SCHEMA_VERSION:
             raise ModelError(f"{card_path}: schema_version must be {SCHEMA_VERSION}")
         if tuple(card.get("features", ())) != POLICY_FEATURES:

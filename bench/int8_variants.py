@@ -3,8 +3,8 @@
     python bench/int8_variants.py --out DIR [--variant default|per-channel|fp32-head ...]
     python train/evaluate.py --split validation --n 1000 --models-dir DIR/VARIANT --only "A alone" "B alone"
 
-Each variant is onnxruntime's quant_pre_process + quantize_dynamic (QInt8) applied to
-models/{a,b}/onnx/model.onnx, as `python -m export --int8` does (default), or with
+Each variant is export's int8 path (onnxruntime's quant_pre_process + quantize_dynamic,
+QInt8) applied to models/{a,b}/onnx/model.onnx, as `python -m export --int8` does (default), or with
 per-channel weight scales (per-channel), or with the LM head's MatMul left in float32
 (fp32-head). Writes DIR/VARIANT/{a,b}/onnx, ready for train/evaluate.py.
 """
@@ -14,28 +14,26 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # export
 VARIANTS = ("default", "per-channel", "fp32-head")
 
 
-def quantize(src: Path, dest: Path, variant: str) -> None:
+def quantize(graph: Path, variant: str) -> None:
+    """Quantize the float32 graph in place through export's own int8 path, with the variant's options."""
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with tempfile.TemporaryDirectory() as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
-        options = {"weight_type": QuantType.QInt8}
-        if variant == "per-channel":
-            options["per_channel"] = True
-        if variant == "fp32-head":  # the last MatMul of the graph is the LM head's
-            matmuls = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "MatMul"]
-            options["nodes_to_exclude"] = matmuls[-1:]
-        quantize_dynamic(prepared, dest, **options)
+    from export import quantize_int8
+
+    options = {}
+    if variant == "per-channel":
+        options["per_channel"] = True
+    if variant == "fp32-head":  # the last MatMul of the graph is the LM head's
+        matmuls = [n.name for n in onnx.load(str(graph)).graph.node if n.op_type == "MatMul"]
+        options["nodes_to_exclude"] = matmuls[-1:]
+    quantize_int8(graph, **options)
 
 
 def main() -> int:
@@ -49,7 +47,7 @@ def main() -> int:
             src, dest = args.models_dir / name / "onnx", args.out / variant / name / "onnx"
             shutil.rmtree(dest, ignore_errors=True)
             shutil.copytree(src, dest)
-            quantize(src / "model.onnx", dest / "model.onnx", variant)
+            quantize(dest / "model.onnx", variant)
             print(f"{variant}: {dest}")
     return 0
 

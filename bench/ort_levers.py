@@ -31,19 +31,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))  # random_models
 
-SESSION_CODE = """
-import sys, numpy as np, onnxruntime as ort
-path, variant, threads, length = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-o = ort.SessionOptions(); o.intra_op_num_threads = threads; o.inter_op_num_threads = 1
-o.add_session_config_entry("session.intra_op.allow_spinning", "0")
-if variant == "no-prepack": o.add_session_config_entry("session.disable_prepacking", "1")
-if variant == "basic-opt": o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-s = ort.InferenceSession(path, sess_options=o, providers=["CPUExecutionProvider"])
-feed = {"input_ids": np.full((1, length), 5, np.int64), "attention_mask": np.ones((1, length), np.int64),
-        "positions": np.arange(32, dtype=np.int64)[None]}
-s.run(["top_ids", "top_probs", "entropy"], feed)
-print([l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")][0])
-"""
+FEED_POSITIONS = 32  # statistics gathered per forward
+
+
+def feed(length: int) -> dict:
+    return {"input_ids": np.full((1, length), 5, np.int64), "attention_mask": np.ones((1, length), np.int64),
+            "positions": np.arange(FEED_POSITIONS, dtype=np.int64)[None]}
 
 
 def parse_args():
@@ -89,8 +82,11 @@ def session(path: Path, variant: str, threads: int):
 
 
 def peak_rss(path: Path, variant: str, threads: int, length: int) -> float:
-    out = subprocess.run([sys.executable, "-c", SESSION_CODE, str(path), variant, str(threads), str(length)],
-                         capture_output=True, text=True, check=True)
+    """Peak resident MB (VmHWM) of a fresh process that opens the variant's session and runs one forward."""
+    code = (f"import sys; sys.path.insert(0, {str(HERE)!r}); import ort_levers as b; "
+            f"b.session(b.Path({str(path)!r}), {variant!r}, {threads}).run(['top_ids'], b.feed({length})); "
+            "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout) / 1024
 
 
@@ -104,20 +100,18 @@ def main() -> int:
 
             onnx_dir = export_random(tmp / "model", "modernbert", 768, 22, 50368, max(args.length, 128))
         paths = graph_copies(onnx_dir, tmp)
-        feed = {"input_ids": np.full((1, args.length), 5, np.int64),
-                "attention_mask": np.ones((1, args.length), np.int64),
-                "positions": np.arange(32, dtype=np.int64)[None]}
+        inputs = feed(args.length)
         wanted = ["top_ids", "top_probs", "entropy"]
         sessions = {v: session(p, v, args.threads) for v, p in paths.items()}
-        reference = sessions["runtime"].run(wanted, feed)
+        reference = sessions["runtime"].run(wanted, inputs)
         times = {v: [] for v in sessions}
         for v, s in sessions.items():  # warm-up, and every variant must give the runtime's top-1 ids
-            same = np.array_equal(s.run(wanted, feed)[0][..., 0], reference[0][..., 0])
+            same = np.array_equal(s.run(wanted, inputs)[0][..., 0], reference[0][..., 0])
             print(f"{v}: top-1 ids equal to the runtime's: {same}")
         for _ in range(args.repeats):
             for v, s in sessions.items():
                 t = time.perf_counter()
-                s.run(wanted, feed)
+                s.run(wanted, inputs)
                 times[v].append(time.perf_counter() - t)
         del sessions
         base = np.median(times["runtime"])

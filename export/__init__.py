@@ -107,10 +107,11 @@ def export_model(source: str | Path, out_dir: str | Path, *, top_k: int = DEFAUL
     return write_manifest(manifest, out_dir)
 
 
-def quantize_int8(onnx_path: Path) -> None:
+def quantize_int8(onnx_path: Path, **options) -> None:
     """Replace the float32 graph at onnx_path by a dynamically quantized int8 one.
 
     A graph stored with external data (over 2 GB) is quantized into external data too.
+    options: more of quantize_dynamic's arguments (per_channel, nodes_to_exclude, ...).
     """
     import shutil
     import tempfile
@@ -129,7 +130,8 @@ def quantize_int8(onnx_path: Path) -> None:
         quantized.parent.mkdir()
         quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True,
                           save_as_external_data=bool(external))
-        quantize_dynamic(prepared, quantized, weight_type=QuantType.QInt8, use_external_data_format=bool(external))
+        quantize_dynamic(prepared, quantized, weight_type=QuantType.QInt8, use_external_data_format=bool(external),
+                         **options)
         for name in data_files:
             (onnx_path.parent / name).unlink()
         for file in quantized.parent.iterdir():
