@@ -37,7 +37,7 @@ __all__ = [
     "softmax", "transfer_schedule", "pick_by_confidence", "pick_above_threshold", "gumbel_argmax",
     "tracked_positions", "answer_signals", "token_change_count", "mean_over_tracked", "leader_of",
     "build_canvas", "decode", "generate", "leader_change_rate", "leader_changes", "main",
-    "Policy", "load_policy", "policy_features", "POLICY_FEATURES",
+    "Policy", "load_policy", "policy_features", "POLICY_FEATURES", "KVCache", "KV_CACHE_MODES",
     "SCHEMA_VERSION", "MANIFEST_NAME",
 ]
 
@@ -46,6 +46,7 @@ MANIFEST_NAME = "tie_lite.json"    # the manifest's file name inside a model fol
 PROMPT_SLOT = "{prompt}"           # where the user's text goes in a manifest's prompt format
 POLICY_GRAPH = "policy.onnx"       # a learned unmasking policy's files inside its folder
 POLICY_CARD = "policy.json"
+CACHE_GRAPH = "cache.onnx"         # the block key/value-cache graph (python -m export --kv-cache)
 
 
 class TieLiteError(Exception):
@@ -70,6 +71,7 @@ STEPPED = ("schedule", "dream", "ass")     # strategies whose step count is set 
 COUNTED = ("schedule", "topk", "dream", "ass")  # strategies that commit a number of positions a step
 DECODE_OPTIONS = ("gen_length", "answer_length", "block_size")  # lengths a manifest may recommend
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+KV_CACHE_MODES = ("prefix", "dual")  # rows a cached step recomputes: block and all after it / block only
 
 
 @dataclass(frozen=True)
@@ -460,6 +462,8 @@ def leader_of(scores: np.ndarray) -> int:
 
 GRAPH_INPUTS = ("input_ids", "attention_mask", "positions")
 GRAPH_OUTPUTS = ("top_ids", "top_probs", "entropy", "logits")
+CACHE_INPUTS = ("input_ids", "rows", "past_keys", "past_values", "attention_mask", "gather")
+CACHE_OUTPUTS = GRAPH_OUTPUTS + ("keys", "values")
 
 
 @dataclass(frozen=True)
@@ -577,24 +581,47 @@ class Stats:
         return Stats(self.top_ids[rows], self.top_probs[rows], self.entropy[rows], logits)
 
 
-class Model:
-    """One exported model: an onnxruntime session, its tokenizer and its manifest."""
+@dataclass
+class KVCache:
+    """Per-layer keys and values kept from a full pass of cache.onnx, and the canvas they came from."""
 
-    def __init__(self, folder: Path, manifest: Manifest, tokenizer, session):
+    keys: np.ndarray    # (N, 1, h, L, d) float32
+    values: np.ndarray  # (N, 1, h, L, d) float32
+    tokens: np.ndarray  # (L,) int64 the canvas of that pass
+    block: int = -1     # the decode block it was kept for
+
+
+class Model:
+    """One exported model: an onnxruntime session, its tokenizer and its manifest.
+
+    A model loaded with kv_cache ("prefix" or "dual") runs cache.onnx instead of model.onnx:
+    `stats` is then a full pass of that graph, and decoding reuses kept keys and values
+    within a block (`step_stats`), which is approximate.
+    """
+
+    def __init__(self, folder: Path, manifest: Manifest, tokenizer, session, kv_cache: Optional[str] = None):
         self.folder = folder
         self.manifest = manifest
         self.tokenizer = tokenizer
         self.session = session
+        self.kv_cache = kv_cache
         self.name = manifest.name or folder.name
 
     @classmethod
-    def load(cls, folder, provider: str = "cpu", threads: Optional[int] = None) -> "Model":
+    def load(cls, folder, provider: str = "cpu", threads: Optional[int] = None,
+             kv_cache: Optional[str] = None) -> "Model":
         """Load an exported model folder.
 
         provider: "cpu", "cuda" or "cuda:N" (GPU N); a provider that onnxruntime cannot
         give the session is an error, never a silent fallback to the CPU.
+        kv_cache: run the folder's cache.onnx (block key/value cache, approximate decoding):
+        "prefix" keeps the keys/values before the current block and recomputes the block and
+        everything after it each step (Fast-dLLM's prefix cache); "dual" keeps those after the
+        block too and recomputes the block's rows only (its DualCache): less work, less exact.
         """
         parse_provider(provider)
+        if kv_cache is not None and kv_cache not in KV_CACHE_MODES:
+            raise ConfigError(f"kv_cache must be one of {', '.join(KV_CACHE_MODES)}, got {kv_cache!r}")
         if threads is not None and threads <= 0:
             raise ConfigError(f"threads must be positive, got {threads}")
         folder = Path(folder)
@@ -602,8 +629,15 @@ class Model:
             raise ModelError(f"model folder not found: {folder}")
         manifest = _read_manifest(folder)
         tokenizer = _load_tokenizer(folder, manifest)
-        session = _open_session(folder / "model.onnx", provider, threads)
-        return cls(folder, manifest, tokenizer, session)
+        if not kv_cache:
+            return cls(folder, manifest, tokenizer, _open_session(folder / "model.onnx", provider, threads))
+        if not (folder / CACHE_GRAPH).is_file():
+            raise ModelError(f"{folder} has no {CACHE_GRAPH} for --kv-cache: export it with "
+                             "`python -m export SOURCE OUT_DIR --kv-cache`")
+        if manifest.logits_shift:
+            raise ModelError(f"{folder}: --kv-cache needs a model whose logits are not shifted")
+        session = _open_session(folder / CACHE_GRAPH, provider, threads, check=_check_cache_io)
+        return cls(folder, manifest, tokenizer, session, kv_cache=kv_cache)
 
     def encode(self, text: str) -> np.ndarray:
         """Token ids (n,) int64 of text, without special tokens added around it."""
@@ -614,6 +648,8 @@ class Model:
 
     def stats(self, tokens: np.ndarray, positions: np.ndarray, with_logits: bool = False) -> Stats:
         """Predictions at `positions` (K,) of the canvas `tokens` (L,); honours the manifest's shift."""
+        if self.kv_cache:
+            return self.prime(tokens, positions, with_logits)[0]
         read_at = np.maximum(positions - self.manifest.logits_shift, 0)  # (K,) position 0 reads itself
         feed = {
             "input_ids": tokens[None, :],                           # (1, L) int64
@@ -624,6 +660,39 @@ class Model:
         outputs = self.session.run(wanted, feed)
         logits = outputs[3][0] if with_logits else None
         return Stats(outputs[0][0], outputs[1][0], outputs[2][0], logits)
+
+    def prime(self, tokens: np.ndarray, positions: np.ndarray, with_logits: bool = False) -> tuple:
+        """(Stats at positions (K,), KVCache): a full pass of cache.onnx over the canvas tokens (L,)."""
+        layers, heads, dim = self.cache_dims
+        empty = np.zeros((layers, 1, heads, tokens.size, dim), np.float32)  # (N, 1, h, L, d)
+        every = np.arange(tokens.size, dtype=np.int64)  # (L,) every row recomputed
+        stats, keys, values = self._run_cache(tokens, every, KVCache(empty, empty, tokens), positions, with_logits)
+        return stats, KVCache(keys, values, tokens.copy())
+
+    def cached_stats(self, tokens: np.ndarray, cache: KVCache, rows: np.ndarray, gather: np.ndarray,
+                     with_logits: bool = False) -> Stats:
+        """Predictions at rows[gather] (K,), recomputing only the canvas `rows` (Q,) over the kept cache."""
+        return self._run_cache(tokens, rows, cache, gather, with_logits, keep=False)[0]
+
+    @property
+    def cache_dims(self) -> tuple:
+        """(layers N, heads h, head dim d) of cache.onnx's keys and values."""
+        shape = next(i.shape for i in self.session.get_inputs() if i.name == "past_keys")
+        return shape[0], shape[2], shape[4]
+
+    def _run_cache(self, tokens, rows, cache: KVCache, gather, with_logits: bool, keep: bool = True) -> tuple:
+        feed = {
+            "input_ids": tokens[rows][None, :],                     # (1, Q) int64
+            "rows": rows[None, :].astype(np.int64),                 # (1, Q)
+            "past_keys": cache.keys, "past_values": cache.values,   # (N, 1, h, L, d) float32
+            "attention_mask": np.ones((1, tokens.size), np.int64),  # (1, L)
+            "gather": np.asarray(gather, np.int64)[None, :],        # (1, K)
+        }
+        wanted = list(GRAPH_OUTPUTS if with_logits else GRAPH_OUTPUTS[:3]) + (["keys", "values"] if keep else [])
+        outputs = self.session.run(wanted, feed)
+        logits = outputs[3][0] if with_logits else None
+        kept = outputs[-2:] if keep else (None, None)
+        return (Stats(outputs[0][0], outputs[1][0], outputs[2][0], logits), *kept)
 
 
 def _read_manifest(folder: Path) -> Manifest:
@@ -689,6 +758,14 @@ def _open_session(path: Path, provider: str, threads: Optional[int], check: Opti
         raise ModelError(f"onnxruntime did not give the session the {wanted} provider")
     (check or _check_graph_io)(session, path)
     return session
+
+
+def _check_cache_io(session, path: Path) -> None:
+    inputs = tuple(i.name for i in session.get_inputs())
+    outputs = tuple(o.name for o in session.get_outputs())
+    if sorted(inputs) != sorted(CACHE_INPUTS) or sorted(outputs) != sorted(CACHE_OUTPUTS):
+        raise ModelError(f"{path} has inputs {inputs} and outputs {outputs}; tie-lite's --kv-cache needs "
+                         f"{CACHE_INPUTS} and {CACHE_OUTPUTS}: export it with `python -m export --kv-cache`")
 
 
 def _check_graph_io(session, path: Path) -> None:
@@ -811,6 +888,7 @@ class DecodeState:
     exited: bool = False           # early exit filled the answer and ended the decode
     answer_top1: Optional[np.ndarray] = None  # (A,) the answer positions' top-1 ids at the last step
     unchanged_steps: int = 0       # consecutive steps those ids did not change (early exit)
+    kv: Optional[KVCache] = None   # kept keys/values, for a model loaded with kv_cache
 
     @property
     def tokens(self) -> np.ndarray:
@@ -906,6 +984,37 @@ def policy_view(state: DecodeState, config: DecodeConfig, block_stats: Stats, bl
     return logits[is_masked], block_stats.take(is_masked)
 
 
+def cache_is_current(cache: Optional[KVCache], tokens: np.ndarray, block_idx: np.ndarray, block: int) -> bool:
+    """Whether keys/values kept for `block` may serve this step: no token outside the block changed."""
+    if cache is None or cache.block != block:
+        return False
+    outside = np.ones(tokens.size, bool)  # (L,)
+    outside[block_idx] = False
+    return np.array_equal(cache.tokens[outside], tokens[outside])
+
+
+def step_stats(model: Model, state: DecodeState, config: DecodeConfig, positions: np.ndarray,
+               with_logits: bool) -> Stats:
+    """This step's predictions at `positions` (K,).
+
+    A model loaded with kv_cache makes a full pass when a block starts (or when anything
+    outside the block changed, e.g. a relay) and keeps its keys and values; the block's
+    other steps recompute only the block's rows (and, with "prefix", every row after the
+    block) and the positions read, over the kept ones.
+    """
+    if not model.kv_cache:
+        return model.stats(state.tokens, positions, with_logits)
+    block_idx = current_block_idx(state, config)
+    if not cache_is_current(state.kv, state.tokens, block_idx, state.block):
+        stats, state.kv = model.prime(state.tokens, positions, with_logits)
+        state.kv.block = state.block
+        return stats
+    rows = np.union1d(block_idx, positions)  # (Q,) sorted canvas positions
+    if model.kv_cache == "prefix":
+        rows = np.union1d(rows, np.arange(block_idx.max() + 1, state.tokens.size))
+    return model.cached_stats(state.tokens, state.kv, rows, np.searchsorted(rows, positions), with_logits)
+
+
 def track_answer(model: Model, tokens: np.ndarray, answer_idx: np.ndarray, stats: Stats,
                  first_k: Optional[int]) -> AnswerSignals:
     """AnswerSignals from the statistics gathered at answer_idx (A,)."""
@@ -926,7 +1035,7 @@ def decode_step(model: Model, state: DecodeState, config: DecodeConfig, rng: np.
     answer_idx = state.canvas.answer_idx if track or config.early_exit else np.zeros(0, np.int64)
     learned = config.strategy == "policy"
     read_idx = current_block_idx(state, config) if learned else masked_idx  # the policy sees the whole block
-    stats = model.stats(state.tokens, np.concatenate([read_idx, answer_idx]), with_logits=config.temperature > 0)
+    stats = step_stats(model, state, config, np.concatenate([read_idx, answer_idx]), config.temperature > 0)
     answer_stats = stats.take(slice(read_idx.size, None))
     signals = track_answer(model, state.tokens, answer_idx, answer_stats, first_k) if track else None
     block_stats = stats.take(slice(0, read_idx.size))
@@ -1423,6 +1532,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     r.add_argument("--provider", default="cpu",
                    help="cpu, cuda or cuda:N; for an ensemble, one per model separated by commas (cuda:0,cuda:1)")
     r.add_argument("--threads", type=int, default=None, help="onnxruntime threads in all (default: all cores)")
+    r.add_argument("--kv-cache", nargs="?", const="prefix", choices=KV_CACHE_MODES,
+                   help="reuse keys/values within a block (cache.onnx; approximate, faster on long canvases): "
+                        "prefix (the default) recomputes the block and all after it, dual the block only")
     r.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     r.add_argument("--history", action="store_true", help="with --json: include every step")
     live = r.add_mutually_exclusive_group()
@@ -1452,7 +1564,8 @@ def model_dirs(args: argparse.Namespace) -> list[Path]:
     return dirs
 
 
-def load_models(dirs: Sequence[Path], provider: str, threads: Optional[int]) -> list[Model]:
+def load_models(dirs: Sequence[Path], provider: str, threads: Optional[int],
+                kv_cache: Optional[str] = None) -> list[Model]:
     """Load every model, splitting the thread budget between them; provider is one, or one per model."""
     if threads is not None and threads <= 0:
         raise ConfigError(f"threads must be positive, got {threads}")
@@ -1460,7 +1573,8 @@ def load_models(dirs: Sequence[Path], provider: str, threads: Optional[int]) -> 
     if len(providers) not in (1, len(dirs)):
         raise ConfigError(f"--provider lists {len(providers)} providers for {len(dirs)} models")
     per_model = max(1, (threads or os.cpu_count() or 1) // len(dirs))
-    return [Model.load(d, provider=providers[i % len(providers)], threads=per_model) for i, d in enumerate(dirs)]
+    return [Model.load(d, provider=providers[i % len(providers)], threads=per_model, kv_cache=kv_cache)
+            for i, d in enumerate(dirs)]
 
 
 def decode_config(args: argparse.Namespace, manifest: Manifest) -> DecodeConfig:
@@ -1585,7 +1699,7 @@ def run_cli(args: argparse.Namespace) -> GenerateResult:
     if args.answer is not None:
         _check_text(args.answer, "--answer")
     ensemble = ensemble_config(args)
-    models = load_models(model_dirs(args), args.provider, args.threads)
+    models = load_models(model_dirs(args), args.provider, args.threads, args.kv_cache)
     config = decode_config(args, models[0].manifest)
     if config.policy is not None:
         load_policy(config.policy)  # a bad policy folder fails here, before any decoding

@@ -1,12 +1,14 @@
 """int8 copies of the shipped models under other quantization settings, to measure their accuracy.
 
-    python bench/int8_variants.py --out DIR [--variant default|per-channel|fp32-head ...]
+    python bench/int8_variants.py --out DIR [--variant default|per-channel|fp32-head|matmul-only ...]
     python train/evaluate.py --split validation --n 1000 --models-dir DIR/VARIANT --only "A alone" "B alone"
 
 Each variant is export's int8 path (onnxruntime's quant_pre_process + quantize_dynamic,
 QInt8) applied to models/{a,b}/onnx/model.onnx, as `python -m export --int8` does (default), or with
 per-channel weight scales (per-channel), or with the LM head's MatMul left in float32
-(fp32-head). Writes DIR/VARIANT/{a,b}/onnx, ready for train/evaluate.py.
+(fp32-head), or with only MatMuls quantized, so the embedding table's Gather stays float32
+(matmul-only). The K/V-cache graph (cache.onnx) gets the same treatment when the folder
+has one. Writes DIR/VARIANT/{a,b}/onnx, ready for train/evaluate.py.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # export
-VARIANTS = ("default", "per-channel", "fp32-head")
+VARIANTS = ("default", "per-channel", "fp32-head", "matmul-only")
 
 
 def quantize(graph: Path, variant: str) -> None:
@@ -33,6 +35,8 @@ def quantize(graph: Path, variant: str) -> None:
     if variant == "fp32-head":  # the last MatMul of the graph is the LM head's
         matmuls = [n.name for n in onnx.load(str(graph)).graph.node if n.op_type == "MatMul"]
         options["nodes_to_exclude"] = matmuls[-1:]
+    if variant == "matmul-only":
+        options["op_types_to_quantize"] = ["MatMul"]
     quantize_int8(graph, **options)
 
 
@@ -47,7 +51,9 @@ def main() -> int:
             src, dest = args.models_dir / name / "onnx", args.out / variant / name / "onnx"
             shutil.rmtree(dest, ignore_errors=True)
             shutil.copytree(src, dest)
-            quantize(dest / "model.onnx", variant)
+            for graph in ("model.onnx", "cache.onnx"):
+                if (dest / graph).is_file():
+                    quantize(dest / graph, variant)
             print(f"{variant}: {dest}")
     return 0
 

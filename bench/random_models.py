@@ -39,11 +39,11 @@ def build_random(folder: Path, arch: str, hidden: int, layers: int, vocab: int, 
 
 
 def export_random(folder: Path, arch: str, hidden: int, layers: int, vocab: int, max_length: int,
-                  seed: int = 0, decode_defaults: dict | None = None) -> Path:
-    """build_random, then export it to folder/onnx; returns the onnx folder."""
+                  seed: int = 0, decode_defaults: dict | None = None, **export_options) -> Path:
+    """build_random, then export it to folder/onnx (export_model's options); returns the onnx folder."""
     from export import export_model
 
     hf = build_random(folder / "hf", arch, hidden, layers, vocab, max_length, seed)
     export_model(hf, folder / "onnx", name=f"{arch}-{hidden}x{layers}", decode_defaults=decode_defaults,
-                 log=lambda m: None)
+                 log=lambda m: None, **export_options)
     return folder / "onnx"

@@ -2,6 +2,7 @@
 
     python bench/vs_pytorch.py [--hidden 768 --layers 22 --vocab 50368] [--length 512] [--gen 32]
     python bench/vs_pytorch.py --model-dir HF_FOLDER --onnx-dir ONNX_FOLDER
+    python bench/vs_pytorch.py --length 512 --gen 16 --int8 --kv-cache dual
 
 The PyTorch side is the LLaDA-style loop: transformers model, full logits over the
 canvas every step, softmax, low-confidence remasking inside the current block,
@@ -11,6 +12,10 @@ and the script checks the outputs are token-identical, then prints the median ti
 ratio, the graph's forward time against this machine's measured float32 GEMM rate,
 and `import tie_lite` time. Without --model-dir it builds a random ModernBERT of the
 given size (ModernBERT-base: hidden 768, 22 layers, vocab 50368). Needs torch.
+
+--kv-cache MODE also times tie-lite with the block key/value cache (export --kv-cache,
+approximate: a full pass when the block starts, then only the recomputed rows), in
+float32 and, with --int8, in int8, and prints the share of its tokens equal to PyTorch's.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ def parse_args():
     p.add_argument("--model-dir", type=Path, help="an existing Hugging Face folder instead of a random model")
     p.add_argument("--onnx-dir", type=Path, help="its export (python -m export)")
     p.add_argument("--int8", action="store_true", help="also time a dynamically quantized int8 copy")
+    p.add_argument("--kv-cache", choices=("prefix", "dual"), help="also time decoding with the block K/V cache")
     return p.parse_args()
 
 
@@ -86,15 +92,16 @@ def import_time() -> float:
     return float(out.stdout)
 
 
-def peak_rss(onnx_dir: Path, prompt_text: str, gen: int, threads: int) -> tuple[float, float]:
+def peak_rss(onnx_dir: Path, prompt_text: str, gen: int, threads: int, kv_cache=None) -> tuple[float, float]:
     """(peak resident MB, graph MB) of a fresh process that loads the export and decodes once."""
     code = ("import sys, tie_lite; "
-            f"m = tie_lite.Model.load({str(onnx_dir)!r}, threads={threads}); "
+            f"m = tie_lite.Model.load({str(onnx_dir)!r}, threads={threads}, kv_cache={kv_cache!r}); "
             f"tie_lite.generate(m, sys.stdin.read(), tie_lite.DecodeConfig(gen_length={gen}, block_size={gen})); "
             "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
     out = subprocess.run([sys.executable, "-c", code], input=prompt_text, capture_output=True, text=True,
                          cwd=HERE.parent, check=True)
-    graph = sum(p.stat().st_size for p in Path(onnx_dir).iterdir() if p.name != "tokenizer.json")
+    graph_name = "cache.onnx" if kv_cache else "model.onnx"
+    graph = sum(p.stat().st_size for p in Path(onnx_dir).iterdir() if p.name.startswith(graph_name))
     return float(out.stdout) / 1024, graph / 2 ** 20  # VmHWM (kB): ru_maxrss would count the parent's fork
 
 
@@ -105,7 +112,9 @@ def quantized_copy(onnx_dir: Path, dest: Path) -> Path:
     from export import quantize_int8
 
     shutil.copytree(onnx_dir, dest)
-    quantize_int8(dest / "model.onnx")
+    for graph in ("model.onnx", "cache.onnx"):
+        if (dest / graph).is_file():
+            quantize_int8(dest / graph)
     return dest
 
 
@@ -123,6 +132,22 @@ def timed_decodes(engine, prompt_text: str, config, repeats: int, reference) -> 
     return t_ref, t_lite
 
 
+def time_variant(label: str, folder: Path, kv_cache, args, prompt_text: str, config, reference,
+                 expected: list) -> None:
+    """Time one more tie-lite variant against the PyTorch loop, interleaved; print ratio, agreement, RSS."""
+    import tie_lite
+
+    engine = tie_lite.Model.load(folder, threads=args.threads, kv_cache=kv_cache)
+    tie_lite.generate(engine, prompt_text, tie_lite.DecodeConfig(gen_length=2, block_size=2))  # warm-up
+    t_torch, t_lite = timed_decodes(engine, prompt_text, config, args.repeats, reference)
+    got = tie_lite.generate(engine, prompt_text, config).tokens.tolist()
+    same = sum(a == b for a, b in zip(got, expected)) / len(expected)
+    print(f"{label}: PyTorch loop / tie-lite: {np.median(t_torch) / np.median(t_lite):.2f}x; "
+          f"tokens equal to PyTorch's: {same:.0%} (accuracy delta: train/evaluate.py on such exports)")
+    rss, graph = peak_rss(folder, prompt_text, args.gen, args.threads, kv_cache)
+    print(f"{label} peak RSS {rss:.0f} MB; graph {graph:.0f} MB, so 1.3 x graph + 150 MB = {1.3 * graph + 150:.0f} MB")
+
+
 def main() -> int:
     args = parse_args()
     import torch
@@ -137,7 +162,7 @@ def main() -> int:
             from random_models import export_random
 
             onnx_dir = export_random(Path(tmp), "modernbert", args.hidden, args.layers, args.vocab,
-                                     max(args.length, 128))
+                                     max(args.length, 128), kv_cache=args.kv_cache is not None)
             hf_dir = Path(tmp) / "hf"
         model = AutoModelForMaskedLM.from_pretrained(hf_dir).eval()
         engine = tie_lite.Model.load(onnx_dir, threads=args.threads)
@@ -166,17 +191,14 @@ def main() -> int:
               f"GFLOP/s on this machine")
         rss, graph = peak_rss(onnx_dir, prompt_text, args.gen, args.threads)
         print(f"peak RSS {rss:.0f} MB; graph {graph:.0f} MB, so 1.3 x graph + 150 MB = {1.3 * graph + 150:.0f} MB")
+        variants = [("fp32 + K/V cache", onnx_dir, args.kv_cache)] if args.kv_cache else []
         if args.int8:
             int8_dir = quantized_copy(onnx_dir, Path(tmp) / "int8")
-            engine8 = tie_lite.Model.load(int8_dir, threads=args.threads)
-            tie_lite.generate(engine8, prompt_text, tie_lite.DecodeConfig(gen_length=2, block_size=2))
-            t_torch8, t_int8 = timed_decodes(engine8, prompt_text, config, args.repeats, reference)
-            got8 = tie_lite.generate(engine8, prompt_text, config).tokens.tolist()
-            same = sum(a == b for a, b in zip(got8, expected)) / len(expected)
-            print(f"int8: PyTorch loop / tie-lite int8: {np.median(t_torch8) / np.median(t_int8):.2f}x; "
-                  f"tokens equal to PyTorch's: {same:.0%} (accuracy delta: train/evaluate.py on int8 exports)")
-            rss8, graph8 = peak_rss(int8_dir, prompt_text, args.gen, args.threads)
-            print(f"int8 peak RSS {rss8:.0f} MB; graph {graph8:.0f} MB, so 1.3 x graph + 150 MB = {1.3 * graph8 + 150:.0f} MB")
+            variants.append(("int8", int8_dir, None))
+            if args.kv_cache:
+                variants.append(("int8 + K/V cache", int8_dir, args.kv_cache))
+        for label, folder, kv_cache in variants:
+            time_variant(label, folder, kv_cache, args, prompt_text, config, reference, expected)
         print(f"import tie_lite: {import_time():.3f} s")
     return 0
 

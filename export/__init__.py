@@ -39,7 +39,7 @@ def export_model(source: str | Path, out_dir: str | Path, *, top_k: int = DEFAUL
                  decode_defaults: Optional[dict] = None, int8: bool = False, family: Optional[str] = None,
                  stop_texts: Sequence[str] = (),
                  int8_min_agreement: float = DEFAULT_INT8_MIN_AGREEMENT,
-                 external_data_min_bytes: int = EXTERNAL_DATA_MIN_BYTES,
+                 external_data_min_bytes: int = EXTERNAL_DATA_MIN_BYTES, kv_cache: bool = False,
                  log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)) -> Path:
     """Export `source` to `out_dir`; validate it against PyTorch; return the manifest's path.
 
@@ -57,11 +57,15 @@ def export_model(source: str | Path, out_dir: str | Path, *, top_k: int = DEFAUL
     external_data_min_bytes: a final graph at least this big is stored as model.onnx plus its
     weights in model.onnx.data (measured: 857 MB peak RSS instead of 1207 MB for a
     ModernBERT-base-sized graph of 646 MB, bench/ort_levers.py).
+    kv_cache: also write cache.onnx, the block key/value-cache graph the runtime's approximate
+    `--kv-cache` decoding runs (export/cache.py; ModernBERT and BERT), validated and quantized
+    like model.onnx.
     """
     from transformers import AutoTokenizer
 
     from .graph import export_graph, suppressed_columns
-    from .validate import check_agreement, measure, validate
+    from .cache import export_cache_graph, unsupported_reason
+    from .validate import check_agreement, measure, measure_cache, validate, validate_cache
 
     if top_k < 2:
         raise ExportError(f"top_k must be >= 2, got {top_k}")
@@ -74,26 +78,39 @@ def export_model(source: str | Path, out_dir: str | Path, *, top_k: int = DEFAUL
     tokenizer = _load(AutoTokenizer.from_pretrained, source, trust_remote_code)
     model.eval()
     config = model.config
+    if kv_cache and unsupported_reason(model_family, config):
+        raise ExportError(unsupported_reason(model_family, config))
     ids = special_ids(tokenizer, model_family, config)
     graph_vocab = model_family.graph_vocab(config)
     vocab_size = min(len(tokenizer), graph_vocab)
     is_suppressed = suppressed_columns(graph_vocab, vocab_size, [ids["mask_id"]])
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "model.onnx.data").unlink(missing_ok=True)  # an earlier export's weights
+    for stale in ("model.onnx.data", "cache.onnx", "cache.onnx.data"):  # an earlier export's files
+        (out_dir / stale).unlink(missing_ok=True)
     log(f"exporting {config.model_type} ({model_family.name}) with optimum to {out_dir / 'model.onnx'}")
     onnx_path = export_graph(model, out_dir, model_family, is_suppressed, top_k, opset)
     max_length = model_family.max_length(config)
     log("validating ONNX against PyTorch")
     checks = (model, model_family, is_suppressed, top_k, vocab_size, ids["mask_id"], max_length)
     extra = {"source": str(source), "validation": validate(onnx_path, *checks).as_dict()}
+    graphs = {onnx_path: measure}
+    if kv_cache:
+        log(f"exporting the K/V-cache graph to {out_dir / 'cache.onnx'} and validating it")
+        cache_path = export_cache_graph(model, out_dir, model_family, is_suppressed, top_k, opset)
+        extra["cache_validation"] = validate_cache(cache_path, *checks).as_dict()
+        graphs[cache_path] = measure_cache
     if int8:
         log("quantizing to int8 (dynamic) and measuring its agreement with PyTorch")
-        quantize_int8(onnx_path)
-        int8_report = measure(onnx_path, *checks)
-        check_agreement(int8_report, int8_min_agreement)
-        extra.update(quantization="int8-dynamic", int8_validation=int8_report.as_dict())
-    if onnx_path.stat().st_size >= external_data_min_bytes:
-        store_weights_externally(onnx_path)
+        for path, measure_graph in graphs.items():
+            quantize_int8(path)
+            int8_report = measure_graph(path, *checks)
+            check_agreement(int8_report, int8_min_agreement)
+            prefix = "cache_" if path.name == "cache.onnx" else ""
+            extra[f"{prefix}int8_validation"] = int8_report.as_dict()
+        extra["quantization"] = "int8-dynamic"
+    for path in graphs:
+        if path.stat().st_size >= external_data_min_bytes:
+            store_weights_externally(path)
     tokenizer_path = out_dir / "tokenizer.json"
     tokenizer.backend_tokenizer.save(str(tokenizer_path))
     manifest = tie_lite.Manifest(

@@ -26,6 +26,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--int8", action="store_true", help="quantize the graph to int8 (dynamic), after validating it")
     p.add_argument("--int8-min-agreement", type=float, default=DEFAULT_INT8_MIN_AGREEMENT,
                    help="least share of positions whose int8 top-1 id equals PyTorch's")
+    p.add_argument("--kv-cache", action="store_true",
+                   help="also write cache.onnx for the runtime's approximate --kv-cache decoding (ModernBERT, BERT)")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="run the model repository's own Python code (only for sources you trust)")
     return p.parse_args(argv)
@@ -43,7 +45,7 @@ def main(argv=None) -> int:
                             answer_marker=args.answer_marker, name=args.name, opset=args.opset,
                             trust_remote_code=args.trust_remote_code, decode_defaults=_defaults(args),
                             int8=args.int8, int8_min_agreement=args.int8_min_agreement, family=args.family,
-                            stop_texts=args.stop_text)
+                            stop_texts=args.stop_text, kv_cache=args.kv_cache)
     except (ExportError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -65,6 +65,14 @@ def validate(onnx_path: Path, model, family, is_suppressed, top_k: int, vocab_si
     return report
 
 
+def validate_cache(cache_path: Path, model, family, is_suppressed, top_k: int, vocab_size: int, mask_id: int,
+                   max_length: int) -> ValidationReport:
+    """measure_cache, raising ExportValidationError beyond the tolerances `validate` holds the main graph to."""
+    report = measure_cache(cache_path, model, family, is_suppressed, top_k, vocab_size, mask_id, max_length)
+    _check(report)
+    return report
+
+
 def check_agreement(report: ValidationReport, min_agreement: float) -> None:
     """For a quantized graph: top-1 ids must agree with PyTorch at >= min_agreement of positions."""
     rate = report.top1_agree / report.positions
@@ -87,6 +95,37 @@ def measure(onnx_path: Path, model, family, is_suppressed, top_k: int, vocab_siz
                 "positions": np.maximum(positions - family.logits_shift, 0)[None]}
         top_ids, top_probs, entropy = (x[0] for x in session.run(["top_ids", "top_probs", "entropy"], feed))
         _accumulate(totals, ref, top_ids, top_probs, entropy)
+    return ValidationReport(**totals)
+
+
+def measure_cache(cache_path: Path, model, family, is_suppressed, top_k: int, vocab_size: int, mask_id: int,
+                  max_length: int) -> ValidationReport:
+    """Compare the K/V-cache graph with PyTorch on sample canvases, twice per canvas: the full pass
+    (every row recomputed), and a cached pass over the middle rows with nothing changed since, which
+    must reproduce the full pass because every kept key and value is still current."""
+    import onnxruntime as ort
+
+    from .cache import cache_shape
+
+    session = ort.InferenceSession(str(cache_path), providers=["CPUExecutionProvider"])
+    layers, heads, dim = cache_shape(model.config)
+    wanted = ["top_ids", "top_probs", "entropy", "keys", "values"]
+    totals = dict(cases=0, positions=0, top1_agree=0, near_ties=0, max_prob_diff=0.0, max_entropy_diff=0.0)
+    for tokens in sample_canvases(vocab_size, mask_id, max_length):
+        length = tokens.size
+        every = np.arange(length, dtype=np.int64)  # (L,)
+        ref = torch_statistics(model, family, tokens, every, is_suppressed, top_k)
+        zeros = np.zeros((layers, 1, heads, length, dim), np.float32)  # (N, 1, h, L, d)
+        feed = {"input_ids": tokens[None], "rows": every[None], "past_keys": zeros, "past_values": zeros,
+                "attention_mask": np.ones((1, length), np.int64), "gather": every[None]}
+        top_ids, top_probs, entropy, keys, values = (x if i > 2 else x[0] for i, x in
+                                                     enumerate(session.run(wanted, feed)))
+        _accumulate(totals, ref, top_ids, top_probs, entropy)
+        block = np.arange(length // 4, length // 2, dtype=np.int64)  # (b,)
+        feed.update(input_ids=tokens[block][None], rows=block[None], past_keys=keys, past_values=values,
+                    gather=np.arange(block.size, dtype=np.int64)[None])
+        top_ids, top_probs, entropy = (x[0] for x in session.run(wanted[:3], feed))
+        _accumulate(totals, {k: v[block] for k, v in ref.items()}, top_ids, top_probs, entropy)
     return ValidationReport(**totals)
 
 

@@ -35,17 +35,20 @@ def char_tokenizer() -> PreTrainedTokenizerFast:
                                    mask_token="[MASK]", eos_token="[EOS]")
 
 
-def tiny_model(arch: str, vocab_size: int, seed: int, max_length: int = 128, extra_columns: int = 0):
-    """A random masked LM; extra_columns widens the LM head past the tokenizer (never sampled)."""
+def tiny_model(arch: str, vocab_size: int, seed: int, max_length: int = 128, extra_columns: int = 0,
+               layers: int = 2, **config):
+    """A random masked LM; extra_columns widens the LM head past the tokenizer (never sampled);
+    config: more config fields (position_embedding_type, local_attention, ...)."""
     torch.manual_seed(seed)
-    common = dict(vocab_size=vocab_size + extra_columns, hidden_size=32, num_hidden_layers=2,
+    common = dict(vocab_size=vocab_size + extra_columns, hidden_size=32, num_hidden_layers=layers,
                   num_attention_heads=2, intermediate_size=64, max_position_embeddings=max_length,
-                  pad_token_id=0, initializer_range=0.3)  # peakier than default: real confidence spread
+                  pad_token_id=0, initializer_range=0.3, **config)  # peakier than default: real confidence spread
     if arch == "bert":
         return BertForMaskedLM(BertConfig(**common)).eval()
     if arch == "modernbert":
+        common.setdefault("global_attn_every_n_layers", 1)
         config = ModernBertConfig(**common, reference_compile=False, bos_token_id=3, eos_token_id=3,
-                                  cls_token_id=3, sep_token_id=3, global_attn_every_n_layers=1)
+                                  cls_token_id=3, sep_token_id=3)
         return ModernBertForMaskedLM(config).eval()
     if arch == "roberta":  # position ids start at pad_token_id + 1, so pad_token_id + 1 more embeddings
         return RobertaForMaskedLM(RobertaConfig(**{**common, "max_position_embeddings": max_length + 1})).eval()

@@ -1,6 +1,6 @@
 """Exact-match accuracy of the shipped models alone and ensembled with TIE, through tie_lite.
 
-    python train/evaluate.py --split test --n 1000 [--models-dir models] [--only NAME ...] [--interval N]
+    python train/evaluate.py --split test --n 1000 [--models-dir models] [--only NAME ...] [--interval N] [--kv-cache prefix|dual]
 
 Prints one table: each model alone, post-generation ensembling, TIE with every
 score, TIE across tokenizers (A + C); for each, accuracy, the paired-bootstrap 95%
@@ -12,6 +12,7 @@ Decoding settings come from the models' manifests (the layout they were trained 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import sys
@@ -35,6 +36,7 @@ class Variant:
     models: tuple              # model folder names under models/
     ensemble: tie_lite.EnsembleConfig = tie_lite.EnsembleConfig()
     decode: tuple = ()         # (option, value) pairs over the manifest's decode defaults
+    kv_cache: str | None = None  # load the models' cache.onnx in this mode (tie_lite --kv-cache)
 
 
 def variants(interval: int = tie_lite.EnsembleConfig.interval) -> list[Variant]:
@@ -57,19 +59,21 @@ def parse_args():
     p.add_argument("--only", nargs="+", help="row names to run (default: all)")
     p.add_argument("--interval", type=int, default=tie_lite.EnsembleConfig.interval,
                    help="TIE rows: steps between relays (tune on validation)")
+    p.add_argument("--kv-cache", choices=tie_lite.KV_CACHE_MODES, help="decode with the models' cache.onnx "
+                   "in this mode (approximate)")
     p.add_argument("--workers", type=int, default=2, help="processes, each decoding a share of the problems")
     p.add_argument("--json", type=Path, help="also write per-problem results here")
     return p.parse_args()
 
 
-def load_models(models_dir: Path, names) -> dict:
-    return {m: tie_lite.Model.load(models_dir / m / "onnx", threads=1) for m in names}
+def load_models(models_dir: Path, names, kv_cache: str | None = None) -> dict:
+    return {m: tie_lite.Model.load(models_dir / m / "onnx", threads=1, kv_cache=kv_cache) for m in names}
 
 
 def run_share(args: tuple) -> dict:
     """One worker's share: (variant, models_dir, problems) -> run_variant's result."""
     variant, models_dir, problems = args
-    return run_variant(variant, load_models(models_dir, variant.models), problems)
+    return run_variant(variant, load_models(models_dir, variant.models, variant.kv_cache), problems)
 
 
 def run_parallel(variant: Variant, models_dir: Path, problems: list, workers: int) -> dict:
@@ -140,7 +144,8 @@ def table(rows: dict) -> str:
 
 def main() -> int:
     args = parse_args()
-    chosen = [v for v in variants(args.interval) if not args.only or v.name in args.only]
+    chosen = [dataclasses.replace(v, kv_cache=args.kv_cache) for v in variants(args.interval)
+              if not args.only or v.name in args.only]
     unknown = set(args.only or ()) - {v.name for v in variants()}
     if unknown:
         raise SystemExit(f"error: unknown row(s) {sorted(unknown)}; rows: {[v.name for v in variants()]}")

@@ -2,7 +2,7 @@
 into models/NAME/hf and export it with export/ into models/NAME/onnx, exactly as a
 user exports a Hub model.
 
-    python train/export_defaults.py [--ckpt /work/ckpt3] [--models-dir models] [--only A B C]
+    python train/export_defaults.py [--ckpt /work/ckpt3] [--models-dir models] [--only A B C] [--kv-cache]
 
 Reads each checkpoint's training_args.json for the layout it was trained on (prompt
 suffix, answer marker, reasoning and answer budgets) and records it in the manifest,
@@ -39,11 +39,12 @@ def parse_args():
                    help="read CKPT/A, CKPT/B, CKPT/C instead of the chosen checkpoints (e.g. a --smoke run)")
     p.add_argument("--int8", action="store_true",
                    help="export int8 (dynamic) graphs instead, e.g. into another --models-dir to measure them")
+    p.add_argument("--kv-cache", action="store_true", help="also write cache.onnx (tie_lite --kv-cache)")
     p.add_argument("--only", nargs="+", default=list(CHECKPOINTS), choices=list(CHECKPOINTS))
     return p.parse_args()
 
 
-def ship(ckpt: Path, dest: Path, name: str, int8: bool = False) -> Path:
+def ship(ckpt: Path, dest: Path, name: str, int8: bool = False, kv_cache: bool = False) -> Path:
     """Copy one checkpoint to dest/hf and export it to dest/onnx; returns the manifest path."""
     layout = json.loads((ckpt / "training_args.json").read_text())["layout"]
     if dest.exists():
@@ -57,14 +58,14 @@ def ship(ckpt: Path, dest: Path, name: str, int8: bool = False) -> Path:
                         prompt_format=layout["prompt_prefix"] + "{prompt}" + layout["prompt_suffix"],
                         answer_marker=layout["marker"],
                         decode_defaults={"gen_length": gen_length, "answer_length": layout["A"],
-                                         "block_size": BLOCK_SIZE}, int8=int8)
+                                         "block_size": BLOCK_SIZE}, int8=int8, kv_cache=kv_cache)
 
 
 def main() -> int:
     args = parse_args()
     for name in args.only:
         ckpt = args.ckpt / (name if args.plain_names else CHECKPOINTS[name])
-        manifest = ship(ckpt, args.models_dir / name.lower(), name.lower(), args.int8)
+        manifest = ship(ckpt, args.models_dir / name.lower(), name.lower(), args.int8, args.kv_cache)
         print(manifest)
     return 0
 

@@ -1,0 +1,183 @@
+"""The block key/value-cache graph: approximate decoding in the style of Fast-dLLM's DualCache.
+
+A masked diffusion LM attends bidirectionally, so no token's keys and values are
+final until the whole canvas is. Fast-dLLM (seed 004's baseline) observes that
+within one block of semi-autoregressive decoding the keys and values *outside*
+the block barely change, computes them once when the block starts and reuses
+them for the block's steps, recomputing only the block's own rows. The graph
+written here, `cache.onnx`, does both passes:
+
+    input_ids       (B, Q) int64    tokens of the rows recomputed this call
+    rows            (B, Q) int64    their canvas positions, distinct, in [0, L)
+    past_keys       (N, B, h, L, d) float32  per-layer keys of the canvas (rotary applied)
+    past_values     (N, B, h, L, d) float32
+    attention_mask  (B, L) int64    1 where a canvas position may be attended to
+    gather          (B, K) int64    indices into the Q rows whose predictions are wanted
+
+and returns the statistics of export/graph.py at the gathered rows, plus
+
+    keys    (N, B, h, Q, d) float32   the recomputed rows' keys and values, per layer
+    values  (N, B, h, Q, d) float32
+
+With every row recomputed (Q = L, rows = 0..L-1) each cached entry is replaced
+and the call is an ordinary full forward whose keys and values the runtime keeps.
+With Q = the current block's rows, those rows attend to their own fresh keys and
+values and to the kept ones everywhere else: the approximation. In a one-layer
+model the kept keys and values depend only on their own unchanged tokens, so the
+approximation is exact there (tests/test_kv_cache.py holds the runtime to that).
+
+The layers are written here per family, from the transformers modules' own
+weights and submodules, because the cache changes what attention reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .graph import confidence_statistics
+
+INPUT_NAMES = ("input_ids", "rows", "past_keys", "past_values", "attention_mask", "gather")
+OUTPUT_NAMES = ("top_ids", "top_probs", "entropy", "logits", "keys", "values")
+
+
+def attend(query: Tensor, key: Tensor, value: Tensor, past_key: Tensor, past_value: Tensor, rows: Tensor,
+           allowed: Tensor, scale: float, extra_scores: Tensor | None = None) -> Tensor:
+    """Attention of the Q recomputed rows over the canvas: their own fresh keys/values written over the
+    kept ones at `rows`. query/key/value (B, h, Q, d); past (B, h, L, d); allowed (B, 1|h, Q, L) bool.
+    Returns (B, Q, h*d)."""
+    index = rows[:, None, :, None].expand_as(key)  # (B, h, Q, d)
+    keys = past_key.scatter(2, index, key)  # (B, h, L, d)
+    values = past_value.scatter(2, index, value)
+    scores = torch.matmul(query, keys.transpose(-1, -2))  # (B, h, Q, L)
+    if extra_scores is not None:
+        scores = scores + extra_scores
+    scores = (scores * scale).masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    context = torch.matmul(torch.softmax(scores, dim=-1), values)  # (B, h, Q, d)
+    batch, heads, count, dim = context.shape
+    return context.transpose(1, 2).reshape(batch, count, heads * dim)
+
+
+def _modernbert_layers(model, input_ids: Tensor, rows: Tensor, past_keys: Tensor, past_values: Tensor,
+                       attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """ModernBERT's encoder over the Q rows: rotary at the rows' canvas positions, the local layers'
+    sliding window measured in canvas positions. Returns hidden (B, Q, H), keys and values (N, B, h, Q, d)."""
+    from transformers.models.modernbert.modeling_modernbert import apply_rotary_pos_emb
+
+    base, config = model.model, model.config
+    batch, count = input_ids.shape
+    hidden = base.embeddings(input_ids=input_ids)  # (B, Q, H)
+    keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, L)
+    canvas = torch.arange(past_keys.shape[3], device=rows.device)  # (L,)
+    distance = (rows[:, :, None] - canvas[None, None, :]).abs()  # (B, Q, L)
+    in_window = keep & (distance <= config.local_attention // 2)[:, None]  # (B, 1, Q, L)
+    keys, values = [], []
+    for i, layer in enumerate(base.layers):
+        attn = layer.attn
+        qkv = attn.Wqkv(layer.attn_norm(hidden)).view(batch, count, 3, attn.num_heads, attn.head_dim)
+        cos, sin = attn.rotary_emb(qkv, position_ids=rows)
+        query, key, value = qkv.transpose(3, 1).unbind(dim=2)  # (B, h, Q, d) each
+        query, key = apply_rotary_pos_emb(query, key, cos, sin)
+        allowed = keep if attn.local_attention == (-1, -1) else in_window
+        context = attend(query, key, value, past_keys[i], past_values[i], rows, allowed, attn.head_dim ** -0.5)
+        hidden = hidden + attn.Wo(context)
+        hidden = hidden + layer.mlp(layer.mlp_norm(hidden))
+        keys.append(key), values.append(value)
+    return base.final_norm(hidden), torch.stack(keys), torch.stack(values)
+
+
+def _bert_layers(model, input_ids: Tensor, rows: Tensor, past_keys: Tensor, past_values: Tensor,
+                 attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """BERT's encoder over the Q rows, with absolute or relative_key positions read at the rows."""
+    bert = model.bert
+    batch, count = input_ids.shape
+    hidden = bert.embeddings(input_ids=input_ids, position_ids=rows)  # (B, Q, H)
+    allowed = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, L)
+    canvas = torch.arange(past_keys.shape[3], device=rows.device)  # (L,)
+    keys, values = [], []
+    for i, layer in enumerate(bert.encoder.layer):
+        self_attn = layer.attention.self
+        heads, dim = self_attn.num_attention_heads, self_attn.attention_head_size
+
+        def split(x: Tensor) -> Tensor:
+            return x.view(batch, count, heads, dim).transpose(1, 2)  # (B, h, Q, d)
+
+        query, key, value = (split(proj(hidden)) for proj in (self_attn.query, self_attn.key, self_attn.value))
+        relative = None
+        if self_attn.position_embedding_type == "relative_key":
+            distance = rows[:, :, None] - canvas[None, None, :]  # (B, Q, L)
+            table = self_attn.distance_embedding(distance + self_attn.max_position_embeddings - 1)  # (B, Q, L, d)
+            relative = torch.einsum("bhqd,bqld->bhql", query, table)
+        context = attend(query, key, value, past_keys[i], past_values[i], rows, allowed, dim ** -0.5, relative)
+        attended = layer.attention.output(context, hidden)
+        hidden = layer.output(layer.intermediate(attended), attended)
+        keys.append(key), values.append(value)
+    return hidden, torch.stack(keys), torch.stack(values)
+
+
+CACHED_LAYERS = {"modernbert": _modernbert_layers, "bert": _bert_layers}
+
+
+def unsupported_reason(family, config) -> str | None:
+    """Why `family` / `config` gets no cache graph, or None when it does."""
+    if family.name not in CACHED_LAYERS:
+        return (f"the K/V-cache graph is written for {', '.join(CACHED_LAYERS)} only, "
+                f"not {family.name}")
+    kind = getattr(config, "position_embedding_type", "absolute")
+    if family.name == "bert" and kind not in ("absolute", "relative_key"):
+        return f"the K/V-cache graph does not handle BERT position_embedding_type {kind!r}"
+    return None
+
+
+def cache_shape(config) -> tuple[int, int, int]:
+    """(layers N, heads h, head dim d) of the kept keys and values."""
+    heads = config.num_attention_heads
+    return config.num_hidden_layers, heads, config.hidden_size // heads
+
+
+class CachedStep(torch.nn.Module):
+    """The graph's computation in PyTorch: the rows' layers, the LM head at the gathered rows, statistics."""
+
+    def __init__(self, model, family, is_suppressed: Tensor, top_k: int):
+        super().__init__()
+        self.model, self.family, self.top_k = model, family, top_k
+        self.layers = CACHED_LAYERS[family.name]
+        self.register_buffer("is_suppressed", is_suppressed, persistent=False)
+
+    def forward(self, input_ids, rows, past_keys, past_values, attention_mask, gather):
+        hidden, keys, values = self.layers(self.model, input_ids, rows, past_keys, past_values, attention_mask)
+        index = gather.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])  # (B, K, H)
+        logits = self.family.head(self.model, torch.gather(hidden, 1, index))  # (B, K, Vg)
+        stats = confidence_statistics(logits, self.is_suppressed, self.top_k)
+        return (stats["top_ids"], stats["top_probs"], stats["entropy"], stats["logits"], keys, values)
+
+
+def dummy_inputs(config, length: int = 24, count: int = 8) -> tuple[Tensor, ...]:
+    """Tracing inputs: Q < L rows so the two axes stay distinct."""
+    layers, heads, dim = cache_shape(config)
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.randperm(length, generator=generator)[:count].sort().values[None]  # (1, Q)
+    input_ids = torch.randint(0, config.vocab_size, (1, count), generator=generator)
+    past = torch.randn(layers, 1, heads, length, dim, generator=generator)
+    gather = torch.arange(0, count, 2)[None]  # (1, K)
+    return input_ids, rows, past, past.clone(), torch.ones(1, length, dtype=torch.long), gather
+
+
+def export_cache_graph(model, out_dir: Path, family, is_suppressed: Tensor, top_k: int,
+                       opset: int | None) -> Path:
+    """Write out_dir/cache.onnx for `model` (a loaded transformers masked LM)."""
+    path = out_dir / "cache.onnx"
+    step = CachedStep(model, family, is_suppressed, top_k).eval()
+    axes = {"input_ids": {0: "batch", 1: "rows"}, "rows": {0: "batch", 1: "rows"},
+            "past_keys": {1: "batch", 3: "length"}, "past_values": {1: "batch", 3: "length"},
+            "attention_mask": {0: "batch", 1: "length"}, "gather": {0: "batch", 1: "gathered"},
+            "top_ids": {0: "batch", 1: "gathered"}, "top_probs": {0: "batch", 1: "gathered"},
+            "entropy": {0: "batch", 1: "gathered"}, "logits": {0: "batch", 1: "gathered"},
+            "keys": {1: "batch", 3: "rows"}, "values": {1: "batch", 3: "rows"}}
+    with torch.no_grad():
+        torch.onnx.export(step, dummy_inputs(model.config), str(path), input_names=list(INPUT_NAMES),
+                          output_names=list(OUTPUT_NAMES), dynamic_axes=axes, opset_version=opset or 17,
+                          dynamo=False, do_constant_folding=True)
+    return path

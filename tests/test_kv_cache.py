@@ -1,0 +1,153 @@
+"""Block key/value-cache decoding (python -m export --kv-cache, tie_lite --kv-cache)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tie_lite
+from conftest import assert_one_line_error, run_cli
+from tiny import save_tiny
+
+PROMPTS = ["what is two plus three ?", "the cat and the dog"]
+SETTINGS = [  # DecodeConfig options
+    dict(gen_length=16, block_size=4),
+    dict(gen_length=24, block_size=8, answer_length=8),
+    dict(gen_length=16, block_size=8, strategy="threshold", threshold=0.3),
+    dict(gen_length=24, block_size=8, answer_length=8, exit_threshold=0.5),
+]
+
+
+def _export(tmp_path_factory, name: str, arch: str, **model_options):
+    from export import export_model
+
+    base = tmp_path_factory.mktemp(name)
+    hf_dir = save_tiny(base / "hf", arch, seed=7, **model_options)
+    export_model(hf_dir, base / "onnx", name=name, kv_cache=True, log=lambda msg: None)
+    return base / "onnx"
+
+
+@pytest.fixture(scope="module")
+def one_layer(tmp_path_factory):
+    """One-layer exports, where reusing kept keys/values is exact: {arch: onnx folder}."""
+    return {"bert": _export(tmp_path_factory, "bert1", "bert", layers=1, position_embedding_type="relative_key"),
+            "modernbert": _export(tmp_path_factory, "mb1", "modernbert", layers=1)}
+
+
+@pytest.fixture(scope="module")
+def local_modernbert(tmp_path_factory):
+    """Three ModernBERT layers, two of them with a 16-position sliding window."""
+    return _export(tmp_path_factory, "mb3", "modernbert", layers=3, global_attn_every_n_layers=3,
+                   local_attention=16)
+
+
+@pytest.mark.parametrize("mode", tie_lite.KV_CACHE_MODES)
+@pytest.mark.parametrize("arch", ["bert", "modernbert"])
+@pytest.mark.parametrize("options", SETTINGS)
+def test_one_layer_cached_decode_is_token_identical(one_layer, arch, options, mode):
+    plain = tie_lite.Model.load(one_layer[arch])
+    cached = tie_lite.Model.load(one_layer[arch], kv_cache=mode)
+    config = tie_lite.DecodeConfig(**options)
+    for prompt in PROMPTS:
+        want = tie_lite.generate(plain, prompt, config)
+        got = tie_lite.generate(cached, prompt, config)
+        assert got.tokens.tolist() == want.tokens.tolist()
+        assert got.steps == want.steps
+
+
+def test_full_pass_of_the_cache_graph_matches_model_onnx(local_modernbert):
+    plain = tie_lite.Model.load(local_modernbert)
+    cached = tie_lite.Model.load(local_modernbert, kv_cache="dual")
+    tokens = plain.encode("what is two plus three ? " * 6)  # longer than the sliding window
+    positions = np.arange(tokens.size)
+    a, b = plain.stats(tokens, positions), cached.stats(tokens, positions)
+    np.testing.assert_array_equal(a.top_ids[:, 0], b.top_ids[:, 0])
+    np.testing.assert_allclose(a.top_probs, b.top_probs, atol=1e-5)
+
+
+def _recorded_decode(folder, mode, monkeypatch):
+    """Decode once with kv_cache=mode; return (result, canvas, full passes, rows of each cached step)."""
+    model = tie_lite.Model.load(folder, kv_cache=mode)
+    config = tie_lite.DecodeConfig(gen_length=24, block_size=8, answer_length=8)
+    primes, cached_rows = [], []
+    prime, cached_stats = tie_lite.Model.prime, tie_lite.Model.cached_stats
+    monkeypatch.setattr(tie_lite.Model, "prime", lambda self, *a, **k: primes.append(1) or prime(self, *a, **k))
+    monkeypatch.setattr(tie_lite.Model, "cached_stats",
+                        lambda self, tokens, cache, rows, *a, **k:
+                        cached_rows.append(rows.tolist()) or cached_stats(self, tokens, cache, rows, *a, **k))
+    result = tie_lite.generate(model, PROMPTS[0], config)
+    return result, tie_lite.build_canvas(model, PROMPTS[0], config), primes, cached_rows
+
+
+@pytest.mark.parametrize("mode", tie_lite.KV_CACHE_MODES)
+def test_one_full_pass_per_block_and_the_modes_rows_otherwise(local_modernbert, monkeypatch, mode):
+    result, canvas, primes, cached_rows = _recorded_decode(local_modernbert, mode, monkeypatch)
+    assert len(primes) == 3  # blocks
+    assert len(primes) + len(cached_rows) == result.steps
+    blocks = [canvas.gen_idx[i * 8:(i + 1) * 8].tolist() for i in range(3)]
+    length = canvas.tokens.size
+    for rows in cached_rows:
+        block = next(b for b in blocks if b[0] in rows)
+        if mode == "dual":
+            assert rows == block  # plain decoding reads the block's masks only
+        else:
+            assert rows == list(range(block[0], length))  # the block and everything after it
+
+
+def test_cache_is_refreshed_when_a_token_outside_the_block_changes():
+    tokens = np.arange(10)
+    cache = tie_lite.KVCache(np.zeros(1), np.zeros(1), tokens.copy(), block=1)
+    block_idx = np.array([4, 5])
+    assert tie_lite.cache_is_current(cache, tokens, block_idx, 1)
+    inside = tokens.copy()
+    inside[4] = 99
+    assert tie_lite.cache_is_current(cache, inside, block_idx, 1)
+    outside = tokens.copy()
+    outside[7] = 99  # e.g. a relay rewrote the canvas
+    assert not tie_lite.cache_is_current(cache, outside, block_idx, 1)
+    assert not tie_lite.cache_is_current(cache, tokens, block_idx, 2)  # a new block
+    assert not tie_lite.cache_is_current(None, tokens, block_idx, 1)
+
+
+def test_tie_ensemble_with_kv_cache_decodes(one_layer):
+    plain = [tie_lite.Model.load(one_layer[a]) for a in ("bert", "modernbert")]
+    cached = [tie_lite.Model.load(one_layer[a], kv_cache="dual") for a in ("bert", "modernbert")]
+    config = tie_lite.DecodeConfig(gen_length=24, block_size=8, answer_length=8)
+    want = tie_lite.generate(plain, PROMPTS[0], config)
+    got = tie_lite.generate(cached, PROMPTS[0], config)  # relays rewrite canvases: caches must refresh
+    assert got.tokens.tolist() == want.tokens.tolist()
+
+
+def test_export_records_the_cache_graph_validation_and_int8_quantizes_it(tmp_path):
+    import json
+
+    from export import export_model
+
+    source = save_tiny(tmp_path / "hf", "bert", seed=8)
+    export_model(source, tmp_path / "int8", kv_cache=True, int8=True, log=lambda m: None)
+    manifest = json.loads((tmp_path / "int8" / "tie_lite.json").read_text())
+    assert manifest["cache_validation"]["top1_agree"] == manifest["cache_validation"]["positions"]
+    assert manifest["cache_int8_validation"]["positions"] > 0
+    model = tie_lite.Model.load(tmp_path / "int8", kv_cache="dual")
+    assert len(tie_lite.generate(model, PROMPTS[0], tie_lite.DecodeConfig(gen_length=8, block_size=4)).tokens) == 8
+    export_model(source, tmp_path / "int8", log=lambda m: None)  # re-export without: no stale cache graph
+    assert not (tmp_path / "int8" / "cache.onnx").exists()
+
+
+def test_export_refuses_kv_cache_for_a_family_without_the_cache_graph(tmp_path):
+    from export import ExportError, export_model
+
+    source = save_tiny(tmp_path / "hf", "roberta", seed=9)
+    with pytest.raises(ExportError, match="K/V-cache graph is written for modernbert, bert only"):
+        export_model(source, tmp_path / "out", kv_cache=True, log=lambda m: None)
+
+
+def test_cli_kv_cache(one_layer, tiny_bert):
+    ok = run_cli("--model", str(one_layer["bert"]), "--prompt", "the cat", "--gen-length", "8", "--block-size", "4",
+                 "--kv-cache")
+    assert ok.returncode == 0, ok.stderr
+    plain = run_cli("--model", str(one_layer["bert"]), "--prompt", "the cat", "--gen-length", "8", "--block-size",
+                    "4")
+    assert ok.stdout == plain.stdout
+    assert_one_line_error(run_cli("--model", str(tiny_bert[1]), "--prompt", "the cat", "--kv-cache"),
+                          "has no cache.onnx for --kv-cache")
