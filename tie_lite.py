@@ -599,17 +599,19 @@ class Model:
     within a block (`step_stats`), which is approximate.
     """
 
-    def __init__(self, folder: Path, manifest: Manifest, tokenizer, session, kv_cache: Optional[str] = None):
+    def __init__(self, folder: Path, manifest: Manifest, tokenizer, session, kv_cache: Optional[str] = None,
+                 kv_window: Optional[int] = None):
         self.folder = folder
         self.manifest = manifest
         self.tokenizer = tokenizer
         self.session = session
         self.kv_cache = kv_cache
+        self.kv_window = kv_window
         self.name = manifest.name or folder.name
 
     @classmethod
     def load(cls, folder, provider: str = "cpu", threads: Optional[int] = None,
-             kv_cache: Optional[str] = None) -> "Model":
+             kv_cache: Optional[str] = None, kv_window: Optional[int] = None) -> "Model":
         """Load an exported model folder.
 
         provider: "cpu", "cuda" or "cuda:N" (GPU N); a provider that onnxruntime cannot
@@ -618,10 +620,11 @@ class Model:
         "prefix" keeps the keys/values before the current block and recomputes the block and
         everything after it each step (Fast-dLLM's prefix cache); "dual" keeps those after the
         block too and recomputes the block's rows only (its DualCache): less work, less exact.
+        kv_window: with kv_cache, also recompute this many positions right before the block
+        (None: as many as the block has; 0: none), whose kept keys/values go stale first.
         """
         parse_provider(provider)
-        if kv_cache is not None and kv_cache not in KV_CACHE_MODES:
-            raise ConfigError(f"kv_cache must be one of {', '.join(KV_CACHE_MODES)}, got {kv_cache!r}")
+        _check_kv_options(kv_cache, kv_window)
         if threads is not None and threads <= 0:
             raise ConfigError(f"threads must be positive, got {threads}")
         folder = Path(folder)
@@ -637,7 +640,7 @@ class Model:
         if manifest.logits_shift:
             raise ModelError(f"{folder}: --kv-cache needs a model whose logits are not shifted")
         session = _open_session(folder / CACHE_GRAPH, provider, threads, check=_check_cache_io)
-        return cls(folder, manifest, tokenizer, session, kv_cache=kv_cache)
+        return cls(folder, manifest, tokenizer, session, kv_cache=kv_cache, kv_window=kv_window)
 
     def encode(self, text: str) -> np.ndarray:
         """Token ids (n,) int64 of text, without special tokens added around it."""
@@ -693,6 +696,15 @@ class Model:
         logits = outputs[3][0] if with_logits else None
         kept = outputs[-2:] if keep else (None, None)
         return (Stats(outputs[0][0], outputs[1][0], outputs[2][0], logits), *kept)
+
+
+def _check_kv_options(kv_cache: Optional[str], kv_window: Optional[int]) -> None:
+    if kv_cache is not None and kv_cache not in KV_CACHE_MODES:
+        raise ConfigError(f"kv_cache must be one of {', '.join(KV_CACHE_MODES)}, got {kv_cache!r}")
+    if kv_window is not None:
+        _require(kv_cache is not None, f"kv_window ({kv_window}) needs a kv_cache mode")
+        _require(isinstance(kv_window, int) and not isinstance(kv_window, bool) and kv_window >= 0,
+                 f"kv_window must be an int >= 0, got {kv_window!r}")
 
 
 def _read_manifest(folder: Path) -> Manifest:
@@ -999,8 +1011,8 @@ def step_stats(model: Model, state: DecodeState, config: DecodeConfig, positions
 
     A model loaded with kv_cache makes a full pass when a block starts (or when anything
     outside the block changed, e.g. a relay) and keeps its keys and values; the block's
-    other steps recompute only the block's rows (and, with "prefix", every row after the
-    block) and the positions read, over the kept ones.
+    other steps recompute only the block's rows, the model's kv_window rows before it (and,
+    with "prefix", every row after the block) and the positions read, over the kept ones.
     """
     if not model.kv_cache:
         return model.stats(state.tokens, positions, with_logits)
@@ -1010,6 +1022,8 @@ def step_stats(model: Model, state: DecodeState, config: DecodeConfig, positions
         state.kv.block = state.block
         return stats
     rows = np.union1d(block_idx, positions)  # (Q,) sorted canvas positions
+    window = block_idx.size if model.kv_window is None else model.kv_window
+    rows = np.union1d(rows, np.arange(max(0, block_idx.min() - window), block_idx.min()))
     if model.kv_cache == "prefix":
         rows = np.union1d(rows, np.arange(block_idx.max() + 1, state.tokens.size))
     return model.cached_stats(state.tokens, state.kv, rows, np.searchsorted(rows, positions), with_logits)
@@ -1535,6 +1549,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     r.add_argument("--kv-cache", nargs="?", const="prefix", choices=KV_CACHE_MODES,
                    help="reuse keys/values within a block (cache.onnx; approximate, faster on long canvases): "
                         "prefix (the default) recomputes the block and all after it, dual the block only")
+    r.add_argument("--kv-window", type=int,
+                   help="with --kv-cache: also recompute this many positions before the block (default: the "
+                        "block's size)")
     r.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     r.add_argument("--history", action="store_true", help="with --json: include every step")
     live = r.add_mutually_exclusive_group()
@@ -1543,6 +1560,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.history and not args.json:
         p.error("--history needs --json")
+    if args.kv_window is not None and args.kv_cache is None:
+        p.error("--kv-window needs --kv-cache")
     if args.policy is not None and args.strategy not in (None, "policy"):
         p.error(f"--policy is a strategy of its own; it cannot go with --strategy {args.strategy}")
     args.strategy = args.strategy or ("policy" if args.policy is not None else d.strategy)
@@ -1565,7 +1584,7 @@ def model_dirs(args: argparse.Namespace) -> list[Path]:
 
 
 def load_models(dirs: Sequence[Path], provider: str, threads: Optional[int],
-                kv_cache: Optional[str] = None) -> list[Model]:
+                kv_cache: Optional[str] = None, kv_window: Optional[int] = None) -> list[Model]:
     """Load every model, splitting the thread budget between them; provider is one, or one per model."""
     if threads is not None and threads <= 0:
         raise ConfigError(f"threads must be positive, got {threads}")
@@ -1573,8 +1592,8 @@ def load_models(dirs: Sequence[Path], provider: str, threads: Optional[int],
     if len(providers) not in (1, len(dirs)):
         raise ConfigError(f"--provider lists {len(providers)} providers for {len(dirs)} models")
     per_model = max(1, (threads or os.cpu_count() or 1) // len(dirs))
-    return [Model.load(d, provider=providers[i % len(providers)], threads=per_model, kv_cache=kv_cache)
-            for i, d in enumerate(dirs)]
+    return [Model.load(d, provider=providers[i % len(providers)], threads=per_model, kv_cache=kv_cache,
+                       kv_window=kv_window) for i, d in enumerate(dirs)]
 
 
 def decode_config(args: argparse.Namespace, manifest: Manifest) -> DecodeConfig:
@@ -1699,7 +1718,7 @@ def run_cli(args: argparse.Namespace) -> GenerateResult:
     if args.answer is not None:
         _check_text(args.answer, "--answer")
     ensemble = ensemble_config(args)
-    models = load_models(model_dirs(args), args.provider, args.threads, args.kv_cache)
+    models = load_models(model_dirs(args), args.provider, args.threads, args.kv_cache, args.kv_window)
     config = decode_config(args, models[0].manifest)
     if config.policy is not None:
         load_policy(config.policy)  # a bad policy folder fails here, before any decoding

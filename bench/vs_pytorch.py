@@ -2,11 +2,14 @@
 
     python bench/vs_pytorch.py [--hidden 768 --layers 22 --vocab 50368] [--length 512] [--gen 32]
     python bench/vs_pytorch.py --model-dir HF_FOLDER --onnx-dir ONNX_FOLDER
-    python bench/vs_pytorch.py --length 512 --gen 16 --int8 --kv-cache dual
+    python bench/vs_pytorch.py --length 512 --gen 16 --int8 --kv-cache prefix
 
-The PyTorch side is the LLaDA-style loop: transformers model, full logits over the
-canvas every step, softmax, low-confidence remasking inside the current block,
-greedy. The tie-lite side is `tie_lite.generate` on the exported graph. Both decode
+The PyTorch side is LLaDA's generate() loop (its repository's generate.py, greedy,
+one block): transformers model, full logits over the canvas every step, argmax,
+softmax over the full logits in float64 as that code does it, the proposals'
+probabilities gathered, the most confident mask committed. A leaner float32 version
+of the same loop is timed beside it (--reference float32 uses it for the variants
+too). The tie-lite side is `tie_lite.generate` on the exported graph. Both decode
 the same prompt (the canvas padded to --length with prompt tokens), interleaved,
 and the script checks the outputs are token-identical, then prints the median time
 ratio, the graph's forward time against this machine's measured float32 GEMM rate,
@@ -45,13 +48,41 @@ def parse_args():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--model-dir", type=Path, help="an existing Hugging Face folder instead of a random model")
     p.add_argument("--onnx-dir", type=Path, help="its export (python -m export)")
+    p.add_argument("--reference", choices=("llada", "float32"), default="llada",
+                   help="the PyTorch loop the variants (K/V cache, int8) are timed against")
     p.add_argument("--int8", action="store_true", help="also time a dynamically quantized int8 copy")
     p.add_argument("--kv-cache", choices=("prefix", "dual"), help="also time decoding with the block K/V cache")
+    p.add_argument("--kv-window", type=int, help="with --kv-cache: positions before the block also recomputed "
+                   "(default: the block's size)")
     return p.parse_args()
 
 
+def llada_loop(model, prompt_ids: list, gen: int, mask_id: int, vocab_size: int) -> list:
+    """LLaDA's generate() as its generate.py writes it, for one block of `gen` masks, one token per
+    step, temperature 0 (Gumbel noise off). The mask column and columns past the tokenizer are set
+    to -inf first, as tie-lite's graph does (a trained MDLM never proposes them; random weights might)."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.tensor(prompt_ids + [mask_id] * gen)[None]  # (1, L)
+    with torch.no_grad():
+        for _ in range(gen):
+            mask_index = x == mask_id
+            logits = model(input_ids=x, attention_mask=torch.ones_like(x)).logits  # (1, L, V)
+            logits[:, :, mask_id] = float("-inf")
+            logits[:, :, vocab_size:] = float("-inf")
+            x0 = torch.argmax(logits, dim=-1)  # (1, L)
+            p = F.softmax(logits.to(torch.float64), dim=-1)
+            x0_p = torch.squeeze(torch.gather(p, dim=-1, index=torch.unsqueeze(x0, -1)), -1)  # (1, L)
+            x0 = torch.where(mask_index, x0, x)
+            confidence = torch.where(mask_index, x0_p, float("-inf"))
+            _, select = torch.topk(confidence[0], k=1)
+            x[0, select] = x0[0, select]
+    return x[0, len(prompt_ids):].tolist()
+
+
 def torch_loop(model, prompt_ids: list, gen: int, mask_id: int, vocab_size: int) -> list:
-    """LLaDA's generate() for one block of `gen` masks, one token per step, greedy."""
+    """The same loop written lean: float32 softmax, max instead of argmax + gather."""
     import torch
 
     x = torch.tensor(prompt_ids + [mask_id] * gen)[None]
@@ -92,10 +123,12 @@ def import_time() -> float:
     return float(out.stdout)
 
 
-def peak_rss(onnx_dir: Path, prompt_text: str, gen: int, threads: int, kv_cache=None) -> tuple[float, float]:
+def peak_rss(onnx_dir: Path, prompt_text: str, gen: int, threads: int, kv_cache=None,
+             kv_window=None) -> tuple[float, float]:
     """(peak resident MB, graph MB) of a fresh process that loads the export and decodes once."""
     code = ("import sys, tie_lite; "
-            f"m = tie_lite.Model.load({str(onnx_dir)!r}, threads={threads}, kv_cache={kv_cache!r}); "
+            f"m = tie_lite.Model.load({str(onnx_dir)!r}, threads={threads}, kv_cache={kv_cache!r}, "
+            f"kv_window={kv_window!r}); "
             f"tie_lite.generate(m, sys.stdin.read(), tie_lite.DecodeConfig(gen_length={gen}, block_size={gen})); "
             "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
     out = subprocess.run([sys.executable, "-c", code], input=prompt_text, capture_output=True, text=True,
@@ -105,31 +138,31 @@ def peak_rss(onnx_dir: Path, prompt_text: str, gen: int, threads: int, kv_cache=
     return float(out.stdout) / 1024, graph / 2 ** 20  # VmHWM (kB): ru_maxrss would count the parent's fork
 
 
-def quantized_copy(onnx_dir: Path, dest: Path) -> Path:
-    """An int8 (dynamic) copy of an export, as `python -m export --int8` writes it."""
+def quantized_copy(onnx_dir: Path, dest: Path, model) -> Path:
+    """An int8 (dynamic) copy of an export, as `python -m export --int8` writes it (first layer float32)."""
     import shutil
 
-    from export import quantize_int8
+    from export import first_layer_matmuls, quantize_int8
 
     shutil.copytree(onnx_dir, dest)
     for graph in ("model.onnx", "cache.onnx"):
         if (dest / graph).is_file():
-            quantize_int8(dest / graph)
+            quantize_int8(dest / graph, nodes_to_exclude=first_layer_matmuls(dest / graph, model))
     return dest
 
 
-def timed_decodes(engine, prompt_text: str, config, repeats: int, reference) -> tuple[list, list]:
-    """Interleaved wall times of the PyTorch loop and tie-lite's decode, `repeats` each."""
+def timed_decodes(engine, prompt_text: str, config, repeats: int, *references) -> tuple[list, ...]:
+    """Interleaved wall times of each PyTorch loop and of tie-lite's decode, `repeats` each:
+    one list per reference, then tie-lite's."""
     import tie_lite
 
-    t_ref, t_lite = [], []
+    times = [[] for _ in range(len(references) + 1)]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        reference()
-        t1 = time.perf_counter()
-        tie_lite.generate(engine, prompt_text, config)
-        t_ref.append(t1 - t0), t_lite.append(time.perf_counter() - t1)
-    return t_ref, t_lite
+        for run, record in zip([*references, lambda: tie_lite.generate(engine, prompt_text, config)], times):
+            t0 = time.perf_counter()
+            run()
+            record.append(time.perf_counter() - t0)
+    return tuple(times)
 
 
 def time_variant(label: str, folder: Path, kv_cache, args, prompt_text: str, config, reference,
@@ -137,14 +170,15 @@ def time_variant(label: str, folder: Path, kv_cache, args, prompt_text: str, con
     """Time one more tie-lite variant against the PyTorch loop, interleaved; print ratio, agreement, RSS."""
     import tie_lite
 
-    engine = tie_lite.Model.load(folder, threads=args.threads, kv_cache=kv_cache)
+    window = args.kv_window if kv_cache else None
+    engine = tie_lite.Model.load(folder, threads=args.threads, kv_cache=kv_cache, kv_window=window)
     tie_lite.generate(engine, prompt_text, tie_lite.DecodeConfig(gen_length=2, block_size=2))  # warm-up
     t_torch, t_lite = timed_decodes(engine, prompt_text, config, args.repeats, reference)
     got = tie_lite.generate(engine, prompt_text, config).tokens.tolist()
     same = sum(a == b for a, b in zip(got, expected)) / len(expected)
-    print(f"{label}: PyTorch loop / tie-lite: {np.median(t_torch) / np.median(t_lite):.2f}x; "
+    print(f"{label}: PyTorch loop ({args.reference}) / tie-lite: {np.median(t_torch) / np.median(t_lite):.2f}x; "
           f"tokens equal to PyTorch's: {same:.0%} (accuracy delta: train/evaluate.py on such exports)")
-    rss, graph = peak_rss(folder, prompt_text, args.gen, args.threads, kv_cache)
+    rss, graph = peak_rss(folder, prompt_text, args.gen, args.threads, kv_cache, window)
     print(f"{label} peak RSS {rss:.0f} MB; graph {graph:.0f} MB, so 1.3 x graph + 150 MB = {1.3 * graph + 150:.0f} MB")
 
 
@@ -171,11 +205,15 @@ def main() -> int:
         prompt_text = engine.decode(np.array(prompt_ids))
         config = tie_lite.DecodeConfig(gen_length=args.gen, block_size=args.gen)
         assert engine.encode(prompt_text).tolist() == prompt_ids, "prompt does not round-trip"
-        torch_loop(model, prompt_ids, 2, m.mask_id, m.vocab_size)  # warm-up, untimed
+        for loop in (torch_loop, llada_loop):
+            loop(model, prompt_ids, 2, m.mask_id, m.vocab_size)  # warm-up, untimed
         tie_lite.generate(engine, prompt_text, tie_lite.DecodeConfig(gen_length=2, block_size=2))
-        reference = lambda: torch_loop(model, prompt_ids, args.gen, m.mask_id, m.vocab_size)  # noqa: E731
-        t_torch, t_lite = timed_decodes(engine, prompt_text, config, args.repeats, reference)
-        expected = reference()
+        lean = lambda: torch_loop(model, prompt_ids, args.gen, m.mask_id, m.vocab_size)  # noqa: E731
+        llada = lambda: llada_loop(model, prompt_ids, args.gen, m.mask_id, m.vocab_size)  # noqa: E731
+        t_lean, t_llada, t_lite = timed_decodes(engine, prompt_text, config, args.repeats, lean, llada)
+        expected = llada()
+        loops_agree = lean() == expected
+        reference = llada if args.reference == "llada" else lean
         state = tie_lite.DecodeState(tie_lite.build_canvas(engine, prompt_text, config))
         tie_lite.decode(engine, state, config, np.random.default_rng(0))
         identical = state.tokens[len(prompt_ids):].tolist() == expected
@@ -185,15 +223,17 @@ def main() -> int:
         print(f"model: {hf_dir if args.model_dir else 'random ModernBERT'} hidden={cfg.hidden_size} "
               f"layers={cfg.num_hidden_layers} vocab={cfg.vocab_size}; L={args.length}, {args.gen} steps, "
               f"threads={args.threads}, repeats={args.repeats}")
-        print(f"outputs token-identical: {identical}")
-        print(f"PyTorch loop / tie-lite: {np.median(t_torch) / np.median(t_lite):.2f}x")
+        print(f"outputs token-identical: {identical} (the two PyTorch loops agree: {loops_agree})")
+        print(f"PyTorch loop (LLaDA's generate, float64 softmax) / tie-lite: "
+              f"{np.median(t_llada) / np.median(t_lite):.2f}x")
+        print(f"PyTorch loop (lean, float32 softmax) / tie-lite: {np.median(t_lean) / np.median(t_lite):.2f}x")
         print(f"tie-lite forward: ~{flop / per_forward:.1f} GFLOP/s vs float32 GEMM {gemm_gflops(args.threads):.1f} "
               f"GFLOP/s on this machine")
         rss, graph = peak_rss(onnx_dir, prompt_text, args.gen, args.threads)
         print(f"peak RSS {rss:.0f} MB; graph {graph:.0f} MB, so 1.3 x graph + 150 MB = {1.3 * graph + 150:.0f} MB")
         variants = [("fp32 + K/V cache", onnx_dir, args.kv_cache)] if args.kv_cache else []
         if args.int8:
-            int8_dir = quantized_copy(onnx_dir, Path(tmp) / "int8")
+            int8_dir = quantized_copy(onnx_dir, Path(tmp) / "int8", model)
             variants.append(("int8", int8_dir, None))
             if args.kv_cache:
                 variants.append(("int8 + K/V cache", int8_dir, args.kv_cache))

@@ -24,6 +24,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="an end marker that is text, e.g. [/Answer] for ModernBERT-chat (repeatable)")
     p.add_argument("--family", help="export family when config.json's model_type does not say it (e.g. dream)")
     p.add_argument("--int8", action="store_true", help="quantize the graph to int8 (dynamic), after validating it")
+    p.add_argument("--int8-all-layers", action="store_true",
+                   help="with --int8: quantize the first transformer layer too (default: it stays float32)")
     p.add_argument("--int8-min-agreement", type=float, default=DEFAULT_INT8_MIN_AGREEMENT,
                    help="least share of positions whose int8 top-1 id equals PyTorch's")
     p.add_argument("--kv-cache", action="store_true",
@@ -45,7 +47,8 @@ def main(argv=None) -> int:
                             answer_marker=args.answer_marker, name=args.name, opset=args.opset,
                             trust_remote_code=args.trust_remote_code, decode_defaults=_defaults(args),
                             int8=args.int8, int8_min_agreement=args.int8_min_agreement, family=args.family,
-                            stop_texts=args.stop_text, kv_cache=args.kv_cache)
+                            stop_texts=args.stop_text, kv_cache=args.kv_cache,
+                            int8_first_layer_fp32=not args.int8_all_layers)
     except (ExportError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -180,4 +180,36 @@ def export_cache_graph(model, out_dir: Path, family, is_suppressed: Tensor, top_
         torch.onnx.export(step, dummy_inputs(model.config), str(path), input_names=list(INPUT_NAMES),
                           output_names=list(OUTPUT_NAMES), dynamic_axes=axes, opset_version=opset or 17,
                           dynamo=False, do_constant_folding=True)
+    _tie_shared_weights(path)
     return path
+
+
+def _tie_shared_weights(path: Path) -> None:
+    """Store a tied embedding / LM-head matrix once, as optimum does for model.onnx: the tracer
+    writes it twice, the Gather's table and the head MatMul's transposed copy; the MatMul then
+    reads Transpose(table) instead (the Gather keeps the table: quantization handles that better)."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from onnx.external_data_helper import uses_external_data
+
+    graph_model = onnx.load(str(path))
+    graph = graph_model.graph
+    if any(uses_external_data(t) for t in graph.initializer):
+        return  # over 2 GB: left as traced (onnx.save cannot rewrite it whole)
+    initializers = {t.name: t for t in graph.initializer}
+    tables = {n.input[0] for n in graph.node if n.op_type == "Gather" and n.input[0] in initializers}
+    for name in sorted(tables):
+        table = numpy_helper.to_array(initializers[name])
+        copies = [t for t in graph.initializer if table.ndim == 2 and tuple(t.dims) == table.shape[::-1]
+                  and np.array_equal(numpy_helper.to_array(t), table.T)]
+        for copy in copies:
+            transposed = f"{name}_transposed"
+            for node in graph.node:
+                for i, value in enumerate(node.input):
+                    if value == copy.name:
+                        node.input[i] = transposed
+            graph.node.insert(0, helper.make_node("Transpose", [name], [transposed], name=f"Transpose_{name}"))
+            graph.initializer.remove(copy)
+    onnx.save(graph_model, str(path))

@@ -181,8 +181,38 @@ def test_big_graphs_keep_their_weights_in_a_data_file(tiny_bert, tmp_path, int8)
     assert not (single / "model.onnx.data").exists()
     moved = (single / "model.onnx").stat().st_size - (out / "model.onnx").stat().st_size
     assert moved > 0 and (out / "model.onnx.data").stat().st_size >= moved - 4096  # the weights moved out
+    mode = lambda path: path.stat().st_mode & 0o777  # noqa: E731
+    assert mode(out / "model.onnx.data") == mode(out / "model.onnx")  # not left owner-only
     config = tie_lite.DecodeConfig(gen_length=16, block_size=4)
     a, b = (tie_lite.generate(tie_lite.Model.load(d), "the cat", config) for d in (out, single))
     assert a.tokens.tolist() == b.tokens.tolist()
     export_model(tiny_bert[0], out, int8=int8, log=lambda m: None)  # re-export, below the bar
     assert not (out / "model.onnx.data").exists()
+
+
+def test_int8_keeps_the_first_layer_in_float32(tmp_path):
+    """--int8 leaves exactly the first layer's weight matmuls unquantized, in both graphs."""
+    import onnx
+    from transformers import AutoModelForMaskedLM
+
+    from export import export_model, first_layer_matmuls
+    from tiny import save_tiny
+
+    source = save_tiny(tmp_path / "hf", "bert", seed=11, layers=3)
+    fp32 = tmp_path / "fp32"
+    export_model(source, fp32, kv_cache=True, log=lambda m: None)
+    model = AutoModelForMaskedLM.from_pretrained(source)
+    first = first_layer_matmuls(fp32 / "model.onnx", model)
+    assert sorted(first) == sorted(f"/bert/encoder/layer.0/{n}/MatMul" for n in (
+        "attention/self/query", "attention/self/key", "attention/self/value", "attention/output/dense",
+        "intermediate/dense", "output/dense"))
+    assert len(first_layer_matmuls(fp32 / "cache.onnx", model)) == 6
+    for all_layers in (False, True):
+        out = tmp_path / f"int8-{all_layers}"
+        export_model(source, out, kv_cache=True, int8=True, int8_first_layer_fp32=not all_layers,
+                     log=lambda m: None)
+        for graph in ("model.onnx", "cache.onnx"):
+            g = onnx.load(str(out / graph)).graph
+            weights = {t.name for t in g.initializer}
+            weight_matmuls = [n for n in g.node if n.op_type == "MatMul" and n.input[1] in weights]
+            assert len(weight_matmuls) == (0 if all_layers else 6), (graph, [n.name for n in weight_matmuls])

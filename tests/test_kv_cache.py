@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -65,9 +67,9 @@ def test_full_pass_of_the_cache_graph_matches_model_onnx(local_modernbert):
     np.testing.assert_allclose(a.top_probs, b.top_probs, atol=1e-5)
 
 
-def _recorded_decode(folder, mode, monkeypatch):
+def _recorded_decode(folder, mode, monkeypatch, window=None):
     """Decode once with kv_cache=mode; return (result, canvas, full passes, rows of each cached step)."""
-    model = tie_lite.Model.load(folder, kv_cache=mode)
+    model = tie_lite.Model.load(folder, kv_cache=mode, kv_window=window)
     config = tie_lite.DecodeConfig(gen_length=24, block_size=8, answer_length=8)
     primes, cached_rows = [], []
     prime, cached_stats = tie_lite.Model.prime, tie_lite.Model.cached_stats
@@ -79,19 +81,23 @@ def _recorded_decode(folder, mode, monkeypatch):
     return result, tie_lite.build_canvas(model, PROMPTS[0], config), primes, cached_rows
 
 
+@pytest.mark.parametrize("window", [None, 0, 3])
 @pytest.mark.parametrize("mode", tie_lite.KV_CACHE_MODES)
-def test_one_full_pass_per_block_and_the_modes_rows_otherwise(local_modernbert, monkeypatch, mode):
-    result, canvas, primes, cached_rows = _recorded_decode(local_modernbert, mode, monkeypatch)
+def test_one_full_pass_per_block_and_the_modes_rows_otherwise(local_modernbert, monkeypatch, mode, window):
+    result, canvas, primes, cached_rows = _recorded_decode(local_modernbert, mode, monkeypatch, window)
     assert len(primes) == 3  # blocks
     assert len(primes) + len(cached_rows) == result.steps
     blocks = [canvas.gen_idx[i * 8:(i + 1) * 8].tolist() for i in range(3)]
     length = canvas.tokens.size
-    for rows in cached_rows:
-        block = next(b for b in blocks if b[0] in rows)
-        if mode == "dual":
-            assert rows == block  # plain decoding reads the block's masks only
-        else:
-            assert rows == list(range(block[0], length))  # the block and everything after it
+    before = 8 if window is None else window  # default: as many positions as the block has
+
+    def expected(block: list) -> list:
+        start = max(0, block[0] - before)
+        if mode == "dual":  # plain decoding reads the block's masks only
+            return list(range(start, block[0])) + block
+        return list(range(start, length))  # and everything after the block
+
+    assert sorted({tuple(r) for r in cached_rows}) == sorted(tuple(expected(b)) for b in blocks)
 
 
 def test_cache_is_refreshed_when_a_token_outside_the_block_changes():
@@ -134,12 +140,37 @@ def test_export_records_the_cache_graph_validation_and_int8_quantizes_it(tmp_pat
     assert not (tmp_path / "int8" / "cache.onnx").exists()
 
 
+def test_a_tied_embedding_is_stored_once_in_the_cache_graph(tmp_path):
+    from export import export_model
+
+    source = save_tiny(tmp_path / "hf", "modernbert", seed=10, extra_columns=4000)  # the embedding dominates
+    out = tmp_path / "out"
+    export_model(source, out, kv_cache=True, log=lambda m: None)
+    assert (out / "cache.onnx").stat().st_size < 1.1 * (out / "model.onnx").stat().st_size
+    model, cached = tie_lite.Model.load(out), tie_lite.Model.load(out, kv_cache="prefix")
+    tokens = model.encode(PROMPTS[0])
+    positions = np.arange(tokens.size)
+    np.testing.assert_allclose(model.stats(tokens, positions).top_probs, cached.stats(tokens, positions).top_probs,
+                               atol=1e-5)
+
+
 def test_export_refuses_kv_cache_for_a_family_without_the_cache_graph(tmp_path):
     from export import ExportError, export_model
 
     source = save_tiny(tmp_path / "hf", "roberta", seed=9)
     with pytest.raises(ExportError, match="K/V-cache graph is written for modernbert, bert only"):
         export_model(source, tmp_path / "out", kv_cache=True, log=lambda m: None)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(kv_cache="full"), "kv_cache must be one of prefix, dual, got 'full'"),
+    (dict(kv_window=4), "kv_window (4) needs a kv_cache mode"),
+    (dict(kv_cache="dual", kv_window=-1), "kv_window must be an int >= 0, got -1"),
+    (dict(kv_cache="dual", kv_window=2.5), "kv_window must be an int >= 0, got 2.5"),
+])
+def test_bad_kv_options_are_named(one_layer, options, message):
+    with pytest.raises(tie_lite.ConfigError, match=re.escape(message)):
+        tie_lite.Model.load(one_layer["bert"], **options)
 
 
 def test_cli_kv_cache(one_layer, tiny_bert):
@@ -151,3 +182,5 @@ def test_cli_kv_cache(one_layer, tiny_bert):
     assert ok.stdout == plain.stdout
     assert_one_line_error(run_cli("--model", str(tiny_bert[1]), "--prompt", "the cat", "--kv-cache"),
                           "has no cache.onnx for --kv-cache")
+    assert_one_line_error(run_cli("--model", str(one_layer["bert"]), "--prompt", "the cat", "--kv-window", "2"),
+                          "--kv-window needs --kv-cache")

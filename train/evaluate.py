@@ -1,6 +1,6 @@
 """Exact-match accuracy of the shipped models alone and ensembled with TIE, through tie_lite.
 
-    python train/evaluate.py --split test --n 1000 [--models-dir models] [--only NAME ...] [--interval N] [--kv-cache prefix|dual]
+    python train/evaluate.py --split test --n 1000 [--models-dir models] [--only NAME ...] [--interval N] [--kv-cache prefix|dual [--kv-window N]]
 
 Prints one table: each model alone, post-generation ensembling, TIE with every
 score, TIE across tokenizers (A + C); for each, accuracy, the paired-bootstrap 95%
@@ -37,6 +37,7 @@ class Variant:
     ensemble: tie_lite.EnsembleConfig = tie_lite.EnsembleConfig()
     decode: tuple = ()         # (option, value) pairs over the manifest's decode defaults
     kv_cache: str | None = None  # load the models' cache.onnx in this mode (tie_lite --kv-cache)
+    kv_window: int | None = None  # and recompute this many positions before the block (--kv-window)
 
 
 def variants(interval: int = tie_lite.EnsembleConfig.interval) -> list[Variant]:
@@ -61,19 +62,23 @@ def parse_args():
                    help="TIE rows: steps between relays (tune on validation)")
     p.add_argument("--kv-cache", choices=tie_lite.KV_CACHE_MODES, help="decode with the models' cache.onnx "
                    "in this mode (approximate)")
+    p.add_argument("--kv-window", type=int, help="with --kv-cache: positions before the block also recomputed "
+                   "(default: the block's size)")
     p.add_argument("--workers", type=int, default=2, help="processes, each decoding a share of the problems")
     p.add_argument("--json", type=Path, help="also write per-problem results here")
     return p.parse_args()
 
 
-def load_models(models_dir: Path, names, kv_cache: str | None = None) -> dict:
-    return {m: tie_lite.Model.load(models_dir / m / "onnx", threads=1, kv_cache=kv_cache) for m in names}
+def load_models(models_dir: Path, names, kv_cache: str | None = None, kv_window: int | None = None) -> dict:
+    return {m: tie_lite.Model.load(models_dir / m / "onnx", threads=1, kv_cache=kv_cache, kv_window=kv_window)
+            for m in names}
 
 
 def run_share(args: tuple) -> dict:
     """One worker's share: (variant, models_dir, problems) -> run_variant's result."""
     variant, models_dir, problems = args
-    return run_variant(variant, load_models(models_dir, variant.models, variant.kv_cache), problems)
+    return run_variant(variant, load_models(models_dir, variant.models, variant.kv_cache, variant.kv_window),
+                       problems)
 
 
 def run_parallel(variant: Variant, models_dir: Path, problems: list, workers: int) -> dict:
@@ -144,7 +149,7 @@ def table(rows: dict) -> str:
 
 def main() -> int:
     args = parse_args()
-    chosen = [dataclasses.replace(v, kv_cache=args.kv_cache) for v in variants(args.interval)
+    chosen = [dataclasses.replace(v, kv_cache=args.kv_cache, kv_window=args.kv_window) for v in variants(args.interval)
               if not args.only or v.name in args.only]
     unknown = set(args.only or ()) - {v.name for v in variants()}
     if unknown:

@@ -3,6 +3,7 @@ into models/NAME/hf and export it with export/ into models/NAME/onnx, exactly as
 user exports a Hub model.
 
     python train/export_defaults.py [--ckpt /work/ckpt3] [--models-dir models] [--only A B C] [--kv-cache]
+    python train/export_defaults.py --from-shipped --int8 --kv-cache --models-dir DIR --only A B
 
 Reads each checkpoint's training_args.json for the layout it was trained on (prompt
 suffix, answer marker, reasoning and answer budgets) and records it in the manifest,
@@ -15,6 +16,7 @@ import argparse
 import json
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,16 +37,20 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", type=Path, default=Path("/work/ckpt3"), help="folder holding the checkpoints")
     p.add_argument("--models-dir", type=Path, default=ROOT / "models")
+    p.add_argument("--from-shipped", action="store_true",
+                   help="export the checkpoints shipped in models/NAME/hf (e.g. int8 copies into another --models-dir)")
     p.add_argument("--plain-names", action="store_true",
                    help="read CKPT/A, CKPT/B, CKPT/C instead of the chosen checkpoints (e.g. a --smoke run)")
     p.add_argument("--int8", action="store_true",
                    help="export int8 (dynamic) graphs instead, e.g. into another --models-dir to measure them")
     p.add_argument("--kv-cache", action="store_true", help="also write cache.onnx (tie_lite --kv-cache)")
+    p.add_argument("--int8-all-layers", action="store_true", help="with --int8: quantize the first layer too")
     p.add_argument("--only", nargs="+", default=list(CHECKPOINTS), choices=list(CHECKPOINTS))
     return p.parse_args()
 
 
-def ship(ckpt: Path, dest: Path, name: str, int8: bool = False, kv_cache: bool = False) -> Path:
+def ship(ckpt: Path, dest: Path, name: str, int8: bool = False, kv_cache: bool = False,
+         int8_all_layers: bool = False) -> Path:
     """Copy one checkpoint to dest/hf and export it to dest/onnx; returns the manifest path."""
     layout = json.loads((ckpt / "training_args.json").read_text())["layout"]
     if dest.exists():
@@ -58,15 +64,20 @@ def ship(ckpt: Path, dest: Path, name: str, int8: bool = False, kv_cache: bool =
                         prompt_format=layout["prompt_prefix"] + "{prompt}" + layout["prompt_suffix"],
                         answer_marker=layout["marker"],
                         decode_defaults={"gen_length": gen_length, "answer_length": layout["A"],
-                                         "block_size": BLOCK_SIZE}, int8=int8, kv_cache=kv_cache)
+                                         "block_size": BLOCK_SIZE}, int8=int8, kv_cache=kv_cache,
+                        int8_first_layer_fp32=not int8_all_layers)
 
 
 def main() -> int:
     args = parse_args()
-    for name in args.only:
-        ckpt = args.ckpt / (name if args.plain_names else CHECKPOINTS[name])
-        manifest = ship(ckpt, args.models_dir / name.lower(), name.lower(), args.int8, args.kv_cache)
-        print(manifest)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.only:
+            ckpt = args.ckpt / (name if args.plain_names else CHECKPOINTS[name])
+            if args.from_shipped:  # copied first: ship() replaces its destination, which may be models/
+                ckpt = Path(shutil.copytree(ROOT / "models" / name.lower() / "hf", Path(tmp) / name))
+            manifest = ship(ckpt, args.models_dir / name.lower(), name.lower(), args.int8, args.kv_cache,
+                            args.int8_all_layers)
+            print(manifest)
     return 0
 
 
