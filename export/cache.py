@@ -1,11 +1,13 @@
-"""The block key/value-cache graph: approximate decoding in the style of Fast-dLLM's DualCache.
+"""The block key/value-cache graph: approximate decoding in the style of Fast-dLLM.
 
 A masked diffusion LM attends bidirectionally, so no token's keys and values are
-final until the whole canvas is. Fast-dLLM (seed 004's baseline) observes that
-within one block of semi-autoregressive decoding the keys and values *outside*
-the block barely change, computes them once when the block starts and reuses
-them for the block's steps, recomputing only the block's own rows. The graph
-written here, `cache.onnx`, does both passes:
+final until the whole canvas is. Fast-dLLM ("Training-free Acceleration of
+Diffusion LLM by Enabling KV Cache and Parallel Decoding", 2025) observes that
+within one block of semi-autoregressive decoding the keys and values outside the
+block barely change, computes them once when the block starts and reuses them for
+the block's steps, recomputing only some rows (its prefix cache: the block and
+all after it; its DualCache: the block alone). The graph written here,
+`cache.onnx`, serves both passes:
 
     input_ids       (B, Q) int64    tokens of the rows recomputed this call
     rows            (B, Q) int64    their canvas positions, distinct, in [0, L)
