@@ -2,6 +2,7 @@
 
     python bench/vs_pytorch.py [--hidden 768 --layers 22 --vocab 50368] [--length 512] [--gen 32]
     python bench/vs_pytorch.py --model-dir HF_FOLDER --onnx-dir ONNX_FOLDER
+    python bench/vs_pytorch.py --model-dir models/a/hf --onnx-dir models/a/onnx --length 127 --gen 16
     python bench/vs_pytorch.py --length 512 --gen 16 --int8 --kv-cache prefix
 
 The PyTorch side is LLaDA's generate() loop (its repository's generate.py, greedy,
@@ -165,6 +166,16 @@ def timed_decodes(engine, prompt_text: str, config, repeats: int, *references) -
     return tuple(times)
 
 
+def decoded(engine, prompt_text: str, config) -> list:
+    """The generated region after a greedy decode, untrimmed (as the PyTorch loops return it)."""
+    import tie_lite
+
+    canvas = tie_lite.build_canvas(engine, prompt_text, config)
+    state = tie_lite.DecodeState(canvas)
+    tie_lite.decode(engine, state, config, np.random.default_rng(0))
+    return state.tokens[canvas.prompt_length:].tolist()
+
+
 def time_variant(label: str, folder: Path, kv_cache, args, prompt_text: str, config, reference,
                  expected: list) -> None:
     """Time one more tie-lite variant against the PyTorch loop, interleaved; print ratio, agreement, RSS."""
@@ -174,10 +185,10 @@ def time_variant(label: str, folder: Path, kv_cache, args, prompt_text: str, con
     engine = tie_lite.Model.load(folder, threads=args.threads, kv_cache=kv_cache, kv_window=window)
     tie_lite.generate(engine, prompt_text, tie_lite.DecodeConfig(gen_length=2, block_size=2))  # warm-up
     t_torch, t_lite = timed_decodes(engine, prompt_text, config, args.repeats, reference)
-    got = tie_lite.generate(engine, prompt_text, config).tokens.tolist()
+    got = decoded(engine, prompt_text, config)
     same = sum(a == b for a, b in zip(got, expected)) / len(expected)
     print(f"{label}: PyTorch loop ({args.reference}) / tie-lite: {np.median(t_torch) / np.median(t_lite):.2f}x; "
-          f"tokens equal to PyTorch's: {same:.0%} (accuracy delta: train/evaluate.py on such exports)")
+          f"generated positions equal to PyTorch's: {same:.0%} (accuracy: train/evaluate.py on such exports)")
     rss, graph = peak_rss(folder, prompt_text, args.gen, args.threads, kv_cache, window)
     print(f"{label} peak RSS {rss:.0f} MB; graph {graph:.0f} MB, so 1.3 x graph + 150 MB = {1.3 * graph + 150:.0f} MB")
 
@@ -201,10 +212,12 @@ def main() -> int:
         model = AutoModelForMaskedLM.from_pretrained(hf_dir).eval()
         engine = tie_lite.Model.load(onnx_dir, threads=args.threads)
         m = engine.manifest
-        prompt_ids = list(range(4, 4 + args.length - args.gen))
-        prompt_text = engine.decode(np.array(prompt_ids))
+        text_ids = [4 + i % (m.vocab_size - 4) for i in range(args.length - args.gen)]  # past the specials
+        prompt_text = engine.decode(np.array(text_ids))
+        assert engine.encode(prompt_text).tolist() == text_ids, "prompt does not round-trip"
         config = tie_lite.DecodeConfig(gen_length=args.gen, block_size=args.gen)
-        assert engine.encode(prompt_text).tolist() == prompt_ids, "prompt does not round-trip"
+        canvas = tie_lite.build_canvas(engine, prompt_text, config)  # the manifest's prompt format applied
+        prompt_ids = canvas.tokens[:canvas.prompt_length].tolist()
         for loop in (torch_loop, llada_loop):
             loop(model, prompt_ids, 2, m.mask_id, m.vocab_size)  # warm-up, untimed
         tie_lite.generate(engine, prompt_text, tie_lite.DecodeConfig(gen_length=2, block_size=2))
@@ -214,11 +227,9 @@ def main() -> int:
         expected = llada()
         loops_agree = lean() == expected
         reference = llada if args.reference == "llada" else lean
-        state = tie_lite.DecodeState(tie_lite.build_canvas(engine, prompt_text, config))
-        tie_lite.decode(engine, state, config, np.random.default_rng(0))
-        identical = state.tokens[len(prompt_ids):].tolist() == expected
+        identical = decoded(engine, prompt_text, config) == expected
         cfg = model.config
-        flop = forward_gflop(cfg.hidden_size, cfg.num_hidden_layers, args.length, cfg.intermediate_size)
+        flop = forward_gflop(cfg.hidden_size, cfg.num_hidden_layers, canvas.tokens.size, cfg.intermediate_size)
         per_forward = np.median(t_lite) / args.gen
         print(f"model: {hf_dir if args.model_dir else 'random ModernBERT'} hidden={cfg.hidden_size} "
               f"layers={cfg.num_hidden_layers} vocab={cfg.vocab_size}; L={args.length}, {args.gen} steps, "
