@@ -118,8 +118,9 @@ def measure_cache(cache_path: Path, model, family, is_suppressed, top_k: int, vo
         zeros = np.zeros((layers, 1, heads, length, dim), np.float32)  # (N, 1, h, L, d)
         feed = {"input_ids": tokens[None], "rows": every[None], "past_keys": zeros, "past_values": zeros,
                 "attention_mask": np.ones((1, length), np.int64), "gather": every[None]}
-        top_ids, top_probs, entropy, keys, values = (x if i > 2 else x[0] for i, x in
-                                                     enumerate(session.run(wanted, feed)))
+        outputs = session.run(wanted, feed)
+        top_ids, top_probs, entropy = (x[0] for x in outputs[:3])
+        keys, values = outputs[3:]  # (N, 1, h, L, d) each
         _accumulate(totals, ref, top_ids, top_probs, entropy)
         block = np.arange(length // 4, length // 2, dtype=np.int64)  # (b,)
         feed.update(input_ids=tokens[block][None], rows=block[None], past_keys=keys, past_values=values,
