@@ -157,7 +157,9 @@ class CachedStep(torch.nn.Module):
 
 
 def dummy_inputs(config, length: int = 24, count: int = 8) -> tuple[Tensor, ...]:
-    """Tracing inputs: Q < L rows so the two axes stay distinct."""
+    """Tracing inputs: Q < L rows so the two axes stay distinct, L within the model's positions."""
+    length = min(length, config.max_position_embeddings)
+    count = min(count, length - 1)
     layers, heads, dim = cache_shape(config)
     generator = torch.Generator().manual_seed(0)
     rows = torch.randperm(length, generator=generator)[:count].sort().values[None]  # (1, Q)
