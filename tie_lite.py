@@ -772,20 +772,19 @@ def _open_session(path: Path, provider: str, threads: Optional[int], check: Opti
     return session
 
 
-def _check_cache_io(session, path: Path) -> None:
-    inputs = tuple(i.name for i in session.get_inputs())
-    outputs = tuple(o.name for o in session.get_outputs())
-    if sorted(inputs) != sorted(CACHE_INPUTS) or sorted(outputs) != sorted(CACHE_OUTPUTS):
-        raise ModelError(f"{path} has inputs {inputs} and outputs {outputs}; tie-lite's --kv-cache needs "
-                         f"{CACHE_INPUTS} and {CACHE_OUTPUTS}: export it with `python -m export --kv-cache`")
+def _io_check(wanted_inputs: tuple, wanted_outputs: tuple, user: str, command: str) -> Callable:
+    """A session check: the graph's input and output names must be these (in any order)."""
+    def check(session, path: Path) -> None:
+        inputs = tuple(i.name for i in session.get_inputs())
+        outputs = tuple(o.name for o in session.get_outputs())
+        if sorted(inputs) != sorted(wanted_inputs) or sorted(outputs) != sorted(wanted_outputs):
+            raise ModelError(f"{path} has inputs {inputs} and outputs {outputs}; {user} needs "
+                             f"{wanted_inputs} and {wanted_outputs}: export it with `{command}`")
+    return check
 
 
-def _check_graph_io(session, path: Path) -> None:
-    inputs = tuple(i.name for i in session.get_inputs())
-    outputs = tuple(o.name for o in session.get_outputs())
-    if sorted(inputs) != sorted(GRAPH_INPUTS) or sorted(outputs) != sorted(GRAPH_OUTPUTS):
-        raise ModelError(f"{path} has inputs {inputs} and outputs {outputs}; tie-lite needs "
-                         f"{GRAPH_INPUTS} and {GRAPH_OUTPUTS}: export it with `python -m export`")
+_check_graph_io = _io_check(GRAPH_INPUTS, GRAPH_OUTPUTS, "tie-lite", "python -m export")
+_check_cache_io = _io_check(CACHE_INPUTS, CACHE_OUTPUTS, "tie-lite's --kv-cache", "python -m export --kv-cache")
 
 
 class Policy:
