@@ -651,8 +651,9 @@ class Model:
 
     def stats(self, tokens: np.ndarray, positions: np.ndarray, with_logits: bool = False) -> Stats:
         """Predictions at `positions` (K,) of the canvas `tokens` (L,); honours the manifest's shift."""
-        if self.kv_cache:
-            return self.prime(tokens, positions, with_logits)[0]
+        if self.kv_cache:  # a full pass of cache.onnx, its keys and values not kept
+            return self._run_cache(tokens, np.arange(tokens.size), self._empty_cache(tokens.size), positions,
+                                   with_logits, keep=False)[0]
         read_at = np.maximum(positions - self.manifest.logits_shift, 0)  # (K,) position 0 reads itself
         feed = {
             "input_ids": tokens[None, :],                           # (1, L) int64
@@ -666,11 +667,15 @@ class Model:
 
     def prime(self, tokens: np.ndarray, positions: np.ndarray, with_logits: bool = False) -> tuple:
         """(Stats at positions (K,), KVCache): a full pass of cache.onnx over the canvas tokens (L,)."""
-        layers, heads, dim = self.cache_dims
-        empty = np.zeros((layers, 1, heads, tokens.size, dim), np.float32)  # (N, 1, h, L, d)
         every = np.arange(tokens.size, dtype=np.int64)  # (L,) every row recomputed
-        stats, keys, values = self._run_cache(tokens, every, KVCache(empty, empty, tokens), positions, with_logits)
+        stats, keys, values = self._run_cache(tokens, every, self._empty_cache(tokens.size), positions, with_logits)
         return stats, KVCache(keys, values, tokens.copy())
+
+    def _empty_cache(self, length: int) -> KVCache:
+        """Zero keys/values for a pass that recomputes every row (np.zeros: pages mapped lazily)."""
+        layers, heads, dim = self.cache_dims
+        empty = np.zeros((layers, 1, heads, length, dim), np.float32)  # (N, 1, h, L, d)
+        return KVCache(empty, empty, np.zeros(0, np.int64))
 
     def cached_stats(self, tokens: np.ndarray, cache: KVCache, rows: np.ndarray, gather: np.ndarray,
                      with_logits: bool = False) -> Stats:

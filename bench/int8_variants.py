@@ -28,11 +28,11 @@ def quantize(graph: Path, variant: str, model) -> None:
     """Quantize the float32 graph in place through export's own int8 path, with the variant's options."""
     import onnx
 
-    from export import first_layer_matmuls, quantize_int8
+    from export import quantize_int8
 
     options = {}
     if variant == "default":
-        options["nodes_to_exclude"] = first_layer_matmuls(graph, model)
+        options["first_layer_of"] = model
     if variant == "per-channel":
         options["per_channel"] = True
     if variant == "fp32-head":  # the last MatMul of the graph is the LM head's

@@ -143,12 +143,12 @@ def quantized_copy(onnx_dir: Path, dest: Path, model) -> Path:
     """An int8 (dynamic) copy of an export, as `python -m export --int8` writes it (first layer float32)."""
     import shutil
 
-    from export import first_layer_matmuls, quantize_int8
+    from export import quantize_int8
 
     shutil.copytree(onnx_dir, dest)
     for graph in ("model.onnx", "cache.onnx"):
         if (dest / graph).is_file():
-            quantize_int8(dest / graph, nodes_to_exclude=first_layer_matmuls(dest / graph, model))
+            quantize_int8(dest / graph, first_layer_of=model)
     return dest
 
 

@@ -105,10 +105,9 @@ def export_model(source: str | Path, out_dir: str | Path, *, top_k: int = DEFAUL
     if int8:
         log("quantizing to int8 (dynamic) and measuring its agreement with PyTorch")
         for path, measure_graph in graphs.items():
-            kept = first_layer_matmuls(path, model) if int8_first_layer_fp32 else []
+            kept = quantize_int8(path, first_layer_of=model if int8_first_layer_fp32 else None)
             if int8_first_layer_fp32 and not kept:
-                log(f"{path.name}: no matmul of the first layer found; quantizing every layer")
-            quantize_int8(path, nodes_to_exclude=kept)
+                log(f"{path.name}: no matmul of the first layer found; quantized every layer")
             int8_report = measure_graph(path, *checks)
             check_agreement(int8_report, int8_min_agreement)
             prefix = "cache_" if path.name == "cache.onnx" else ""
@@ -130,9 +129,11 @@ def export_model(source: str | Path, out_dir: str | Path, *, top_k: int = DEFAUL
     return write_manifest(manifest, out_dir)
 
 
-def quantize_int8(onnx_path: Path, **options) -> None:
+def quantize_int8(onnx_path: Path, first_layer_of=None, **options) -> list[str]:
     """Replace the float32 graph at onnx_path by a dynamically quantized int8 one.
 
+    first_layer_of: the torch model the graph came from; its first transformer layer's
+    matmuls stay float32 (what `--int8` does). Returns the names of the matmuls so kept.
     A graph stored with external data (over 2 GB) is quantized into external data too.
     options: more of quantize_dynamic's arguments (per_channel, nodes_to_exclude, ...).
     """
@@ -144,6 +145,8 @@ def quantize_int8(onnx_path: Path, **options) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    kept = first_layer_matmuls(onnx_path, first_layer_of) if first_layer_of is not None else []
+    options["nodes_to_exclude"] = list(options.get("nodes_to_exclude") or []) + kept
     graph = onnx.load(str(onnx_path), load_external_data=False)
     external = [t.name for t in graph.graph.initializer if uses_external_data(t)]
     data_files = {e.value for t in graph.graph.initializer if uses_external_data(t)
@@ -161,6 +164,7 @@ def quantize_int8(onnx_path: Path, **options) -> None:
         for file in quantized.parent.iterdir():
             shutil.move(str(file), onnx_path.parent / file.name)
             (onnx_path.parent / file.name).chmod(mode)  # onnx writes data files owner-only
+    return kept
 
 
 def first_layer_matmuls(onnx_path: Path, model) -> list[str]:
