@@ -47,6 +47,9 @@ PROMPT_SLOT = "{prompt}"           # where the user's text goes in a manifest's 
 POLICY_GRAPH = "policy.onnx"       # a learned unmasking policy's files inside its folder
 POLICY_CARD = "policy.json"
 CACHE_GRAPH = "cache.onnx"         # the block key/value-cache graph (python -m export --kv-cache)
+# onnxruntime fuses cache.onnx's per-layer reads of past_keys/past_values into one Split that copies
+# every layer's at once (66 MB at L = 512, ModernBERT-base); unfused, each layer's is copied when used.
+CACHE_DISABLED_OPTIMIZERS = ("GatherSliceToSplitFusion",)
 
 
 class TieLiteError(Exception):
@@ -462,8 +465,13 @@ def leader_of(scores: np.ndarray) -> int:
 
 GRAPH_INPUTS = ("input_ids", "attention_mask", "positions")
 GRAPH_OUTPUTS = ("top_ids", "top_probs", "entropy", "logits")
-CACHE_INPUTS = ("input_ids", "rows", "past_keys", "past_values", "attention_mask", "gather")
-CACHE_OUTPUTS = GRAPH_OUTPUTS + ("keys", "values")
+CACHE_INPUTS = ("input_ids", "rows", "attention_mask", "gather")  # then past_keys_i, past_values_i per layer
+CACHE_OUTPUTS = GRAPH_OUTPUTS                                      # then keys_i, values_i per layer
+
+
+def layer_names(prefix: str, layers: int) -> list:
+    """prefix_0 .. prefix_{N-1}: cache.onnx's per-layer inputs (past_keys, past_values) or outputs."""
+    return [f"{prefix}_{i}" for i in range(layers)]
 
 
 @dataclass(frozen=True)
@@ -585,8 +593,8 @@ class Stats:
 class KVCache:
     """Per-layer keys and values kept from a full pass of cache.onnx, and the canvas they came from."""
 
-    keys: np.ndarray    # (N, 1, h, L, d) float32
-    values: np.ndarray  # (N, 1, h, L, d) float32
+    keys: list          # N onnxruntime OrtValues (1, h, L, d) float32, one per layer, on the session's device
+    values: list        # N OrtValues (1, h, L, d) float32
     tokens: np.ndarray  # (L,) int64 the canvas of that pass
     block: int = -1     # the decode block it was kept for
 
@@ -639,7 +647,8 @@ class Model:
                              "`python -m export SOURCE OUT_DIR --kv-cache`")
         if manifest.logits_shift:
             raise ModelError(f"{folder}: --kv-cache needs a model whose logits are not shifted")
-        session = _open_session(folder / CACHE_GRAPH, provider, threads, check=_check_cache_io)
+        session = _open_session(folder / CACHE_GRAPH, provider, threads, check=_check_cache_io,
+                                disabled_optimizers=CACHE_DISABLED_OPTIMIZERS)
         return cls(folder, manifest, tokenizer, session, kv_cache=kv_cache, kv_window=kv_window)
 
     def encode(self, text: str) -> np.ndarray:
@@ -672,10 +681,13 @@ class Model:
         return stats, KVCache(keys, values, tokens.copy())
 
     def _empty_cache(self, length: int) -> KVCache:
-        """Zero keys/values for a pass that recomputes every row (np.zeros: pages mapped lazily)."""
+        """Zero keys/values for a pass that recomputes every row: one tensor on the device, read by every layer."""
+        import onnxruntime as ort
+
         layers, heads, dim = self.cache_dims
-        empty = np.zeros((layers, 1, heads, length, dim), np.float32)  # (N, 1, h, L, d)
-        return KVCache(empty, empty, np.zeros(0, np.int64))
+        empty = np.zeros((1, heads, length, dim), np.float32)  # (1, h, L, d)
+        on_device = ort.OrtValue.ortvalue_from_numpy(empty, *self.cache_device)
+        return KVCache([on_device] * layers, [on_device] * layers, np.zeros(0, np.int64))
 
     def cached_stats(self, tokens: np.ndarray, cache: KVCache, rows: np.ndarray, gather: np.ndarray,
                      with_logits: bool = False) -> Stats:
@@ -685,22 +697,44 @@ class Model:
     @property
     def cache_dims(self) -> tuple:
         """(layers N, heads h, head dim d) of cache.onnx's keys and values."""
-        shape = next(i.shape for i in self.session.get_inputs() if i.name == "past_keys")
-        return shape[0], shape[2], shape[4]
+        past = [i for i in self.session.get_inputs() if i.name.startswith("past_keys_")]
+        return len(past), past[0].shape[1], past[0].shape[3]
+
+    @property
+    def cache_device(self) -> tuple:
+        """("cpu", 0) or ("cuda", N): where the session keeps the keys and values it returns."""
+        options = self.session.get_provider_options().get("CUDAExecutionProvider")
+        return ("cuda", int(options["device_id"])) if options else ("cpu", 0)
 
     def _run_cache(self, tokens, rows, cache: KVCache, gather, with_logits: bool, keep: bool = True) -> tuple:
-        feed = {
+        """One cache.onnx call through IO binding: the kept keys and values go in, and the fresh ones
+        come out, as onnxruntime values on the session's device (on CUDA they never cross to the
+        host); the statistics come back to the host. Returns (Stats, keys, values), N layers each."""
+        layers = len(cache.keys)
+        binding = self.session.io_binding()
+        small = {
             "input_ids": tokens[rows][None, :],                     # (1, Q) int64
             "rows": rows[None, :].astype(np.int64),                 # (1, Q)
-            "past_keys": cache.keys, "past_values": cache.values,   # (N, 1, h, L, d) float32
             "attention_mask": np.ones((1, tokens.size), np.int64),  # (1, L)
             "gather": np.asarray(gather, np.int64)[None, :],        # (1, K)
         }
-        wanted = list(GRAPH_OUTPUTS if with_logits else GRAPH_OUTPUTS[:3]) + (["keys", "values"] if keep else [])
-        outputs = self.session.run(wanted, feed)
-        logits = outputs[3][0] if with_logits else None
-        kept = outputs[-2:] if keep else (None, None)
-        return (Stats(outputs[0][0], outputs[1][0], outputs[2][0], logits), *kept)
+        for name, array in small.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        past = layer_names("past_keys", layers) + layer_names("past_values", layers)
+        for name, value in zip(past, [*cache.keys, *cache.values]):  # (1, h, L, d) float32 each
+            binding.bind_ortvalue_input(name, value)
+        stats = list(GRAPH_OUTPUTS if with_logits else GRAPH_OUTPUTS[:3])
+        fresh = layer_names("keys", layers) + layer_names("values", layers) if keep else []
+        for name in stats:
+            binding.bind_output(name, "cpu")
+        for name in fresh:  # (1, h, Q, d) float32 each
+            binding.bind_output(name, *self.cache_device)
+        self.session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        top_ids, top_probs, entropy, *rest = (o.numpy() for o in outputs[:len(stats)])
+        logits = rest[0][0] if with_logits else None
+        kept = outputs[len(stats):]
+        return Stats(top_ids[0], top_probs[0], entropy[0], logits), kept[:layers], kept[layers:]
 
 
 def _check_kv_options(kv_cache: Optional[str], kv_window: Optional[int]) -> None:
@@ -753,7 +787,8 @@ def parse_provider(provider: str) -> tuple[str, dict]:
     return PROVIDERS[name], ({"device_id": int(device)} if device else {})
 
 
-def _open_session(path: Path, provider: str, threads: Optional[int], check: Optional[Callable] = None):
+def _open_session(path: Path, provider: str, threads: Optional[int], check: Optional[Callable] = None,
+                  disabled_optimizers: tuple = ()):
     import onnxruntime as ort
 
     if not path.is_file():
@@ -767,7 +802,8 @@ def _open_session(path: Path, provider: str, threads: Optional[int], check: Opti
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=[(wanted, provider_options)])
+        session = ort.InferenceSession(str(path), sess_options=options, providers=[(wanted, provider_options)],
+                                       disabled_optimizers=list(disabled_optimizers))
     except Exception as exc:  # onnxruntime raises its own exception types for corrupt graphs
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"cannot load ONNX graph {path}: {first_line}") from None
@@ -789,7 +825,17 @@ def _io_check(wanted_inputs: tuple, wanted_outputs: tuple, user: str, command: s
 
 
 _check_graph_io = _io_check(GRAPH_INPUTS, GRAPH_OUTPUTS, "tie-lite", "python -m export")
-_check_cache_io = _io_check(CACHE_INPUTS, CACHE_OUTPUTS, "tie-lite's --kv-cache", "python -m export --kv-cache")
+
+
+def _check_cache_io(session, path: Path) -> None:
+    """cache.onnx's names: CACHE_INPUTS and CACHE_OUTPUTS, then one past/fresh key and value per layer."""
+    layers = sum(i.name.startswith("past_keys_") for i in session.get_inputs())
+    if not layers:
+        raise ModelError(f"{path} has no per-layer past_keys_i inputs (an older cache.onnx?): "
+                         "export it again with `python -m export --kv-cache`")
+    _io_check(CACHE_INPUTS + tuple(layer_names("past_keys", layers) + layer_names("past_values", layers)),
+              CACHE_OUTPUTS + tuple(layer_names("keys", layers) + layer_names("values", layers)),
+              "tie-lite's --kv-cache", "python -m export --kv-cache")(session, path)
 
 
 class Policy:

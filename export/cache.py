@@ -11,15 +11,20 @@ all after it; its DualCache: the block alone). The graph written here,
 
     input_ids       (B, Q) int64    tokens of the rows recomputed this call
     rows            (B, Q) int64    their canvas positions, distinct, in [0, L)
-    past_keys       (N, B, h, L, d) float32  per-layer keys of the canvas (rotary applied)
-    past_values     (N, B, h, L, d) float32
     attention_mask  (B, L) int64    1 where a canvas position may be attended to
     gather          (B, K) int64    indices into the Q rows whose predictions are wanted
+    past_keys_i     (B, h, L, d) float32  layer i's keys of the canvas (rotary applied), i = 0..N-1
+    past_values_i   (B, h, L, d) float32
 
 and returns the statistics of export/graph.py at the gathered rows, plus
 
-    keys    (N, B, h, Q, d) float32   the recomputed rows' keys and values, per layer
-    values  (N, B, h, Q, d) float32
+    keys_i    (B, h, Q, d) float32   the recomputed rows' keys and values, layer i = 0..N-1
+    values_i  (B, h, Q, d) float32
+
+One input and one output per layer, not one stacked (N, ...) tensor: onnxruntime
+then reads each layer's kept keys where they lie and hands each layer's fresh ones
+back as they are, where stacking holds every layer's twice and slicing copies them
+(peak RSS 421 against 384 MB for the int8 ModernBERT-base-sized graph at L = 512).
 
 With every row recomputed (Q = L, rows = 0..L-1) each cached entry is replaced
 and the call is an ordinary full forward whose keys and values the runtime keeps.
@@ -39,18 +44,24 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from tie_lite import layer_names
+
 from .graph import confidence_statistics
 
-INPUT_NAMES = ("input_ids", "rows", "past_keys", "past_values", "attention_mask", "gather")
-OUTPUT_NAMES = ("top_ids", "top_probs", "entropy", "logits", "keys", "values")
+INPUT_NAMES = ("input_ids", "rows", "attention_mask", "gather")  # then past_keys_i, past_values_i
+OUTPUT_NAMES = ("top_ids", "top_probs", "entropy", "logits")       # then keys_i, values_i
 
 
-def attend(query: Tensor, key: Tensor, value: Tensor, past_key: Tensor, past_value: Tensor, rows: Tensor,
+def scatter_index(rows: Tensor, heads: int, dim: int) -> Tensor:
+    """rows (B, Q) expanded to (B, h, Q, d): where attend writes the fresh keys/values (one per graph)."""
+    return rows[:, None, :, None].expand(rows.shape[0], heads, rows.shape[1], dim)
+
+
+def attend(query: Tensor, key: Tensor, value: Tensor, past_key: Tensor, past_value: Tensor, index: Tensor,
            allowed: Tensor, scale: float, extra_scores: Tensor | None = None) -> Tensor:
     """Attention of the Q recomputed rows over the canvas: their own fresh keys/values written over the
-    kept ones at `rows`. query/key/value (B, h, Q, d); past (B, h, L, d); allowed (B, 1|h, Q, L) bool.
-    Returns (B, Q, h*d)."""
-    index = rows[:, None, :, None].expand_as(key)  # (B, h, Q, d)
+    kept ones at `index` (scatter_index). query/key/value (B, h, Q, d); past (B, h, L, d); allowed
+    (B, 1|h, Q, L) bool. Returns (B, Q, h*d)."""
     keys = past_key.scatter(2, index, key)  # (B, h, L, d)
     values = past_value.scatter(2, index, value)
     scores = torch.matmul(query, keys.transpose(-1, -2))  # (B, h, Q, L)
@@ -62,19 +73,22 @@ def attend(query: Tensor, key: Tensor, value: Tensor, past_key: Tensor, past_val
     return context.transpose(1, 2).reshape(batch, count, heads * dim)
 
 
-def _modernbert_layers(model, input_ids: Tensor, rows: Tensor, past_keys: Tensor, past_values: Tensor,
-                       attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _modernbert_layers(model, input_ids: Tensor, rows: Tensor, past_keys: list, past_values: list,
+                       attention_mask: Tensor) -> tuple[Tensor, list, list]:
     """ModernBERT's encoder over the Q rows: rotary at the rows' canvas positions, the local layers'
-    sliding window measured in canvas positions. Returns hidden (B, Q, H), keys and values (N, B, h, Q, d)."""
+    sliding window measured in canvas positions. past_keys/past_values: N tensors (B, h, L, d).
+    Returns hidden (B, Q, H), and the rows' keys and values: N tensors (B, h, Q, d) each."""
     from transformers.models.modernbert.modeling_modernbert import apply_rotary_pos_emb
 
     base, config = model.model, model.config
     batch, count = input_ids.shape
     hidden = base.embeddings(input_ids=input_ids)  # (B, Q, H)
     keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, L)
-    canvas = torch.arange(past_keys.shape[3], device=rows.device)  # (L,)
+    canvas = torch.arange(past_keys[0].shape[2], device=rows.device)  # (L,)
     distance = (rows[:, :, None] - canvas[None, None, :]).abs()  # (B, Q, L)
     in_window = keep & (distance <= config.local_attention // 2)[:, None]  # (B, 1, Q, L)
+    _, heads, _, dim = past_keys[0].shape
+    index = scatter_index(rows, heads, dim)  # (B, h, Q, d)
     keys, values = [], []
     for i, layer in enumerate(base.layers):
         attn = layer.attn
@@ -83,21 +97,23 @@ def _modernbert_layers(model, input_ids: Tensor, rows: Tensor, past_keys: Tensor
         query, key, value = qkv.transpose(3, 1).unbind(dim=2)  # (B, h, Q, d) each
         query, key = apply_rotary_pos_emb(query, key, cos, sin)
         allowed = keep if attn.local_attention == (-1, -1) else in_window
-        context = attend(query, key, value, past_keys[i], past_values[i], rows, allowed, attn.head_dim ** -0.5)
+        context = attend(query, key, value, past_keys[i], past_values[i], index, allowed, attn.head_dim ** -0.5)
         hidden = hidden + attn.Wo(context)
         hidden = hidden + layer.mlp(layer.mlp_norm(hidden))
         keys.append(key), values.append(value)
-    return base.final_norm(hidden), torch.stack(keys), torch.stack(values)
+    return base.final_norm(hidden), keys, values
 
 
-def _bert_layers(model, input_ids: Tensor, rows: Tensor, past_keys: Tensor, past_values: Tensor,
-                 attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _bert_layers(model, input_ids: Tensor, rows: Tensor, past_keys: list, past_values: list,
+                 attention_mask: Tensor) -> tuple[Tensor, list, list]:
     """BERT's encoder over the Q rows, with absolute or relative_key positions read at the rows."""
     bert = model.bert
     batch, count = input_ids.shape
     hidden = bert.embeddings(input_ids=input_ids, position_ids=rows)  # (B, Q, H)
     allowed = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, L)
-    canvas = torch.arange(past_keys.shape[3], device=rows.device)  # (L,)
+    canvas = torch.arange(past_keys[0].shape[2], device=rows.device)  # (L,)
+    _, heads, _, dim = past_keys[0].shape
+    index = scatter_index(rows, heads, dim)  # (B, h, Q, d)
     keys, values = [], []
     for i, layer in enumerate(bert.encoder.layer):
         self_attn = layer.attention.self
@@ -112,11 +128,11 @@ def _bert_layers(model, input_ids: Tensor, rows: Tensor, past_keys: Tensor, past
             distance = rows[:, :, None] - canvas[None, None, :]  # (B, Q, L)
             table = self_attn.distance_embedding(distance + self_attn.max_position_embeddings - 1)  # (B, Q, L, d)
             relative = torch.einsum("bhqd,bqld->bhql", query, table)
-        context = attend(query, key, value, past_keys[i], past_values[i], rows, allowed, dim ** -0.5, relative)
+        context = attend(query, key, value, past_keys[i], past_values[i], index, allowed, dim ** -0.5, relative)
         attended = layer.attention.output(context, hidden)
         hidden = layer.output(layer.intermediate(attended), attended)
         keys.append(key), values.append(value)
-    return hidden, torch.stack(keys), torch.stack(values)
+    return hidden, keys, values
 
 
 CACHED_LAYERS = {"modernbert": _modernbert_layers, "bert": _bert_layers}
@@ -148,12 +164,16 @@ class CachedStep(torch.nn.Module):
         self.layers = CACHED_LAYERS[family.name]
         self.register_buffer("is_suppressed", is_suppressed, persistent=False)
 
-    def forward(self, input_ids, rows, past_keys, past_values, attention_mask, gather):
-        hidden, keys, values = self.layers(self.model, input_ids, rows, past_keys, past_values, attention_mask)
+    def forward(self, input_ids, rows, attention_mask, gather, *past):
+        """past: N layers' keys then N layers' values, (B, h, L, d) each. Returns the statistics and
+        logits at the gathered rows, then the rows' keys and values per layer (B, h, Q, d)."""
+        layers = len(past) // 2
+        hidden, keys, values = self.layers(self.model, input_ids, rows, list(past[:layers]), list(past[layers:]),
+                                           attention_mask)
         index = gather.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])  # (B, K, H)
         logits = self.family.head(self.model, torch.gather(hidden, 1, index))  # (B, K, Vg)
         stats = confidence_statistics(logits, self.is_suppressed, self.top_k)
-        return (stats["top_ids"], stats["top_probs"], stats["entropy"], stats["logits"], keys, values)
+        return (stats["top_ids"], stats["top_probs"], stats["entropy"], stats["logits"], *keys, *values)
 
 
 def dummy_inputs(config, length: int = 24, count: int = 8) -> tuple[Tensor, ...]:
@@ -164,9 +184,9 @@ def dummy_inputs(config, length: int = 24, count: int = 8) -> tuple[Tensor, ...]
     generator = torch.Generator().manual_seed(0)
     rows = torch.randperm(length, generator=generator)[:count].sort().values[None]  # (1, Q)
     input_ids = torch.randint(0, config.vocab_size, (1, count), generator=generator)
-    past = torch.randn(layers, 1, heads, length, dim, generator=generator)
+    past = torch.randn(2 * layers, 1, heads, length, dim, generator=generator).unbind()  # keys, then values
     gather = torch.arange(0, count, 2)[None]  # (1, K)
-    return input_ids, rows, past, past.clone(), torch.ones(1, length, dtype=torch.long), gather
+    return (input_ids, rows, torch.ones(1, length, dtype=torch.long), gather, *past)
 
 
 def export_cache_graph(model, out_dir: Path, family, is_suppressed: Tensor, top_k: int,
@@ -174,15 +194,17 @@ def export_cache_graph(model, out_dir: Path, family, is_suppressed: Tensor, top_
     """Write out_dir/cache.onnx for `model` (a loaded transformers masked LM)."""
     path = out_dir / "cache.onnx"
     step = CachedStep(model, family, is_suppressed, top_k).eval()
+    layers = cache_shape(model.config)[0]
+    past = layer_names("past_keys", layers) + layer_names("past_values", layers)
+    fresh = layer_names("keys", layers) + layer_names("values", layers)
     axes = {"input_ids": {0: "batch", 1: "rows"}, "rows": {0: "batch", 1: "rows"},
-            "past_keys": {1: "batch", 3: "length"}, "past_values": {1: "batch", 3: "length"},
             "attention_mask": {0: "batch", 1: "length"}, "gather": {0: "batch", 1: "gathered"},
             "top_ids": {0: "batch", 1: "gathered"}, "top_probs": {0: "batch", 1: "gathered"},
             "entropy": {0: "batch", 1: "gathered"}, "logits": {0: "batch", 1: "gathered"},
-            "keys": {1: "batch", 3: "rows"}, "values": {1: "batch", 3: "rows"}}
+            **{name: {0: "batch", 2: "length"} for name in past}, **{name: {0: "batch", 2: "rows"} for name in fresh}}
     with torch.no_grad():
-        torch.onnx.export(step, dummy_inputs(model.config), str(path), input_names=list(INPUT_NAMES),
-                          output_names=list(OUTPUT_NAMES), dynamic_axes=axes, opset_version=opset or 17,
+        torch.onnx.export(step, dummy_inputs(model.config), str(path), input_names=[*INPUT_NAMES, *past],
+                          output_names=[*OUTPUT_NAMES, *fresh], dynamic_axes=axes, opset_version=opset or 17,
                           dynamo=False, do_constant_folding=True)
     _tie_shared_weights(path)
     return path

@@ -105,27 +105,31 @@ def measure_cache(cache_path: Path, model, family, is_suppressed, top_k: int, vo
     must reproduce the full pass because every kept key and value is still current."""
     import onnxruntime as ort
 
+    from tie_lite import layer_names
+
     from .cache import cache_shape
 
     session = ort.InferenceSession(str(cache_path), providers=["CPUExecutionProvider"])
     layers, heads, dim = cache_shape(model.config)
-    wanted = ["top_ids", "top_probs", "entropy", "keys", "values"]
+    past = layer_names("past_keys", layers) + layer_names("past_values", layers)
+    fresh = layer_names("keys", layers) + layer_names("values", layers)
+    stats = ["top_ids", "top_probs", "entropy"]
     totals = dict(cases=0, positions=0, top1_agree=0, near_ties=0, max_prob_diff=0.0, max_entropy_diff=0.0)
     for tokens in sample_canvases(vocab_size, mask_id, max_length):
         length = tokens.size
         every = np.arange(length, dtype=np.int64)  # (L,)
         ref = torch_statistics(model, family, tokens, every, is_suppressed, top_k)
-        zeros = np.zeros((layers, 1, heads, length, dim), np.float32)  # (N, 1, h, L, d)
-        feed = {"input_ids": tokens[None], "rows": every[None], "past_keys": zeros, "past_values": zeros,
-                "attention_mask": np.ones((1, length), np.int64), "gather": every[None]}
-        outputs = session.run(wanted, feed)
+        zeros = np.zeros((1, heads, length, dim), np.float32)  # (1, h, L, d), every layer's
+        feed = {"input_ids": tokens[None], "rows": every[None], "attention_mask": np.ones((1, length), np.int64),
+                "gather": every[None], **dict.fromkeys(past, zeros)}
+        outputs = session.run(stats + fresh, feed)
         top_ids, top_probs, entropy = (x[0] for x in outputs[:3])
-        keys, values = outputs[3:]  # (N, 1, h, L, d) each
         _accumulate(totals, ref, top_ids, top_probs, entropy)
         block = np.arange(length // 4, length // 2, dtype=np.int64)  # (b,)
-        feed.update(input_ids=tokens[block][None], rows=block[None], past_keys=keys, past_values=values,
-                    gather=np.arange(block.size, dtype=np.int64)[None])
-        top_ids, top_probs, entropy = (x[0] for x in session.run(wanted[:3], feed))
+        kept = dict(zip(past, outputs[3:]))  # every layer's keys and values (1, h, L, d)
+        feed.update(input_ids=tokens[block][None], rows=block[None],
+                    gather=np.arange(block.size, dtype=np.int64)[None], **kept)
+        top_ids, top_probs, entropy = (x[0] for x in session.run(stats, feed))
         _accumulate(totals, {k: v[block] for k, v in ref.items()}, top_ids, top_probs, entropy)
     return ValidationReport(**totals)
 

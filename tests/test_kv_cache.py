@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import tie_lite
-from conftest import assert_one_line_error, run_cli
+from conftest import ROOT, assert_one_line_error, run_cli
 from tiny import save_tiny
 
 PROMPTS = ["what is two plus three ?", "the cat and the dog"]
@@ -65,6 +66,35 @@ def test_full_pass_of_the_cache_graph_matches_model_onnx(local_modernbert):
     a, b = plain.stats(tokens, positions), cached.stats(tokens, positions)
     np.testing.assert_array_equal(a.top_ids[:, 0], b.top_ids[:, 0])
     np.testing.assert_allclose(a.top_probs, b.top_probs, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["a", "b", "c"])
+def test_the_shipped_models_cache_graphs_match_their_model_onnx(name):
+    folder = ROOT / "models" / name / "onnx"
+    plain, cached = tie_lite.Model.load(folder), tie_lite.Model.load(folder, kv_cache="prefix")
+    canvas = tie_lite.build_canvas(plain, "Compute 7 - 6 + 8.", tie_lite.DecodeConfig())
+    positions = np.arange(canvas.tokens.size)
+    a, b = plain.stats(canvas.tokens, positions), cached.stats(canvas.tokens, positions)
+    np.testing.assert_array_equal(a.top_ids[:, 0], b.top_ids[:, 0])
+    np.testing.assert_allclose(a.top_probs, b.top_probs, atol=1e-5)
+
+
+def test_a_cache_graph_with_stacked_keys_is_refused_by_name(one_layer, tmp_path):
+    import shutil
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    folder = Path(shutil.copytree(one_layer["bert"], tmp_path / "old"))
+    names = ("input_ids", "rows", "past_keys", "past_values", "attention_mask", "gather")  # the first layout
+    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, None) for n in names]
+    output = helper.make_tensor_value_info("top_ids", TensorProto.INT64, None)
+    graph = helper.make_graph([helper.make_node("Identity", ["input_ids"], ["top_ids"])], "old", inputs, [output])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(folder / "cache.onnx"))
+    with pytest.raises(tie_lite.ModelError, match=r"no per-layer past_keys_i inputs \(an older cache.onnx\?\)"):
+        tie_lite.Model.load(folder, kv_cache="prefix")
+    assert_one_line_error(run_cli("--model", str(folder), "--prompt", "the cat", "--kv-cache"),
+                          "export it again with `python -m export --kv-cache`")
 
 
 def _recorded_decode(folder, mode, monkeypatch, window=None):
