@@ -47,9 +47,6 @@ PROMPT_SLOT = "{prompt}"           # where the user's text goes in a manifest's 
 POLICY_GRAPH = "policy.onnx"       # a learned unmasking policy's files inside its folder
 POLICY_CARD = "policy.json"
 CACHE_GRAPH = "cache.onnx"         # the block key/value-cache graph (python -m export --kv-cache)
-# onnxruntime fuses cache.onnx's per-layer reads of past_keys/past_values into one Split that copies
-# every layer's at once (66 MB at L = 512, ModernBERT-base); unfused, each layer's is copied when used.
-CACHE_DISABLED_OPTIMIZERS = ("GatherSliceToSplitFusion",)
 
 
 class TieLiteError(Exception):
@@ -647,8 +644,7 @@ class Model:
                              "`python -m export SOURCE OUT_DIR --kv-cache`")
         if manifest.logits_shift:
             raise ModelError(f"{folder}: --kv-cache needs a model whose logits are not shifted")
-        session = _open_session(folder / CACHE_GRAPH, provider, threads, check=_check_cache_io,
-                                disabled_optimizers=CACHE_DISABLED_OPTIMIZERS)
+        session = _open_session(folder / CACHE_GRAPH, provider, threads, check=_check_cache_io)
         return cls(folder, manifest, tokenizer, session, kv_cache=kv_cache, kv_window=kv_window)
 
     def encode(self, text: str) -> np.ndarray:
@@ -681,7 +677,7 @@ class Model:
         return stats, KVCache(keys, values, tokens.copy())
 
     def _empty_cache(self, length: int) -> KVCache:
-        """Zero keys/values for a pass that recomputes every row: one tensor on the device, read by every layer."""
+        """Zero keys/values for a pass that recomputes every row: one tensor on the device, read by all layers."""
         import onnxruntime as ort
 
         layers, heads, dim = self.cache_dims
@@ -787,8 +783,7 @@ def parse_provider(provider: str) -> tuple[str, dict]:
     return PROVIDERS[name], ({"device_id": int(device)} if device else {})
 
 
-def _open_session(path: Path, provider: str, threads: Optional[int], check: Optional[Callable] = None,
-                  disabled_optimizers: tuple = ()):
+def _open_session(path: Path, provider: str, threads: Optional[int], check: Optional[Callable] = None):
     import onnxruntime as ort
 
     if not path.is_file():
@@ -802,8 +797,7 @@ def _open_session(path: Path, provider: str, threads: Optional[int], check: Opti
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=[(wanted, provider_options)],
-                                       disabled_optimizers=list(disabled_optimizers))
+        session = ort.InferenceSession(str(path), sess_options=options, providers=[(wanted, provider_options)])
     except Exception as exc:  # onnxruntime raises its own exception types for corrupt graphs
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"cannot load ONNX graph {path}: {first_line}") from None

@@ -1,4 +1,10 @@
-"""Random-weight masked LMs of a chosen size, exported through export/, for benchmarks (needs torch)."""
+"""Random-weight masked LMs of a chosen size, exported through export/, for benchmarks (needs torch).
+
+    python bench/random_models.py OUT [--hidden 768 --layers 22 --vocab 50368 --max-length 512] [--kv-cache]
+
+The default is the size bench/vs_pytorch.py builds (ModernBERT-base's hidden size, layers and
+vocabulary; intermediate size 2 x hidden; every layer global attention).
+"""
 
 from __future__ import annotations
 
@@ -47,3 +53,25 @@ def export_random(folder: Path, arch: str, hidden: int, layers: int, vocab: int,
     export_model(hf, folder / "onnx", name=f"{arch}-{hidden}x{layers}", decode_defaults=decode_defaults,
                  log=lambda m: None, **export_options)
     return folder / "onnx"
+
+
+def main() -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(description="Write a random masked LM to OUT/hf and its export to OUT/onnx.")
+    p.add_argument("out", type=Path)
+    p.add_argument("--arch", choices=("modernbert", "bert"), default="modernbert")
+    p.add_argument("--hidden", type=int, default=768)
+    p.add_argument("--layers", type=int, default=22)
+    p.add_argument("--vocab", type=int, default=50368)
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--kv-cache", action="store_true", help="also write cache.onnx")
+    args = p.parse_args()
+    onnx_dir = export_random(args.out, args.arch, args.hidden, args.layers, args.vocab, args.max_length,
+                             kv_cache=args.kv_cache)
+    print(onnx_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
