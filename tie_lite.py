@@ -723,8 +723,9 @@ class Model:
         fresh = layer_names("keys", layers) + layer_names("values", layers) if keep else []
         for name in stats:
             binding.bind_output(name, "cpu")
+        device = self.cache_device
         for name in fresh:  # (1, h, Q, d) float32 each
-            binding.bind_output(name, *self.cache_device)
+            binding.bind_output(name, *device)
         self.session.run_with_iobinding(binding)
         outputs = binding.get_outputs()
         top_ids, top_probs, entropy, *rest = (o.numpy() for o in outputs[:len(stats)])

@@ -130,6 +130,25 @@ def test_one_full_pass_per_block_and_the_modes_rows_otherwise(local_modernbert, 
     assert sorted({tuple(r) for r in cached_rows}) == sorted(tuple(expected(b)) for b in blocks)
 
 
+def test_kept_keys_and_values_stay_onnxruntime_values_on_the_session_device(one_layer):
+    import onnxruntime as ort
+
+    model = tie_lite.Model.load(one_layer["modernbert"], kv_cache="dual")
+    tokens = model.encode(PROMPTS[1] + " " + PROMPTS[0])  # (L,)
+    every = np.arange(tokens.size)
+    stats, cache = model.prime(tokens, every)
+    layers, heads, dim = model.cache_dims
+    assert len(cache.keys) == len(cache.values) == layers
+    for value in cache.keys + cache.values:  # bound back as they are: never copied to numpy
+        assert isinstance(value, ort.OrtValue)
+        assert value.device_name() == "cpu"
+        assert value.shape() == [1, heads, tokens.size, dim]
+    rows = np.arange(2, 6)
+    again = model.cached_stats(tokens, cache, rows, np.arange(rows.size))  # nothing changed: the same
+    np.testing.assert_array_equal(again.top_ids, stats.top_ids[rows])
+    np.testing.assert_allclose(again.top_probs, stats.top_probs[rows], atol=1e-6)
+
+
 def test_cache_is_refreshed_when_a_token_outside_the_block_changes():
     tokens = np.arange(10)
     cache = tie_lite.KVCache(np.zeros(1), np.zeros(1), tokens.copy(), block=1)
