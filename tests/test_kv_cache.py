@@ -149,6 +149,18 @@ def test_kept_keys_and_values_stay_onnxruntime_values_on_the_session_device(one_
     np.testing.assert_allclose(again.top_probs, stats.top_probs[rows], atol=1e-6)
 
 
+def test_concurrent_cached_ensembles_match_serial_ones():
+    from concurrent.futures import ThreadPoolExecutor
+
+    pair = [tie_lite.Model.load(ROOT / "models" / name / "onnx", threads=1, kv_cache="prefix") for name in "ab"]
+    config = tie_lite.DecodeConfig(gen_length=32, answer_length=4, block_size=4)
+    prompts = [f"Compute {i} + {i + 3} - 2." for i in range(8)]
+    serial = [tie_lite.generate(pair, prompt, config).tokens.tolist() for prompt in prompts]
+    with ThreadPoolExecutor(max_workers=8) as pool:  # one session per model, a cache per decode
+        concurrent = list(pool.map(lambda prompt: tie_lite.generate(pair, prompt, config).tokens.tolist(), prompts))
+    assert concurrent == serial
+
+
 def test_cache_is_refreshed_when_a_token_outside_the_block_changes():
     tokens = np.arange(10)
     cache = tie_lite.KVCache(np.zeros(1), np.zeros(1), tokens.copy(), block=1)
