@@ -18,6 +18,7 @@ SETTINGS = [  # DecodeConfig options
     dict(gen_length=24, block_size=8, answer_length=8),
     dict(gen_length=16, block_size=8, strategy="threshold", threshold=0.3),
     dict(gen_length=24, block_size=8, answer_length=8, exit_threshold=0.5),
+    dict(gen_length=16, block_size=8, temperature=0.8, seed=3),  # sampling reads the logits output
 ]
 
 
