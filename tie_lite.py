@@ -657,7 +657,7 @@ class Model:
     def stats(self, tokens: np.ndarray, positions: np.ndarray, with_logits: bool = False) -> Stats:
         """Predictions at `positions` (K,) of the canvas `tokens` (L,); honours the manifest's shift."""
         if self.kv_cache:  # a full pass of cache.onnx, its keys and values not kept
-            return self._run_cache(tokens, np.arange(tokens.size), self._empty_cache(tokens.size), positions,
+            return self._run_cache(tokens, np.arange(tokens.size), self._empty_cache(), positions,
                                    with_logits, keep=False)[0]
         read_at = np.maximum(positions - self.manifest.logits_shift, 0)  # (K,) position 0 reads itself
         feed = {
@@ -673,15 +673,15 @@ class Model:
     def prime(self, tokens: np.ndarray, positions: np.ndarray, with_logits: bool = False) -> tuple:
         """(Stats at positions (K,), KVCache): a full pass of cache.onnx over the canvas tokens (L,)."""
         every = np.arange(tokens.size, dtype=np.int64)  # (L,) every row recomputed
-        stats, keys, values = self._run_cache(tokens, every, self._empty_cache(tokens.size), positions, with_logits)
+        stats, keys, values = self._run_cache(tokens, every, self._empty_cache(), positions, with_logits)
         return stats, KVCache(keys, values, tokens.copy())
 
-    def _empty_cache(self, length: int) -> KVCache:
-        """Zero keys/values for a pass that recomputes every row: one tensor on the device, read by all layers."""
+    def _empty_cache(self) -> KVCache:
+        """Nothing kept, for a pass that recomputes every row: keys/values of no position (P = 0)."""
         import onnxruntime as ort
 
         layers, heads, dim = self.cache_dims
-        empty = np.zeros((1, heads, length, dim), np.float32)  # (1, h, L, d)
+        empty = np.zeros((1, heads, 0, dim), np.float32)  # (1, h, 0, d)
         on_device = ort.OrtValue.ortvalue_from_numpy(empty, *self.cache_device)
         return KVCache([on_device] * layers, [on_device] * layers, np.zeros(0, np.int64))
 
@@ -717,7 +717,7 @@ class Model:
         for name, array in small.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(array))
         past = layer_names("past_keys", layers) + layer_names("past_values", layers)
-        for name, value in zip(past, [*cache.keys, *cache.values]):  # (1, h, L, d) float32 each
+        for name, value in zip(past, [*cache.keys, *cache.values]):  # (1, h, P, d) float32 each, P = L or 0
             binding.bind_ortvalue_input(name, value)
         stats = list(GRAPH_OUTPUTS if with_logits else GRAPH_OUTPUTS[:3])
         fresh = layer_names("keys", layers) + layer_names("values", layers) if keep else []

@@ -13,8 +13,8 @@ all after it; its DualCache: the block alone). The graph written here,
     rows            (B, Q) int64    their canvas positions, distinct, in [0, L)
     attention_mask  (B, L) int64    1 where a canvas position may be attended to
     gather          (B, K) int64    indices into the Q rows whose predictions are wanted
-    past_keys_i     (B, h, L, d) float32  layer i's keys of the canvas (rotary applied), i = 0..N-1
-    past_values_i   (B, h, L, d) float32
+    past_keys_i     (B, h, P, d) float32  layer i's kept keys (rotary applied) of canvas positions
+    past_values_i   (B, h, P, d) float32  0..P-1, i = 0..N-1; P = L, or 0 when every row is recomputed
 
 and returns the statistics of export/graph.py at the gathered rows, plus
 
@@ -28,10 +28,11 @@ stacked), and onnxruntime fused the per-layer slices of the input into one Split
 that copied every layer's at once, even for a step of a few rows (int8 + cache at
 L = 512 in bench/vs_pytorch.py: peak RSS 404 MB, against 437 MB stacked).
 
-With every row recomputed (Q = L, rows = 0..L-1) each cached entry is replaced
-and the call is an ordinary full forward whose keys and values the runtime keeps.
-With Q = the current block's rows, those rows attend to their own fresh keys and
-values and to the kept ones everywhere else: the approximation. In a one-layer
+With every row recomputed (Q = L, rows = 0..L-1) and nothing kept (P = 0) the call
+is an ordinary full forward whose keys and values the runtime keeps. With Q = the
+current block's rows and P = L, those rows attend to their own fresh keys and
+values and to the kept ones everywhere else (the kept ones at the rows' own
+positions masked, none copied): the approximation. In a one-layer
 model the kept keys and values depend only on their own unchanged tokens, so the
 approximation is exact there (tests/test_kv_cache.py holds the runtime to that).
 
@@ -54,25 +55,34 @@ INPUT_NAMES = ("input_ids", "rows", "attention_mask", "gather")  # then past_key
 OUTPUT_NAMES = ("top_ids", "top_probs", "entropy", "logits")       # then keys_i, values_i
 
 
-def scatter_index(rows: Tensor, heads: int, dim: int) -> Tensor:
-    """rows (B, Q) expanded to (B, h, Q, d): where attend writes the fresh keys/values (one per graph)."""
-    return rows[:, None, :, None].expand(rows.shape[0], heads, rows.shape[1], dim)
-
-
-def attend(query: Tensor, key: Tensor, value: Tensor, past_key: Tensor, past_value: Tensor, index: Tensor,
-           allowed: Tensor, scale: float, extra_scores: Tensor | None = None) -> Tensor:
-    """Attention of the Q recomputed rows over the canvas: their own fresh keys/values written over the
-    kept ones at `index` (scatter_index). query/key/value (B, h, Q, d); past (B, h, L, d); allowed
-    (B, 1|h, Q, L) bool. Returns (B, Q, h*d)."""
-    keys = past_key.scatter(2, index, key)  # (B, h, L, d)
-    values = past_value.scatter(2, index, value)
-    scores = torch.matmul(query, keys.transpose(-1, -2))  # (B, h, Q, L)
-    if extra_scores is not None:
-        scores = scores + extra_scores
+def attend(query: Tensor, key: Tensor, value: Tensor, past_key: Tensor, past_value: Tensor,
+           allowed_past: Tensor, allowed_fresh: Tensor, scale: float,
+           extra_past: Tensor | None = None, extra_fresh: Tensor | None = None) -> Tensor:
+    """Attention of the Q recomputed rows over the canvas: over the kept keys/values of canvas
+    positions 0..P-1 (P = L on a cached step, 0 on a full pass) and over the rows' own fresh ones,
+    which stand in for the kept ones at the rows' positions (allowed_past is False there). Nothing
+    kept is copied. query/key/value (B, h, Q, d); past (B, h, P, d); allowed_past (B, 1, 1|Q, P) and
+    allowed_fresh (B, 1, 1|Q, Q) bool; extra_* (B, h, Q, P|Q) added before scaling (relative
+    positions). Returns (B, Q, h*d)."""
+    scores = torch.cat([torch.matmul(query, past_key.transpose(-1, -2)),   # (B, h, Q, P)
+                        torch.matmul(query, key.transpose(-1, -2))], -1)   # (B, h, Q, Q)
+    if extra_past is not None:
+        scores = scores + torch.cat([extra_past, extra_fresh], -1)
+    allowed = torch.cat([allowed_past, allowed_fresh], -1)  # (B, 1, 1|Q, P + Q)
     scores = (scores * scale).masked_fill(~allowed, torch.finfo(scores.dtype).min)
-    context = torch.matmul(torch.softmax(scores, dim=-1), values)  # (B, h, Q, d)
+    probs = torch.softmax(scores, dim=-1)  # (B, h, Q, P + Q)
+    kept = past_key.shape[2]
+    context = torch.matmul(probs[..., :kept], past_value) + torch.matmul(probs[..., kept:], value)  # (B, h, Q, d)
     batch, heads, count, dim = context.shape
     return context.transpose(1, 2).reshape(batch, count, heads * dim)
+
+
+def visible(rows: Tensor, attention_mask: Tensor, kept: int) -> tuple[Tensor, Tensor]:
+    """Which kept positions (B, P) and which fresh rows (B, Q) the rows may attend to: the
+    attention mask's, minus the kept positions the rows themselves replace."""
+    canvas = torch.arange(kept, device=rows.device)  # (P,)
+    replaced = (rows[:, :, None] == canvas[None, None, :]).any(dim=1)  # (B, P)
+    return attention_mask[:, :kept].bool() & ~replaced, attention_mask.gather(1, rows).bool()
 
 
 def _modernbert_layers(model, input_ids: Tensor, rows: Tensor, past_keys: list, past_values: list,
@@ -85,12 +95,14 @@ def _modernbert_layers(model, input_ids: Tensor, rows: Tensor, past_keys: list, 
     base, config = model.model, model.config
     batch, count = input_ids.shape
     hidden = base.embeddings(input_ids=input_ids)  # (B, Q, H)
-    keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, L)
-    canvas = torch.arange(past_keys[0].shape[2], device=rows.device)  # (L,)
-    distance = (rows[:, :, None] - canvas[None, None, :]).abs()  # (B, Q, L)
-    in_window = keep & (distance <= config.local_attention // 2)[:, None]  # (B, 1, Q, L)
-    _, heads, _, dim = past_keys[0].shape
-    index = scatter_index(rows, heads, dim)  # (B, h, Q, d)
+    kept = past_keys[0].shape[2]
+    see_past, see_fresh = visible(rows, attention_mask, kept)  # (B, P), (B, Q)
+    canvas = torch.arange(kept, device=rows.device)  # (P,)
+    half = config.local_attention // 2
+    near_past = (rows[:, :, None] - canvas[None, None, :]).abs() <= half  # (B, Q, P)
+    near_fresh = (rows[:, :, None] - rows[:, None, :]).abs() <= half  # (B, Q, Q)
+    everywhere = see_past[:, None, None, :], see_fresh[:, None, None, :]  # (B, 1, 1, P), (B, 1, 1, Q)
+    in_window = (see_past[:, None, :] & near_past)[:, None], (see_fresh[:, None, :] & near_fresh)[:, None]
     keys, values = [], []
     for i, layer in enumerate(base.layers):
         attn = layer.attn
@@ -98,8 +110,8 @@ def _modernbert_layers(model, input_ids: Tensor, rows: Tensor, past_keys: list, 
         cos, sin = attn.rotary_emb(qkv, position_ids=rows)
         query, key, value = qkv.transpose(3, 1).unbind(dim=2)  # (B, h, Q, d) each
         query, key = apply_rotary_pos_emb(query, key, cos, sin)
-        allowed = keep if attn.local_attention == (-1, -1) else in_window
-        context = attend(query, key, value, past_keys[i], past_values[i], index, allowed, attn.head_dim ** -0.5)
+        allowed = everywhere if attn.local_attention == (-1, -1) else in_window
+        context = attend(query, key, value, past_keys[i], past_values[i], *allowed, attn.head_dim ** -0.5)
         hidden = hidden + attn.Wo(context)
         hidden = hidden + layer.mlp(layer.mlp_norm(hidden))
         keys.append(key), values.append(value)
@@ -112,10 +124,11 @@ def _bert_layers(model, input_ids: Tensor, rows: Tensor, past_keys: list, past_v
     bert = model.bert
     batch, count = input_ids.shape
     hidden = bert.embeddings(input_ids=input_ids, position_ids=rows)  # (B, Q, H)
-    allowed = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, L)
-    canvas = torch.arange(past_keys[0].shape[2], device=rows.device)  # (L,)
-    _, heads, _, dim = past_keys[0].shape
-    index = scatter_index(rows, heads, dim)  # (B, h, Q, d)
+    kept = past_keys[0].shape[2]
+    see_past, see_fresh = visible(rows, attention_mask, kept)  # (B, P), (B, Q)
+    allowed = see_past[:, None, None, :], see_fresh[:, None, None, :]  # (B, 1, 1, P), (B, 1, 1, Q)
+    canvas = torch.arange(kept, device=rows.device)  # (P,)
+    distances = rows[:, :, None] - canvas[None, None, :], rows[:, :, None] - rows[:, None, :]  # (B, Q, P|Q)
     keys, values = [], []
     for i, layer in enumerate(bert.encoder.layer):
         self_attn = layer.attention.self
@@ -125,12 +138,12 @@ def _bert_layers(model, input_ids: Tensor, rows: Tensor, past_keys: list, past_v
             return x.view(batch, count, heads, dim).transpose(1, 2)  # (B, h, Q, d)
 
         query, key, value = (split(proj(hidden)) for proj in (self_attn.query, self_attn.key, self_attn.value))
-        relative = None
+        relative = ()
         if self_attn.position_embedding_type == "relative_key":
-            distance = rows[:, :, None] - canvas[None, None, :]  # (B, Q, L)
-            table = self_attn.distance_embedding(distance + self_attn.max_position_embeddings - 1)  # (B, Q, L, d)
-            relative = torch.einsum("bhqd,bqld->bhql", query, table)
-        context = attend(query, key, value, past_keys[i], past_values[i], index, allowed, dim ** -0.5, relative)
+            offset = self_attn.max_position_embeddings - 1
+            relative = tuple(torch.einsum("bhqd,bqkd->bhqk", query, self_attn.distance_embedding(d + offset))
+                             for d in distances)  # (B, h, Q, P), (B, h, Q, Q)
+        context = attend(query, key, value, past_keys[i], past_values[i], *allowed, dim ** -0.5, *relative)
         attended = layer.attention.output(context, hidden)
         hidden = layer.output(layer.intermediate(attended), attended)
         keys.append(key), values.append(value)

@@ -119,9 +119,9 @@ def measure_cache(cache_path: Path, model, family, is_suppressed, top_k: int, vo
         length = tokens.size
         every = np.arange(length, dtype=np.int64)  # (L,)
         ref = torch_statistics(model, family, tokens, every, is_suppressed, top_k)
-        zeros = np.zeros((1, heads, length, dim), np.float32)  # (1, h, L, d), every layer's
+        nothing = np.zeros((1, heads, 0, dim), np.float32)  # (1, h, P = 0, d): nothing kept, every layer
         feed = {"input_ids": tokens[None], "rows": every[None], "attention_mask": np.ones((1, length), np.int64),
-                "gather": every[None], **dict.fromkeys(past, zeros)}
+                "gather": every[None], **dict.fromkeys(past, nothing)}
         outputs = session.run(stats + fresh, feed)
         top_ids, top_probs, entropy = (x[0] for x in outputs[:3])
         _accumulate(totals, ref, top_ids, top_probs, entropy)
