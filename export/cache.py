@@ -88,7 +88,7 @@ def visible(rows: Tensor, attention_mask: Tensor, kept: int) -> tuple[Tensor, Te
 def _modernbert_layers(model, input_ids: Tensor, rows: Tensor, past_keys: list, past_values: list,
                        attention_mask: Tensor) -> tuple[Tensor, list, list]:
     """ModernBERT's encoder over the Q rows: rotary at the rows' canvas positions, the local layers'
-    sliding window measured in canvas positions. past_keys/past_values: N tensors (B, h, L, d).
+    sliding window measured in canvas positions. past_keys/past_values: N tensors (B, h, P, d).
     Returns hidden (B, Q, H), and the rows' keys and values: N tensors (B, h, Q, d) each."""
     from transformers.models.modernbert.modeling_modernbert import apply_rotary_pos_emb
 
@@ -141,8 +141,8 @@ def _bert_layers(model, input_ids: Tensor, rows: Tensor, past_keys: list, past_v
         relative = ()
         if self_attn.position_embedding_type == "relative_key":
             offset = self_attn.max_position_embeddings - 1
-            relative = tuple(torch.einsum("bhqd,bqkd->bhqk", query, self_attn.distance_embedding(d + offset))
-                             for d in distances)  # (B, h, Q, P), (B, h, Q, Q)
+            relative = tuple(torch.einsum("bhqd,bqkd->bhqk", query, self_attn.distance_embedding(distance + offset))
+                             for distance in distances)  # (B, h, Q, P), (B, h, Q, Q)
         context = attend(query, key, value, past_keys[i], past_values[i], *allowed, dim ** -0.5, *relative)
         attended = layer.attention.output(context, hidden)
         hidden = layer.output(layer.intermediate(attended), attended)
