@@ -690,13 +690,13 @@ class Model:
         """Predictions at rows[gather] (K,), recomputing only the canvas `rows` (Q,) over the kept cache."""
         return self._run_cache(tokens, rows, cache, gather, with_logits, keep=False)[0]
 
-    @property
+    @functools.cached_property
     def cache_dims(self) -> tuple:
         """(layers N, heads h, head dim d) of cache.onnx's keys and values."""
         past = [i for i in self.session.get_inputs() if i.name.startswith("past_keys_")]
         return len(past), past[0].shape[1], past[0].shape[3]
 
-    @property
+    @functools.cached_property
     def cache_device(self) -> tuple:
         """("cpu", 0) or ("cuda", N): where the session keeps the keys and values it returns."""
         options = self.session.get_provider_options().get("CUDAExecutionProvider")
@@ -723,9 +723,8 @@ class Model:
         fresh = layer_names("keys", layers) + layer_names("values", layers) if keep else []
         for name in stats:
             binding.bind_output(name, "cpu")
-        device = self.cache_device
         for name in fresh:  # (1, h, Q, d) float32 each
-            binding.bind_output(name, *device)
+            binding.bind_output(name, *self.cache_device)
         self.session.run_with_iobinding(binding)
         outputs = binding.get_outputs()
         top_ids, top_probs, entropy, *rest = (o.numpy() for o in outputs[:len(stats)])
