@@ -14,7 +14,11 @@ too). The tie-lite side is `tie_lite.generate` on the exported graph. Both decod
 the same prompt (the canvas padded to --length with prompt tokens), interleaved,
 and the script checks the outputs are token-identical, then prints the median time
 ratio, the graph's forward time against this machine's measured float32 GEMM rate,
-and `import tie_lite` time. Without --model-dir it builds a random ModernBERT of the
+and `import tie_lite` time. It also prints the exact ceiling: the PyTorch loop's time
+over the time the fewest matmul FLOPs any exact decode needs would take at that GEMM
+rate, with everything else free; no token-identical runtime can beat that ratio on this
+machine (the GEMM rate uses every core, so with --threads below the core count the
+ceiling is loose). Without --model-dir it builds a random ModernBERT of the
 given size (ModernBERT-base: hidden 768, 22 layers, vocab 50368). Needs torch.
 
 --kv-cache MODE also times tie-lite with the block key/value cache (export --kv-cache,
@@ -102,20 +106,68 @@ def torch_loop(model, prompt_ids: list, gen: int, mask_id: int, vocab_size: int)
     return x[0, start:].tolist()
 
 
-def gemm_gflops(threads: int, n: int = 1024, repeats: int = 10) -> float:
-    """This machine's float32 GEMM rate through numpy/BLAS, the limit a forward can approach."""
-    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-    a @ a
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        a @ a
-    return 2 * n ** 3 * repeats / (time.perf_counter() - t0) / 1e9
+def gemm_gflops(shapes, use_torch: bool = False, repeats: int = 10) -> float:
+    """This machine's float32 GEMM rate, the limit a forward can approach: the best numpy (BLAS,
+    every core) rate over `shapes`, (m, k, n) products. With use_torch, PyTorch's own best
+    rate over the same shapes, with its set thread count."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    best = 0.0
+    for m, k, n in shapes:
+        a = rng.standard_normal((m, k), dtype=np.float32)  # (m, k)
+        b = rng.standard_normal((k, n), dtype=np.float32)  # (k, n)
+        if use_torch:
+            a, b = torch.from_numpy(a), torch.from_numpy(b)
+        a @ b
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = max(best, 2 * m * k * n * repeats / (time.perf_counter() - t0) / 1e9)
+    return best
 
 
-def forward_gflop(hidden: int, layers: int, length: int, intermediate: int) -> float:
-    """Approximate float ops of one encoder forward (attention + MLP matmuls), LM head excluded."""
-    per_layer = 2 * length * (4 * hidden * hidden + 3 * hidden * intermediate) + 4 * length * length * hidden
-    return layers * per_layer / 1e9
+def mlp_in_width(cfg) -> int:
+    """Width of the MLP's input projection: ModernBERT's is gated (2 x intermediate), BERT's not."""
+    return 2 * cfg.intermediate_size if cfg.model_type == "modernbert" else cfg.intermediate_size
+
+
+def model_shapes(cfg, length: int) -> list:
+    """The (m, k, n) products of one layer's linear maps on the whole canvas."""
+    h, inter = cfg.hidden_size, cfg.intermediate_size
+    return [(length, h, 3 * h), (length, h, mlp_in_width(cfg)), (length, inter, h)]
+
+
+def row_gflop(cfg) -> float:
+    """Float ops of one row through one layer's linear maps (Wqkv, Wo, the MLP's two)."""
+    h = cfg.hidden_size
+    return 2 * (4 * h * h + (mlp_in_width(cfg) + cfg.intermediate_size) * h)
+
+
+def forward_gflop(cfg, length: int) -> float:
+    """Float ops of one encoder forward's matmuls (linear maps and attention), LM head excluded."""
+    per_layer = length * row_gflop(cfg) + 4 * length * length * cfg.hidden_size
+    return cfg.num_hidden_layers * per_layer / 1e9
+
+
+def exact_decode_gflop(cfg, length: int, gen: int) -> float:
+    """The fewest matmul float ops an exact (token-identical) decode of `gen` masks, one per step,
+    can do. Every step runs every layer on every row, except what nothing reads: the last layer's
+    queries, attention and the maps after them for rows other than the block's masks (their keys
+    and values are still read), the first layer's Wqkv for rows unchanged since the step before
+    (its input is the row's embedding), and the LM head on rows other than the masks."""
+    h, layers, vocab = cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size
+    row, key_value, qkv = row_gflop(cfg), 2 * 2 * h * h, 2 * 3 * h * h  # per row
+    attention = 4 * length * h  # one query row against every key and value
+    total = 0
+    for step in range(gen):
+        masked = gen - step
+        unchanged = 0 if step == 0 else length - 1
+        first = length * (row + attention) - unchanged * qkv
+        last = length * key_value + masked * (row - key_value + attention)
+        head = masked * 2 * (h * h + h * vocab)
+        total += first + (layers - 2) * length * (row + attention) + last + head
+    return total / 1e9
 
 
 def import_time() -> float:
@@ -229,17 +281,22 @@ def main() -> int:
         reference = llada if args.reference == "llada" else lean
         identical = decoded(engine, prompt_text, config) == expected
         cfg = model.config
-        flop = forward_gflop(cfg.hidden_size, cfg.num_hidden_layers, canvas.tokens.size, cfg.intermediate_size)
+        length = canvas.tokens.size
         per_forward = np.median(t_lite) / args.gen
+        shapes = model_shapes(cfg, length)
+        gemm = gemm_gflops(shapes + [(1024,) * 3, (2048,) * 3])
+        ceiling = np.median(t_llada) * gemm / exact_decode_gflop(cfg, length, args.gen)
+        speedup = np.median(t_llada) / np.median(t_lite)
         print(f"model: {hf_dir if args.model_dir else 'random ModernBERT'} hidden={cfg.hidden_size} "
               f"layers={cfg.num_hidden_layers} vocab={cfg.vocab_size}; L={args.length}, {args.gen} steps, "
               f"threads={args.threads}, repeats={args.repeats}")
         print(f"outputs token-identical: {identical} (the two PyTorch loops agree: {loops_agree})")
-        print(f"PyTorch loop (LLaDA's generate, float64 softmax) / tie-lite: "
-              f"{np.median(t_llada) / np.median(t_lite):.2f}x")
+        print(f"PyTorch loop (LLaDA's generate, float64 softmax) / tie-lite: {speedup:.2f}x")
         print(f"PyTorch loop (lean, float32 softmax) / tie-lite: {np.median(t_lean) / np.median(t_lite):.2f}x")
-        print(f"tie-lite forward: ~{flop / per_forward:.1f} GFLOP/s vs float32 GEMM {gemm_gflops(args.threads):.1f} "
-              f"GFLOP/s on this machine")
+        print(f"tie-lite forward: ~{forward_gflop(cfg, length) / per_forward:.1f} GFLOP/s vs float32 GEMM "
+              f"{gemm:.1f} GFLOP/s on this machine (PyTorch's matmul on the model's shapes: {gemm_gflops(shapes, use_torch=True):.1f})")
+        print(f"exact ceiling: PyTorch loop (LLaDA's) / the fewest exact FLOPs at the GEMM rate: {ceiling:.2f}x "
+              f"(tie-lite's {speedup:.2f}x is {speedup / ceiling:.0%} of it)")
         rss, graph = peak_rss(onnx_dir, prompt_text, args.gen, args.threads)
         print(f"peak RSS {rss:.0f} MB; graph {graph:.0f} MB, so 1.3 x graph + 150 MB = {1.3 * graph + 150:.0f} MB")
         variants = [("fp32 + K/V cache", onnx_dir, args.kv_cache)] if args.kv_cache else []
