@@ -224,8 +224,8 @@ def quantized_copy(onnx_dir: Path, dest: Path, model) -> Path:
 
 
 def timed_decodes(engine, prompt_text: str, config, repeats: int, *references) -> tuple[list, ...]:
-    """Interleaved wall times of each PyTorch loop and of tie-lite's decode, `repeats` each:
-    one list per reference, then tie-lite's."""
+    """Interleaved wall times of each reference (a PyTorch loop, the matmul floor) and of
+    tie-lite's decode, `repeats` each: one list per reference, then tie-lite's."""
     import tie_lite
 
     times = [[] for _ in range(len(references) + 1)]
