@@ -8,12 +8,26 @@ import numpy as np
 
 import task
 
-SPECIALS = ["[PAD]", "[UNK]", "[MASK]", "[EOS]"]  # ids 0..3 in both tokenizers
+SPECIALS = ["[PAD]", "[UNK]", "[MASK]", "[EOS]"]  # ids 0..3 in the "char" and "bpe" tokenizers
+# "bpe-words" takes the special tokens of the dLLM project's A2D (Qwen) checkpoints, so a model trained
+# with it exports as those do (family a2d-qwen: mask "<|mask|>", end of turn "<|im_end|>").
+QWEN_SPECIALS = ["<|endoftext|>", "<|mask|>", "<|im_end|>"]  # ids 0..2: EOS (= pad), mask, end of turn
+
+
+def _bpe_texts(train_examples):
+    texts = []
+    for e in train_examples:
+        texts += [task.PROMPT_PREFIX + e["prompt"] + task.PROMPT_SUFFIX, e["reasoning"], e["answer"]]
+    return texts + [task.MARKER] * 1000
 
 
 def build_tokenizer(kind: str, train_examples=None, bpe_vocab: int = 300):
     """T1 = "char": one token per character (printable ASCII + newline).
-    T2 = "bpe": byte-level BPE (digits always split) trained on the train split."""
+    T2 = "bpe": byte-level BPE (digits always split) trained on the train split.
+    T3 = "bpe-words": byte-level BPE whose merges stay inside runs of letters: every digit, operator,
+    space and newline is a token of its own, so an operator in the prompt is the same token as in the
+    reasoning (under "bpe", " -" in the prompt is one token and "-" in the reasoning another).
+    Qwen-style special tokens (QWEN_SPECIALS)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -32,11 +46,9 @@ def build_tokenizer(kind: str, train_examples=None, bpe_vocab: int = 300):
         trainer = trainers.BpeTrainer(vocab_size=bpe_vocab, special_tokens=SPECIALS,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                       show_progress=False)
-        texts = []
-        for e in train_examples:
-            texts += [task.PROMPT_PREFIX + e["prompt"] + task.PROMPT_SUFFIX, e["reasoning"], e["answer"]]
-        texts += [task.MARKER] * 1000
-        tk.train_from_iterator(texts, trainer)
+        tk.train_from_iterator(_bpe_texts(train_examples), trainer)
+    elif kind == "bpe-words":
+        return _bpe_words_tokenizer(train_examples, bpe_vocab)
     else:
         raise ValueError(kind)
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, mask_token="[MASK]", eos_token="[EOS]",
@@ -45,6 +57,65 @@ def build_tokenizer(kind: str, train_examples=None, bpe_vocab: int = 300):
     for i, s in enumerate(SPECIALS):
         assert tok.convert_tokens_to_ids(s) == i, (s, tok.convert_tokens_to_ids(s))
     return tok
+
+
+def _bpe_words_tokenizer(train_examples, bpe_vocab):
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"[^A-Za-z]"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=bpe_vocab, special_tokens=QWEN_SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tk.train_from_iterator(_bpe_texts(train_examples), trainer)
+    eos, mask, end_of_turn = QWEN_SPECIALS
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, mask_token=mask, eos_token=eos, pad_token=eos,
+                                  additional_special_tokens=[end_of_turn], clean_up_tokenization_spaces=False)
+    for i, s in enumerate(QWEN_SPECIALS):
+        assert tok.convert_tokens_to_ids(s) == i, (s, tok.convert_tokens_to_ids(s))
+    return tok
+
+
+def tokenizer_kind(tok) -> str:
+    """The build_tokenizer kind a loaded tokenizer was built as."""
+    if type(tok.backend_tokenizer.model).__name__ != "BPE":
+        return "char"
+    return "bpe-words" if tok.mask_token == QWEN_SPECIALS[1] else "bpe"
+
+
+DECODER_TYPES = {"qwen3"}  # causal-LM classes run with a bidirectional mask (saved as a2d-qwen3)
+
+
+def bidirectional_mask(attention_mask):
+    """(B, L) 0/1 -> (B, 1, L, L) bool: every position attends to every unpadded one. transformers'
+    decoder classes take a 4D mask as given, so a Qwen model runs as the bidirectional MDLM it is."""
+    keep = attention_mask.bool()[:, None, None, :]
+    return keep.expand(-1, 1, attention_mask.shape[1], -1)
+
+
+def forward_logits(model, input_ids, attention_mask=None):
+    """(B, L, V) logits of an encoder masked LM, or of a decoder run bidirectionally."""
+    if model.config.model_type in DECODER_TYPES:
+        import torch
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return model(input_ids=input_ids, attention_mask=bidirectional_mask(attention_mask)).logits
+    return model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def load_model(ckpt_dir):
+    """A checkpoint written by train_mdlm.py: an encoder masked LM, or an A2D (model_type a2d-qwen3)."""
+    with open(os.path.join(ckpt_dir, "config.json")) as f:
+        config = json.load(f)
+    if config["model_type"] == "a2d-qwen3":
+        from transformers import Qwen3Config, Qwen3ForCausalLM
+        config.pop("model_type")
+        return Qwen3ForCausalLM.from_pretrained(ckpt_dir, config=Qwen3Config(**config), attn_implementation="sdpa")
+    from transformers import AutoModelForMaskedLM
+    return AutoModelForMaskedLM.from_pretrained(ckpt_dir)
 
 
 def enc(tok, text):
@@ -58,8 +129,8 @@ class Layout:
                  marker=task.MARKER, max_length=task.MAX_LENGTH):
         self.tok, self.R, self.A = tok, R, A
         self.prefix, self.suffix, self.marker, self.max_length = prefix, suffix, marker, max_length
-        self.eos = tok.convert_tokens_to_ids("[EOS]")
-        self.mask = tok.convert_tokens_to_ids("[MASK]")
+        self.eos = tok.eos_token_id
+        self.mask = tok.mask_token_id
         self.marker_ids = enc(tok, marker)
 
     def prompt_ids(self, prompt):
@@ -91,8 +162,8 @@ class Layout:
     def to_dict(self):
         return {"prompt_prefix": self.prefix, "prompt_suffix": self.suffix, "marker": self.marker,
                 "R": self.R, "A": self.A, "max_length": self.max_length,
-                "marker_ids": self.marker_ids, "mask_token": "[MASK]", "eos_token": "[EOS]",
-                "pad_token": "[PAD]", "unk_token": "[UNK]", "mask_id": self.mask, "eos_id": self.eos}
+                "marker_ids": self.marker_ids, "mask_token": self.tok.mask_token, "eos_token": self.tok.eos_token,
+                "pad_token": self.tok.pad_token, "unk_token": self.tok.unk_token, "mask_id": self.mask, "eos_id": self.eos}
 
 
 def bucket_by_prompt_length(layout, examples):

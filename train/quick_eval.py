@@ -15,7 +15,7 @@ import time
 import torch
 
 import task
-from common import Layout, load_args
+from common import Layout, forward_logits, load_args, load_model
 
 
 @torch.no_grad()
@@ -40,7 +40,7 @@ def greedy_decode(model, layout, prompts, block_size=16, batch_size=64):
             for b in range(0, len(resp), block_size):
                 block = torch.tensor(resp[b:b + block_size])
                 for _ in range(block_size):
-                    logits = model(input_ids=ids).logits[:, block].float()
+                    logits = forward_logits(model, ids)[:, block].float()
                     conf = logits.softmax(-1).max(-1)
                     top_p, top_id = conf.values, conf.indices
                     top_p = top_p.masked_fill(ids[:, block] != layout.mask, -1.0)
@@ -78,7 +78,7 @@ def greedy_decode_padded(model, layout, prompts, block_size=16, batch_size=256):
         for b in range(0, R + A, block_size):
             block = resp[:, b:b + block_size]  # (n, bs)
             for _ in range(block.shape[1]):
-                logits = model(input_ids=ids, attention_mask=att).logits  # (n, L, V)
+                logits = forward_logits(model, ids, att)  # (n, L, V)
                 logits = logits[rows[:, None], block].float()  # (n, bs, V)
                 conf = logits.softmax(-1).max(-1)
                 top_p = conf.values.masked_fill(ids[rows[:, None], block] != layout.mask, -1.0)
@@ -109,9 +109,9 @@ def main(argv=None):
     ap.add_argument("--show", type=int, default=3, help="print this many decoded examples")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from transformers import AutoModelForMaskedLM, AutoTokenizer
+    from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(args.ckpt)
-    model = AutoModelForMaskedLM.from_pretrained(args.ckpt)
+    model = load_model(args.ckpt)
     a = load_args(args.ckpt)["layout"]
     layout = Layout(tok, R=a["R"], A=a["A"], prefix=a["prompt_prefix"], suffix=a["prompt_suffix"],
                     marker=a["marker"], max_length=a["max_length"])

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import task  # noqa: E402
-from common import Layout, bucket_by_prompt_length, build_tokenizer  # noqa: E402
+from common import (Layout, bucket_by_prompt_length, build_tokenizer, forward_logits, load_model,  # noqa: E402
+                    tokenizer_kind)
 from quick_eval import evaluate  # noqa: E402
 
 
@@ -51,6 +52,14 @@ def make_model(args, tok):
             attention_probs_dropout_prob=0.0, tie_word_embeddings=True,
             position_embedding_type=args.bert_positions, **ids)
         model = BertForMaskedLM(cfg)
+    elif args.arch == "a2d-qwen3":  # the dLLM project's A2D layout: Qwen3 weights, bidirectional attention
+        from transformers import Qwen3Config, Qwen3ForCausalLM
+        cfg = Qwen3Config(
+            vocab_size=len(tok), hidden_size=args.hidden, intermediate_size=args.intermediate,
+            num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+            head_dim=args.hidden // args.heads, max_position_embeddings=task.MAX_LENGTH, rope_theta=10000.0,
+            attention_dropout=0.0, tie_word_embeddings=True, bos_token_id=tok.eos_token_id, **ids)
+        model = Qwen3ForCausalLM(cfg)
     else:
         raise ValueError(args.arch)
     return model
@@ -67,6 +76,13 @@ def save(model, tok, layout, args, out, extra):
     os.makedirs(out, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
+    if args.arch == "a2d-qwen3":  # as dllm saves its A2D checkpoints; export reads the family from it
+        path = os.path.join(out, "config.json")
+        with open(path) as f:
+            config = json.load(f)
+        config["model_type"] = "a2d-qwen3"
+        with open(path, "w") as f:
+            json.dump(config, f, indent=2)
     info = {"task": "tie-lite arithmetic (train/task.py)", "layout": layout.to_dict(),
             "difficulty": {"N_OPS": task.N_OPS, "FIRST_RANGE": task.FIRST_RANGE, "ADD_RANGE": task.ADD_RANGE, "MUL_RANGE": task.MUL_RANGE,
                            "MAX_VALUE": task.MAX_VALUE, "MUL_MAX_VALUE": task.MUL_MAX_VALUE},
@@ -78,8 +94,8 @@ def save(model, tok, layout, args, out, extra):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--arch", default="modernbert", choices=["modernbert", "bert"])
-    ap.add_argument("--tokenizer", default="char", choices=["char", "bpe"])
+    ap.add_argument("--arch", default="modernbert", choices=["modernbert", "bert", "a2d-qwen3"])
+    ap.add_argument("--tokenizer", default="char", choices=["char", "bpe", "bpe-words"])
     ap.add_argument("--bpe_vocab", type=int, default=300)
     ap.add_argument("--bert_positions", default="relative_key", choices=["absolute", "relative_key"],
                     help="BERT's position embeddings; relative positions learn the layout far faster here, "
@@ -87,6 +103,7 @@ def main(argv=None):
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--kv_heads", type=int, default=2, help="key/value heads (a2d-qwen3's grouped-query attention)")
     ap.add_argument("--intermediate", type=int, default=256)
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=64)
@@ -124,7 +141,7 @@ def main(argv=None):
     if args.init_from:
         from transformers import AutoTokenizer
         tok = AutoTokenizer.from_pretrained(args.init_from)
-        args.tokenizer = "bpe" if type(tok.backend_tokenizer.model).__name__ == "BPE" else "char"
+        args.tokenizer = tokenizer_kind(tok)
     else:
         tok = build_tokenizer(args.tokenizer, train, bpe_vocab=args.bpe_vocab)
     layout = Layout(tok)
@@ -133,12 +150,12 @@ def main(argv=None):
     weights = np.array([len(buckets[k]) for k in keys], dtype=np.float64)
     weights /= weights.sum()
     if args.init_from:
-        from transformers import AutoModelForMaskedLM
-        model = AutoModelForMaskedLM.from_pretrained(args.init_from)
+        model = load_model(args.init_from)
         c = model.config  # record the loaded model's shape, not the command-line defaults
         args.hidden, args.layers = c.hidden_size, c.num_hidden_layers
         args.heads, args.intermediate = c.num_attention_heads, c.intermediate_size
-        args.arch = "bert" if c.model_type == "bert" else "modernbert"
+        args.arch = {"bert": "bert", "qwen3": "a2d-qwen3"}.get(c.model_type, "modernbert")
+        args.kv_heads = getattr(c, "num_key_value_heads", args.kv_heads)
     else:
         model = make_model(args, tok)
     n_params = sum(p.numel() for p in model.parameters())
@@ -182,7 +199,7 @@ def main(argv=None):
         inp = x.masked_fill(masked, layout.mask)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args)
-        logits = model(input_ids=inp).logits  # (B, L, V)
+        logits = forward_logits(model, inp)  # (B, L, V)
         ce = F.cross_entropy(logits[masked].float(), x[masked], reduction="none")
         w = (1.0 / t)[:, None].expand_as(x)[masked]
         loss = (ce * w).sum() / (B * n_resp)
