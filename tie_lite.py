@@ -20,6 +20,7 @@ import hashlib
 import itertools
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -28,7 +29,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-import numpy as np
+
+def _quiet_interrupt(signum, frame) -> None:
+    os.write(2, b"\ninterrupted\n")
+    os._exit(130)
+
+
+if __name__ == "__main__" or os.path.basename(sys.argv[0]) == "tie-lite":
+    # Run as the CLI: a Ctrl-C during the imports below exits 130 with one line, as main() does later.
+    signal.signal(signal.SIGINT, _quiet_interrupt)
+
+import numpy as np  # noqa: E402
 
 __all__ = [
     "TieLiteError", "ConfigError", "ModelError",
@@ -40,6 +51,8 @@ __all__ = [
     "Policy", "load_policy", "policy_features", "POLICY_FEATURES", "KVCache", "KV_CACHE_MODES",
     "SCHEMA_VERSION", "MANIFEST_NAME",
 ]
+
+__version__ = "0.1.0"
 
 SCHEMA_VERSION = 1                 # tie_lite.json schema this runtime reads and export writes
 MANIFEST_NAME = "tie_lite.json"    # the manifest's file name inside a model folder
@@ -70,17 +83,20 @@ CONFIDENCES = ("top1", "margin", "entropy")
 STEPPED = ("schedule", "dream", "ass")     # strategies whose step count is set by `steps`
 COUNTED = ("schedule", "topk", "dream", "ass")  # strategies that commit a number of positions a step
 DECODE_OPTIONS = ("gen_length", "answer_length", "block_size")  # lengths a manifest may recommend
+FALLBACK_LENGTHS = {"gen_length": 64, "answer_length": 0, "block_size": 16}  # when neither caller nor model sets one
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 KV_CACHE_MODES = ("prefix", "dual")  # rows a cached step recomputes: block and all after it / block only
 
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    """How one model decodes. Defaults are the CLI's defaults."""
+    """How one model decodes. Defaults are the CLI's defaults; unset lengths come from the model."""
 
-    gen_length: int = 64           # masked positions generated after the prompt (reasoning + answer)
-    answer_length: int = 0         # > 0: reasoning-as-infilling, the last answer_length masks follow the marker
-    block_size: int = 16           # semi-autoregressive block, in masked positions
+    # The three lengths: None (unset) takes the model's recommendation (its manifest's decode_defaults),
+    # else FALLBACK_LENGTHS, when generate() resolves the config for the (first) model: `for_model`.
+    gen_length: Optional[int] = None     # masked positions generated after the prompt (reasoning + answer)
+    answer_length: Optional[int] = None  # > 0: reasoning-as-infilling, the last answer_length masks follow the marker
+    block_size: Optional[int] = None     # semi-autoregressive block, in masked positions (strategy ass: gen_length)
     steps: Optional[int] = None    # strategy "schedule": total steps; None = gen_length (one token per step)
     strategy: str = "schedule"     # schedule (LLaDA low-confidence), threshold (commit p > threshold), topk
     threshold: float = 0.9         # strategy "threshold": commit every masked position above it (>= 1 a step)
@@ -103,35 +119,62 @@ class DecodeConfig:
     seed: int = 0                  # seeds the sampler's np.random.Generator (used when temperature > 0)
 
     def __post_init__(self):
-        _require_ints(self, ("gen_length", "answer_length", "block_size", "tokens_per_step", "seed"))
-        _require(self.gen_length > 0, f"gen_length must be positive, got {self.gen_length}")
-        _require(self.block_size > 0, f"block_size must be positive, got {self.block_size}")
-        _require(self.gen_length % self.block_size == 0,
-                 f"gen_length {self.gen_length} is not divisible by block_size {self.block_size}")
-        _require(0 <= self.answer_length < self.gen_length,
-                 f"answer_length must be in [0, gen_length={self.gen_length}), got {self.answer_length}")
+        """Checks each option alone now, and the rules that need the lengths once all three are known."""
+        lengths = [name for name in DECODE_OPTIONS if getattr(self, name) is not None]
+        _require_ints(self, (*lengths, "tokens_per_step", "seed"))
         _require(self.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.strategy == "ass":
-            self._check_ass()
         _require((self.strategy == "policy") == (self.policy is not None),
                  f"strategy 'policy' and a policy folder go together, got strategy {self.strategy!r} "
                  f"with policy {self.policy!r}")
-        _require(self.gen_length - self.answer_length in self.block_bounds,
-                 f"answer_length {self.answer_length} does not start on a block boundary "
-                 "(a block may not hold both reasoning and answer positions)")
-        self._check_steps()
+        _require(self.steps is None or self.strategy in STEPPED,
+                 f"steps applies only to strategies {STEPPED}, not {self.strategy!r}")
         _require(0.0 < self.threshold < 1.0, f"threshold must be in (0, 1), got {self.threshold}")
         _require(self.tokens_per_step > 0, f"tokens_per_step must be positive, got {self.tokens_per_step}")
         _require(np.isfinite(self.temperature) and self.temperature >= 0,
                  f"temperature must be a finite number >= 0, got {self.temperature}")
         _require(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         self._check_ranking()
-        self._check_exit()
+        self._check_exit_values()
+        if self.resolved:
+            self._check_lengths()
 
-    def _check_exit(self):
-        if self.exit_threshold is None and self.exit_patience is None:
-            return
-        _require(self.infill, "early exit watches the answer positions: set answer_length > 0")
+    @property
+    def resolved(self) -> bool:
+        """Whether all three lengths are set (by the caller or by `for_model`)."""
+        return all(getattr(self, name) is not None for name in DECODE_OPTIONS)
+
+    def with_defaults(self, defaults: Optional[dict] = None) -> "DecodeConfig":
+        """This config with every unset length taken from `defaults` (a manifest's decode_defaults),
+        else from FALLBACK_LENGTHS; strategy ass's block is the whole generation."""
+        if self.resolved:
+            return self
+        defaults = {**FALLBACK_LENGTHS, **(defaults or {})}
+        lengths = {name: defaults[name] for name in DECODE_OPTIONS if getattr(self, name) is None}
+        if self.strategy == "ass" and self.block_size is None:
+            lengths["block_size"] = self.gen_length or defaults["gen_length"]
+        return dataclasses.replace(self, **lengths)
+
+    def for_model(self, model: "Model") -> "DecodeConfig":
+        """This config resolved for `model`: unset lengths are the model's recommendation."""
+        return self.with_defaults(model.manifest.decode_defaults)
+
+    def _check_lengths(self):
+        _require(self.gen_length > 0, f"gen_length must be positive, got {self.gen_length}")
+        _require(self.block_size > 0, f"block_size must be positive, got {self.block_size}")
+        _require(self.gen_length % self.block_size == 0,
+                 f"gen_length {self.gen_length} is not divisible by block_size {self.block_size}")
+        _require(0 <= self.answer_length < self.gen_length,
+                 f"answer_length must be in [0, gen_length={self.gen_length}), got {self.answer_length}")
+        if self.strategy == "ass":
+            self._check_ass()
+        _require(self.gen_length - self.answer_length in self.block_bounds,
+                 f"answer_length {self.answer_length} does not start on a block boundary "
+                 "(a block may not hold both reasoning and answer positions)")
+        self._check_steps()
+        _require(self.infill or not self.early_exit,
+                 "early exit watches the answer positions: set answer_length > 0")
+
+    def _check_exit_values(self):
         if self.exit_threshold is not None:
             _require(0 < self.exit_threshold < 1, f"exit_threshold must be in (0, 1), got {self.exit_threshold}")
         if self.exit_patience is not None:
@@ -176,6 +219,7 @@ class DecodeConfig:
     @functools.cached_property
     def block_bounds(self) -> tuple:
         """Offsets into the generated masks where blocks start, and the end: (0, ..., gen_length)."""
+        _require(self.resolved, "this DecodeConfig has unset lengths: resolve it with for_model(model)")
         if self.strategy == "ass":
             sizes, _ = ass_layout(self.gen_length, self.ass_blocks)
             return tuple(int(b) for b in np.concatenate([[0], np.cumsum(sizes)]))
@@ -185,8 +229,6 @@ class DecodeConfig:
         if self.steps is None or self.strategy == "ass":
             return
         _require_ints(self, ("steps",))
-        _require(self.strategy in STEPPED,
-                 f"steps applies only to strategies {STEPPED}, not {self.strategy!r}")
         _require(self.steps > 0, f"steps must be positive, got {self.steps}")
         _require(self.steps <= self.gen_length,
                  f"steps {self.steps} exceeds gen_length {self.gen_length} (a step commits at least one token)")
@@ -219,6 +261,7 @@ def _require_ints(config, names: Sequence[str]) -> None:
 
 
 SCORES = ("tcc", "top1", "entropy", "margin")
+INTERVAL_UNITS = ("positions", "steps")
 SELECTIONS = ("tcc", "most-selected", "best-model:NAME")
 
 
@@ -226,7 +269,10 @@ SELECTIONS = ("tcc", "most-selected", "best-model:NAME")
 class EnsembleConfig:
     """How TIE ensembles M >= 2 models (tie-algorithm.md, section 3)."""
 
-    interval: int = 16             # steps each model decodes between relays; >= total steps = post-generation
+    interval: int = 16             # each model's progress between relays, in interval_unit; more than the
+                                   # whole generation = post-generation selection
+    interval_unit: str = "positions"  # positions: committed positions (= steps at one token per step, the
+                                   # paper's setting; the relay follows threshold-like strategies); steps
     score: str = "tcc"             # tcc (history), or top1 / entropy / margin (cross-model confidence)
     cross_model: bool = True       # confidence scores: average over every model (False = source model only)
     select: str = "tcc"            # final pick: tcc (lowest TCC, ties to mean top-1), most-selected, best-model:NAME
@@ -236,6 +282,8 @@ class EnsembleConfig:
     def __post_init__(self):
         _require_ints(self, ("interval",) + (("first_k",) if self.first_k is not None else ()))
         _require(self.interval > 0, f"interval must be positive, got {self.interval}")
+        _require(self.interval_unit in INTERVAL_UNITS,
+                 f"interval_unit must be one of {INTERVAL_UNITS}, got {self.interval_unit!r}")
         _require(self.score in SCORES, f"score must be one of {SCORES}, got {self.score!r}")
         _require(self.select in SELECTIONS[:2] or (self.select.startswith("best-model:") and self.best_model),
                  f"select must be one of {SELECTIONS}, got {self.select!r}")
@@ -551,7 +599,7 @@ class Manifest:
             raise ModelError(f"{where}: decode_defaults must be an object with keys from {DECODE_OPTIONS}, "
                              f"got {defaults!r}")
         try:
-            DecodeConfig(**defaults)
+            DecodeConfig().with_defaults(defaults)
         except (ConfigError, TypeError) as exc:
             raise ModelError(f"{where}: decode_defaults {defaults!r} are invalid: {exc}") from None
 
@@ -626,33 +674,45 @@ class Model:
         everything after it each step (Fast-dLLM's prefix cache); "dual" keeps those after the
         block too and recomputes the block's rows only (its DualCache): less work, less exact.
         kv_window: with kv_cache, also recompute this many positions right before the block
-        (None: as many as the block has; 0: none), whose kept keys/values go stale first.
+        (None: as many as the block has; 0: none; at most the max length; a window longer than
+        the positions before the block recomputes all of them), whose kept keys/values go stale first.
         """
         parse_provider(provider)
         _check_kv_options(kv_cache, kv_window)
-        if threads is not None and threads <= 0:
-            raise ConfigError(f"threads must be positive, got {threads}")
+        check_threads(threads)
         folder = Path(folder)
         if not folder.is_dir():
-            raise ModelError(f"model folder not found: {folder}")
+            raise ModelError(f"model path is not a folder: {folder}" if folder.exists()
+                             else f"model folder not found: {folder}")
         manifest = _read_manifest(folder)
+        if kv_window is not None and kv_window > manifest.max_length:
+            raise ConfigError(f"kv_window {kv_window} exceeds {folder}'s max length {manifest.max_length}")
         tokenizer = _load_tokenizer(folder, manifest)
         if not kv_cache:
-            return cls(folder, manifest, tokenizer, _open_session(folder / "model.onnx", provider, threads))
+            session = _open_session(folder / "model.onnx", provider, threads)
+            _check_widths(session, manifest, folder / "model.onnx")
+            return cls(folder, manifest, tokenizer, session)
         if not (folder / CACHE_GRAPH).is_file():
             raise ModelError(f"{folder} has no {CACHE_GRAPH} for --kv-cache: export it with "
                              "`python -m export SOURCE OUT_DIR --kv-cache`")
         if manifest.logits_shift:
             raise ModelError(f"{folder}: --kv-cache needs a model whose logits are not shifted")
         session = _open_session(folder / CACHE_GRAPH, provider, threads, check=_check_cache_io)
+        _check_widths(session, manifest, folder / CACHE_GRAPH)
         return cls(folder, manifest, tokenizer, session, kv_cache=kv_cache, kv_window=kv_window)
 
     def encode(self, text: str) -> np.ndarray:
         """Token ids (n,) int64 of text, without special tokens added around it."""
         return np.asarray(self.tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.int64)
 
-    def decode(self, ids: np.ndarray) -> str:
+    def detokenize(self, ids: np.ndarray) -> str:
+        """Text of token ids (n,), special tokens left out."""
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    @functools.cached_property
+    def longest_token(self) -> int:
+        """Characters in the vocabulary's longest token (>= the text characters any one token covers)."""
+        return max(len(token) for token in self.tokenizer.get_vocab(with_added_tokens=True))
 
     def stats(self, tokens: np.ndarray, positions: np.ndarray, with_logits: bool = False) -> Stats:
         """Predictions at `positions` (K,) of the canvas `tokens` (L,); honours the manifest's shift."""
@@ -731,6 +791,30 @@ class Model:
         logits = rest[0][0] if with_logits else None
         kept = outputs[len(stats):]
         return Stats(top_ids[0], top_probs[0], entropy[0], logits), kept[:layers], kept[layers:]
+
+
+THREADS_PER_CORE = 4  # thread counts above this many per core are refused (they only add overhead)
+
+
+def check_threads(threads: Optional[int]) -> None:
+    """ConfigError unless threads is None (every core) or an int in [1, THREADS_PER_CORE x cores]."""
+    if threads is None:
+        return
+    most = THREADS_PER_CORE * (os.cpu_count() or 1)
+    _require(isinstance(threads, int) and not isinstance(threads, bool) and 0 < threads <= most,
+             f"threads must be an integer in [1, {most}] ({THREADS_PER_CORE} per core), got {threads!r}")
+
+
+def _check_widths(session, manifest: Manifest, path: Path) -> None:
+    """ModelError unless the graph's logits are as wide as the manifest's vocabulary and it returns
+    the manifest's top_k ids (a graph from another model's export would decode garbage)."""
+    shapes = {o.name: o.shape for o in session.get_outputs()}
+    for name, want, what in (("logits", manifest.graph_vocab_size, "graph_vocab_size"),
+                             ("top_ids", manifest.top_k, "top_k")):
+        got = shapes[name][-1]
+        if isinstance(got, int) and got != want:
+            raise ModelError(f"{path}: its {name} are {got} wide but the manifest's {what} is {want}: "
+                             "the graph and the manifest come from different exports")
 
 
 def _check_kv_options(kv_cache: Optional[str], kv_window: Optional[int]) -> None:
@@ -891,9 +975,10 @@ class Canvas:
 
 
 def build_canvas(model: Model, prompt: str, config: DecodeConfig) -> Canvas:
-    """Lay out `prompt | [MASK] x G` or `prompt | [MASK] x R | marker | [MASK] x A`."""
-    if not prompt.strip():
-        raise ConfigError("prompt is empty")
+    """Lay out `prompt | [MASK] x G` or `prompt | [MASK] x R | marker | [MASK] x A`; unset lengths
+    of `config` are the model's (DecodeConfig.for_model)."""
+    config = config.for_model(model)
+    check_prompt(model, prompt)
     m = model.manifest
     prompt_ids = model.encode(m.prompt_format.replace(PROMPT_SLOT, prompt))  # (P,)
     marker_ids = model.encode(m.answer_marker) if config.infill else np.zeros(0, np.int64)  # (Mk,)
@@ -909,6 +994,32 @@ def build_canvas(model: Model, prompt: str, config: DecodeConfig) -> Canvas:
     gen_idx = np.concatenate([np.arange(prompt_ids.size, prompt_ids.size + reasoning),
                               np.arange(answer_start, length)]).astype(np.int64)  # (G,)
     return Canvas(tokens, int(prompt_ids.size), gen_idx, gen_idx[reasoning:], int(marker_ids.size))
+
+
+def check_text(text, what: str) -> None:
+    """ConfigError unless `text` is a non-empty str of valid Unicode without NUL characters.
+    NUL is refused: it is never text a model was trained on, and usually means a binary file."""
+    if not isinstance(text, str):
+        raise ConfigError(f"{what} must be a str, got {type(text).__name__} {text!r:.60}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigError(f"{what} is not valid Unicode text: {exc.reason} at character {exc.start}") from None
+    if "\0" in text:
+        raise ConfigError(f"{what} contains a NUL character (U+0000) at character {text.index(chr(0))}")
+    if not text.strip():
+        raise ConfigError(f"{what} is empty")
+
+
+def check_prompt(model: Model, prompt) -> None:
+    """check_text, and a length bound applied before tokenizing: a prompt of more characters than
+    the model's max_length times its longest token (in characters) cannot fit in its canvas."""
+    check_text(prompt, "prompt")
+    bound = model.manifest.max_length * model.longest_token
+    if len(prompt) > bound:
+        raise ConfigError(f"prompt has {len(prompt)} characters; more than {bound} ({model.name}'s max length "
+                          f"{model.manifest.max_length} tokens x its longest token, {model.longest_token} "
+                          "characters) cannot fit")
 
 
 @dataclass(frozen=True)
@@ -1138,6 +1249,7 @@ def decode(model: Model, state: DecodeState, config: DecodeConfig, rng: np.rando
            max_steps: Optional[int] = None, on_step: Optional[OnStep] = None,
            history: Optional[list] = None, track: bool = False, first_k: Optional[int] = None) -> bool:
     """Decode up to max_steps steps (all, if None). Returns False if on_step asked to stop."""
+    config = config.for_model(model)
     taken = 0
     while max_steps is None or taken < max_steps:
         event = decode_step(model, state, config, rng, track, first_k)
@@ -1181,15 +1293,15 @@ def cut_at_stop_text(text: str, stop_texts: Sequence[str]) -> str:
 
 def finish(model: Model, canvas: Canvas, config: DecodeConfig) -> tuple[str, np.ndarray, Optional[str]]:
     """Text, kept token ids and answer text of a decoded canvas."""
-    m = model.manifest
+    config, m = config.for_model(model), model.manifest
     reasoning_idx = canvas.gen_idx[: config.gen_length - config.answer_length]
     reasoning = trim_at_stop(canvas.tokens[reasoning_idx], m.stop_ids)
     reasoning = reasoning[reasoning != m.mask_id]  # left by an early exit
-    reasoning_text = cut_at_stop_text(model.decode(reasoning), m.stop_texts)
+    reasoning_text = cut_at_stop_text(model.detokenize(reasoning), m.stop_texts)
     if not config.infill:
         return reasoning_text, reasoning, None
     answer_ids = trim_at_stop(canvas.tokens[canvas.answer_idx], m.stop_ids)
-    answer = cut_at_stop_text(model.decode(answer_ids), m.stop_texts)
+    answer = cut_at_stop_text(model.detokenize(answer_ids), m.stop_texts)
     return reasoning_text + m.answer_marker + answer, np.concatenate([reasoning, answer_ids]), answer
 
 
@@ -1328,7 +1440,7 @@ def clean_prefix(model: Model, state: DecodeState) -> np.ndarray:
 def region_text(model: Model, ids: np.ndarray) -> tuple[str, bool]:
     """Text of a region's decoded ids and whether a stop id ended it."""
     kept = trim_at_stop(ids, model.manifest.stop_ids)
-    return model.decode(kept), kept.size < ids.size
+    return model.detokenize(kept), kept.size < ids.size
 
 
 def fill_region(model: Model, text: str, ended: bool, size: int) -> np.ndarray:
@@ -1387,7 +1499,7 @@ def trajectory_score(runs: Sequence[Run], m: int, prompt: str, config: DecodeCon
                      ensemble: EnsembleConfig) -> float:
     """score(T_m), higher = more reliable (tie-algorithm.md, section 3.2)."""
     if ensemble.score == "tcc":
-        return -token_change_count(runs[m].window)
+        return 0.0 - token_change_count(runs[m].window)  # 0.0 - x: no change scores 0.0, not -0.0
     judges = runs if ensemble.cross_model else [runs[m]]
     values = [mean_over_tracked(judge_signals(j, runs[m], prompt, config, ensemble.first_k), ensemble.score)
               for j in judges]
@@ -1422,22 +1534,35 @@ def _check_ensemble(models: Sequence[Model], config: DecodeConfig, ensemble: Ens
     if not config.infill:
         raise ConfigError("TIE tracks the answer positions: set answer_length > 0 (reasoning-as-infilling)")
     names = [m.name for m in models]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"the ensemble has two models named {repeated[0]!r} ({', '.join(names)}): TIE needs "
+                          "different models, each named once (a manifest's name, else its folder's)")
+    if ensemble.first_k is not None and ensemble.first_k > config.answer_length:
+        raise ConfigError(f"first_k {ensemble.first_k} exceeds the answer's {config.answer_length} positions")
     if ensemble.best_model and ensemble.best_model not in names:
         raise ConfigError(f"select best-model:{ensemble.best_model} names no model in the ensemble {names}")
 
 
-def decode_interval(run: Run, config: DecodeConfig, ensemble: EnsembleConfig, hook: Callable) -> bool:
-    """One model decodes up to `interval` steps, tracking its answer positions."""
-    def on_step(event: StepEvent) -> Optional[bool]:
+def decode_interval(run: Run, config: DecodeConfig, ensemble: EnsembleConfig, hook: Callable,
+                    stop: threading.Event) -> None:
+    """One model decodes one interval (ensemble.interval committed positions, or steps), tracking its
+    answer positions; no step starts once `stop` is set."""
+    progress = 0
+    while progress < ensemble.interval and not stop.is_set():
+        event = decode_step(run.model, run.state, config, run.rng, track=True, first_k=ensemble.first_k)
+        if event is None:
+            return
+        progress += event.committed_idx.size if ensemble.interval_unit == "positions" else 1
         run.record(event.signals)
-        return hook(event)
-
-    return decode(run.model, run.state, config, run.rng, max_steps=ensemble.interval, on_step=on_step,
-                  history=run.history, track=True, first_k=ensemble.first_k)
+        if run.history is not None:
+            run.history.append(event)
+        hook(event)
 
 
 def step_hook(on_step: Optional[OnStep], stop: threading.Event) -> Callable:
-    """Serialise the user's callback across worker threads; any False stops every model."""
+    """Serialise the user's callback across worker threads; any False sets `stop`. Every step taken
+    is reported, also one that was under way in another thread when `stop` was set."""
     lock = threading.Lock()
 
     def hook(event) -> Optional[bool]:
@@ -1466,7 +1591,7 @@ def run_intervals(runs: Sequence[Run], prompt: str, config: DecodeConfig, ensemb
     finished = lambda r: is_finished(r.state, r.model.manifest.mask_id)  # noqa: E731
     try:
         while True:
-            jobs = [lambda r=r: decode_interval(r, config, ensemble, hook) for r in runs if not finished(r)]
+            jobs = [lambda r=r: decode_interval(r, config, ensemble, hook, stop) for r in runs if not finished(r)]
             list(pool.map(lambda job: job(), jobs)) if pool else [job() for job in jobs]
             if stop.is_set() or all(finished(r) for r in runs):
                 break
@@ -1509,6 +1634,9 @@ def generate(models, prompt: str, config: DecodeConfig = DecodeConfig(),
              record_history: bool = False, answer: Optional[str] = None) -> GenerateResult:
     """Decode `prompt` with one Model, or ensemble a sequence of Models with TIE.
 
+    Lengths left unset in `config` (gen_length, answer_length, block_size) are the first
+    model's recommendation, exactly as on the command line (DecodeConfig.for_model).
+
     on_step(event) is called after every step of every model with a StepEvent and
     after every relay with a Relay (one call at a time, also when the models run in
     threads); returning False stops the decode. An exception it raises stops every
@@ -1518,6 +1646,7 @@ def generate(models, prompt: str, config: DecodeConfig = DecodeConfig(),
     models = [models] if isinstance(models, Model) else list(models)
     if not models:
         raise ConfigError("no model given")
+    config = config.for_model(models[0])
     if answer is not None:
         if len(models) != 1:
             raise ConfigError("a given answer is decoded with one model, not an ensemble")
@@ -1536,6 +1665,17 @@ DEFAULT_MODELS = ("a", "b")        # the shipped default pair, folders under mod
                                    # (see models/README.md)
 
 
+EXAMPLE_PROMPT = "Compute 7 - 6 + 8."  # the kind of prompt the shipped models answer
+EPILOG = f"""\
+Without --model or --models, the shipped pair (models/{DEFAULT_MODELS[0]} and models/{DEFAULT_MODELS[1]}) runs, \
+ensembled with TIE. They are small models trained on integer arithmetic chains of two or three \
+operations (+, -, *; numbers up to 30), e.g. --prompt "{EXAMPLE_PROMPT}" prints the worked steps \
+and "Answer: 9". Other prompts give text of that shape, not sense.
+
+Decoding lengths left unset come from the first model's manifest (the shipped models: \
+--gen-length 32 --answer-length 4 --block-size 4)."""
+
+
 class _ArgumentParser(argparse.ArgumentParser):
     """argparse whose usage errors raise ConfigError, so main() reports them in one line."""
 
@@ -1543,53 +1683,83 @@ class _ArgumentParser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    d, e = DecodeConfig(), EnsembleConfig()
-    p = _ArgumentParser(prog="tie_lite.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--prompt", required=True, help="the user's text")
+def _defaults_help(help_text: str, default) -> str:
+    return f"{help_text} (default: {default})"
+
+
+def _add_prompt_options(p: argparse.ArgumentParser) -> None:
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="the user's text; - reads it from standard input")
+    source.add_argument("--prompt-file", type=Path, metavar="PATH", help="read the prompt from this UTF-8 file")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--model", type=Path, help="one exported model folder (python -m export)")
     which.add_argument("--models", type=Path, nargs="+", help="two or more model folders, ensembled with TIE")
-    g = p.add_argument_group("decoding (defaults: the first model's manifest, else these)")
-    g.add_argument("--gen-length", type=int, help=f"masked positions to generate ({d.gen_length})")
-    g.add_argument("--answer-length", type=int,
-                   help=f"> 0: reasoning-as-infilling, answer positions after the marker ({d.answer_length})")
-    g.add_argument("--block-size", type=int, help=f"semi-autoregressive block size ({d.block_size})")
-    g.add_argument("--steps", type=int, default=d.steps, help="total steps (strategy schedule); default gen length")
+
+
+def _add_decode_options(p: argparse.ArgumentParser) -> None:
+    d, h = DecodeConfig(), _defaults_help
+    g = p.add_argument_group("decoding (lengths: the first model's manifest, else "
+                             + ", ".join(f"{k} {v}" for k, v in FALLBACK_LENGTHS.items()) + ")")
+    g.add_argument("--gen-length", type=int, help="masked positions to generate (reasoning + answer)")
+    g.add_argument("--answer-length", type=int, help="> 0: reasoning-as-infilling, answer positions after the marker")
+    g.add_argument("--block-size", type=int, help="semi-autoregressive block size, in positions")
+    g.add_argument("--steps", type=int, default=d.steps,
+                   help="total steps of strategies schedule, dream and ass (default: one position per step)")
     g.add_argument("--strategy", choices=STRATEGIES,
-                   help="which positions a step commits: schedule (LLaDA, the default), threshold, topk, med "
-                        "(entropy budget), dream (Dream's eps-linear schedule), ass, policy (needs --policy)")
+                   help=h("which positions a step commits: schedule (LLaDA's low-confidence remasking), threshold, "
+                          "topk, med (entropy budget), dream (Dream's eps-linear schedule), ass, policy (needs "
+                          "--policy)", d.strategy))
     g.add_argument("--policy", type=Path, help="folder of a learned unmasking policy (implies --strategy policy)")
-    g.add_argument("--threshold", type=float, default=d.threshold, help="strategy threshold: confidence bar")
-    g.add_argument("--tokens-per-step", type=int, default=d.tokens_per_step, help="strategy topk: commits a step")
+    g.add_argument("--threshold", type=float, default=d.threshold,
+                   help=h("strategy threshold: commit every position whose confidence exceeds this", d.threshold))
+    g.add_argument("--tokens-per-step", type=int, default=d.tokens_per_step,
+                   help=h("strategy topk: positions committed per step", d.tokens_per_step))
     g.add_argument("--entropy-budget", type=float, default=d.entropy_budget,
-                   help="strategy med: summed entropy (nats) a step may commit")
-    g.add_argument("--eps", type=float, default=d.eps, help="strategy dream: last timestep of the schedule")
-    g.add_argument("--ass-blocks", type=int, default=d.ass_blocks, help="strategy ass: number of blocks")
-    g.add_argument("--confidence", choices=CONFIDENCES, default=d.confidence, help="how positions are ranked")
-    g.add_argument("--alg-temp", type=float, default=d.alg_temp, help="> 0: sample positions by confidence")
+                   help=h("strategy med: summed entropy (nats) a step may commit", d.entropy_budget))
+    g.add_argument("--eps", type=float, default=d.eps, help=h("strategy dream: last timestep of the schedule", d.eps))
+    g.add_argument("--ass-blocks", type=int, default=d.ass_blocks, help=h("strategy ass: number of blocks",
+                                                                           d.ass_blocks))
+    g.add_argument("--confidence", choices=CONFIDENCES, default=d.confidence,
+                   help=h("how positions are ranked", d.confidence))
+    g.add_argument("--alg-temp", type=float, default=d.alg_temp,
+                   help=h("> 0: sample positions by confidence", d.alg_temp))
     g.add_argument("--eos-gamma", type=float, nargs=2, metavar=("G_MIN", "G_MAX"), default=d.eos_gamma,
-                   help="EOSER: scale EOS proposals' confidence from G_MIN up to G_MAX (e.g. 0.4 1.0)")
+                   help="EOSER: scale EOS proposals' confidence from G_MIN up to G_MAX, e.g. 0.4 1.0 (default: off)")
     g.add_argument("--exit-threshold", type=float, default=d.exit_threshold,
-                   help="early exit once every masked answer position's top-1 probability reaches this")
+                   help="early exit once every masked answer position's top-1 probability reaches this "
+                        "(default: off)")
     g.add_argument("--exit-patience", type=int, default=d.exit_patience,
-                   help="early exit once the answer's top-1 ids are unchanged for this many steps")
+                   help="early exit once the answer's top-1 ids are unchanged for this many steps (default: off)")
     g.add_argument("--answer", help="infill the reasoning for this given answer and report the model's "
                                     "confidence in it after every step")
-    g.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy")
-    g.add_argument("--seed", type=int, default=d.seed, help="sampling seed")
+    g.add_argument("--temperature", type=float, default=d.temperature, help=h("0 = greedy", d.temperature))
+    g.add_argument("--seed", type=int, default=d.seed, help=h("sampling seed", d.seed))
+
+
+def _add_ensemble_options(p: argparse.ArgumentParser) -> None:
+    e, h = EnsembleConfig(), _defaults_help
     t = p.add_argument_group("ensembling (TIE)")
-    t.add_argument("--interval", type=int, default=e.interval, help="steps between relays")
-    t.add_argument("--score", choices=SCORES, default=e.score, help="trajectory score")
+    t.add_argument("--interval", type=int, default=e.interval,
+                   help=h("positions each model commits between relays (with one position per step, steps)",
+                          e.interval))
+    t.add_argument("--interval-unit", choices=INTERVAL_UNITS, default=e.interval_unit,
+                   help=h("what --interval counts", e.interval_unit))
+    t.add_argument("--score", choices=SCORES, default=e.score, help=h("trajectory score", e.score))
     t.add_argument("--source-only", action="store_true", help="confidence scores from the source model only")
-    t.add_argument("--select", default=e.select, help="final pick: tcc, most-selected or best-model:NAME")
-    t.add_argument("--first-k", type=int, default=e.first_k, help="track only the first K answer positions")
+    t.add_argument("--select", default=e.select, help=h("final pick: tcc, most-selected or best-model:NAME",
+                                                        e.select))
+    t.add_argument("--first-k", type=int, default=e.first_k,
+                   help="track only the first K answer positions (default: all)")
     t.add_argument("--sequential", action="store_true", help="decode the models one after another")
     t.add_argument("--trace", action="store_true", help="print each relay's scores and leader to stderr")
+
+
+def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     r = p.add_argument_group("runtime")
     r.add_argument("--provider", default="cpu",
-                   help="cpu, cuda or cuda:N; for an ensemble, one per model separated by commas (cuda:0,cuda:1)")
-    r.add_argument("--threads", type=int, default=None, help="onnxruntime threads in all (default: all cores)")
+                   help="cpu, cuda or cuda:N; for an ensemble, one per model separated by commas (default: cpu)")
+    r.add_argument("--threads", type=int, default=None,
+                   help=f"onnxruntime threads in all, at most {THREADS_PER_CORE} per core (default: every core)")
     r.add_argument("--kv-cache", nargs="?", const="prefix", choices=KV_CACHE_MODES,
                    help="reuse keys/values within a block (cache.onnx; approximate, faster on long canvases): "
                         "prefix (the default) recomputes the block and all after it, dual the block only")
@@ -1601,6 +1771,29 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     live = r.add_mutually_exclusive_group()
     live.add_argument("--show", action="store_true", help="redraw the canvas on stderr as it is decoded")
     live.add_argument("--stream", action="store_true", help="print a JSON line per step and relay on stdout")
+    r.add_argument("--version", action="version", version=f"tie-lite {__version__}")
+
+
+def _refuse_repeats(argv: Sequence[str], p: argparse.ArgumentParser) -> None:
+    """An option given twice is an error (argparse would keep the last one silently)."""
+    seen = set()
+    for arg in argv:
+        if arg == "--":
+            break
+        name = arg.split("=", 1)[0]
+        if name in p._option_string_actions:
+            if name in seen:
+                raise ConfigError(f"{name} is given twice")
+            seen.add(name)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = _ArgumentParser(prog="tie-lite", description=__doc__.split("\n\n")[0], epilog=EPILOG, allow_abbrev=False,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    for add in (_add_prompt_options, _add_decode_options, _add_ensemble_options, _add_runtime_options):
+        add(p)
+    _refuse_repeats(argv, p)
     args = p.parse_args(argv)
     if args.history and not args.json:
         p.error("--history needs --json")
@@ -1608,8 +1801,39 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error("--kv-window needs --kv-cache")
     if args.policy is not None and args.strategy not in (None, "policy"):
         p.error(f"--policy is a strategy of its own; it cannot go with --strategy {args.strategy}")
-    args.strategy = args.strategy or ("policy" if args.policy is not None else d.strategy)
+    args.strategy = args.strategy or ("policy" if args.policy is not None else DecodeConfig.strategy)
     return args
+
+
+def read_prompt(args: argparse.Namespace, stdin=None) -> str:
+    """The prompt: --prompt's text, or standard input for --prompt -, or --prompt-file's contents;
+    text read from a stream or file loses one trailing line ending (as `echo` and editors add one)."""
+    if args.prompt_file is not None:
+        return _without_final_newline(_read_text(args.prompt_file, f"--prompt-file {args.prompt_file}"))
+    if args.prompt != "-":
+        return args.prompt
+    stdin = stdin or sys.stdin
+    if stdin is None or stdin.isatty():
+        raise ConfigError("--prompt - reads the prompt from standard input, which is a terminal: pipe it in")
+    try:
+        return _without_final_newline(stdin.read())
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"standard input is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+
+
+def _without_final_newline(text: str) -> str:
+    return text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+
+
+def _read_text(path: Path, what: str) -> str:
+    if not path.is_file():
+        raise ConfigError(f"{what}: " + ("not a file" if path.exists() else "no such file"))
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read it: {exc.strerror}") from None
 
 
 def model_dirs(args: argparse.Namespace) -> list[Path]:
@@ -1630,8 +1854,7 @@ def model_dirs(args: argparse.Namespace) -> list[Path]:
 def load_models(dirs: Sequence[Path], provider: str, threads: Optional[int],
                 kv_cache: Optional[str] = None, kv_window: Optional[int] = None) -> list[Model]:
     """Load every model, splitting the thread budget between them; provider is one, or one per model."""
-    if threads is not None and threads <= 0:
-        raise ConfigError(f"threads must be positive, got {threads}")
+    check_threads(threads)
     providers = provider.split(",")
     if len(providers) not in (1, len(dirs)):
         raise ConfigError(f"--provider lists {len(providers)} providers for {len(dirs)} models")
@@ -1640,24 +1863,21 @@ def load_models(dirs: Sequence[Path], provider: str, threads: Optional[int],
                        kv_window=kv_window) for i, d in enumerate(dirs)]
 
 
-def decode_config(args: argparse.Namespace, manifest: Manifest) -> DecodeConfig:
-    """DecodeConfig from the options; unset lengths come from the manifest's recommendation."""
-    lengths = {k: getattr(args, k) if getattr(args, k) is not None else manifest.decode_defaults.get(k)
-               for k in DECODE_OPTIONS}
-    if args.strategy == "ass" and args.block_size is None:  # ASS lays out its own blocks
-        lengths["block_size"] = lengths["gen_length"] or DecodeConfig.gen_length
-    return DecodeConfig(**{k: v for k, v in lengths.items() if v is not None}, steps=args.steps,
-                        strategy=args.strategy, policy=None if args.policy is None else str(args.policy),
+def decode_config(args: argparse.Namespace, model: Model) -> DecodeConfig:
+    """DecodeConfig from the options, resolved for the first model as generate() resolves it."""
+    return DecodeConfig(gen_length=args.gen_length, answer_length=args.answer_length, block_size=args.block_size,
+                        steps=args.steps, strategy=args.strategy,
+                        policy=None if args.policy is None else str(args.policy),
                         threshold=args.threshold, tokens_per_step=args.tokens_per_step,
                         entropy_budget=args.entropy_budget, eps=args.eps, ass_blocks=args.ass_blocks,
                         confidence=args.confidence, exit_threshold=args.exit_threshold,
                         exit_patience=args.exit_patience,
                         alg_temp=args.alg_temp, eos_gamma=tuple(args.eos_gamma) if args.eos_gamma else None,
-                        temperature=args.temperature, seed=args.seed)
+                        temperature=args.temperature, seed=args.seed).for_model(model)
 
 
 def ensemble_config(args: argparse.Namespace) -> EnsembleConfig:
-    return EnsembleConfig(interval=args.interval, score=args.score, cross_model=not args.source_only,
+    return EnsembleConfig(interval=args.interval, interval_unit=args.interval_unit, score=args.score, cross_model=not args.source_only,
                           select=args.select, first_k=args.first_k, parallel=not args.sequential)
 
 
@@ -1674,15 +1894,25 @@ def result_json(result: GenerateResult, with_history: bool) -> dict:
     if result.candidates:
         out["chosen"] = result.chosen
         out["candidates"] = [result_json(c, with_history) for c in result.candidates]
-        out["relays"] = [dataclasses.asdict(r) for r in result.relays]
+        names = [c.model for c in result.candidates]
+        out["relays"] = [relay_json(r, names) for r in result.relays]
         out["leader_change_rate"] = leader_change_rate(result.relays, result.chosen)
     return out
+
+
+def relay_json(relay: Relay, names: Sequence[str]) -> dict:
+    """A relay as --json and --stream write it: models named, never indexed."""
+    return {"steps": relay.steps, "scores": dict(zip(names, relay.scores)), "leader": names[relay.leader],
+            "changed": relay.changed}
 
 
 def trace_lines(result: GenerateResult) -> list[str]:
     names = [c.model for c in result.candidates]
     lines = [f"relay at step {r.steps}: " + "  ".join(f"{n}={s:.4f}" for n, s in zip(names, r.scores))
              + f"  -> {names[r.leader]}" + (" (leader changed)" if r.changed else "") for r in result.relays]
+    if not result.relays:
+        lines.append("no relay: every model finished within one interval, so TIE was a final pick "
+                     "between independent decodes")
     rate = leader_change_rate(result.relays, result.chosen)
     lines.append(f"leader change rate: {'n/a' if rate is None else f'{rate:.2f}'}; "
                  f"final: {names[result.chosen]}; model calls: {result.model_calls}")
@@ -1692,22 +1922,34 @@ def trace_lines(result: GenerateResult) -> list[str]:
 MASK_GLYPH = "_"  # how --show and --stream draw a still-masked position
 
 
-def partial_text(model: Model, tokens: np.ndarray, gen_idx: np.ndarray) -> str:
-    """The generated region as text, one MASK_GLYPH per still-masked position."""
+def region_glyphs(model: Model, ids: np.ndarray) -> str:
+    """A region's ids (n,) as its final text will read, one MASK_GLYPH per still-masked position."""
+    kept = ids[: first_index(ids, model.manifest.stop_ids)]
     pieces = []
-    for masked, run in itertools.groupby(tokens[gen_idx].tolist(), key=lambda t: t == model.manifest.mask_id):
+    for masked, run in itertools.groupby(kept.tolist(), key=lambda t: t == model.manifest.mask_id):
         run = list(run)
-        pieces.append(MASK_GLYPH * len(run) if masked else model.decode(np.array(run)))
-    return "".join(pieces)
+        pieces.append(MASK_GLYPH * len(run) if masked else model.detokenize(np.array(run)))
+    return cut_at_stop_text("".join(pieces), model.manifest.stop_texts)
+
+
+def partial_text(model: Model, tokens: np.ndarray, gen_idx: np.ndarray, answer_length: int) -> str:
+    """The generated region of a canvas (L,) drawn as `finish` writes the final text: reasoning,
+    then the answer marker and the answer when answer_length > 0."""
+    regions = np.split(tokens[gen_idx], [gen_idx.size - answer_length]) if answer_length else [tokens[gen_idx]]
+    texts = [region_glyphs(model, ids) for ids in regions]
+    return model.manifest.answer_marker.join(texts)
 
 
 class LiveView:
-    """The CLI's on_step: JSON lines (--stream), a redrawn canvas (--show) or a progress line."""
+    """The CLI's on_step: JSON lines (--stream), a redrawn canvas (--show) or a progress line.
+    Redraws use terminal escapes only when the output is a terminal; elsewhere each frame is
+    plain lines."""
 
-    def __init__(self, models: Sequence[Model], mode: str, out=None):
-        self.models = {m.name: m for m in reversed(models)}  # first model of a name wins
+    def __init__(self, models: Sequence[Model], mode: str, answer_length: int, out=None):
+        self.models = {m.name: m for m in models}
         self.names = [m.name for m in models]
-        self.mode, self.out = mode, out or sys.stderr
+        self.mode, self.out, self.answer_length = mode, out or sys.stderr, answer_length
+        self.redraw = self.out.isatty()
         self.texts = {name: "" for name in self.names}
         self.leader, self.steps, self.start = None, 0, time.perf_counter()
 
@@ -1715,23 +1957,29 @@ class LiveView:
         if isinstance(event, Relay):
             self.leader = self.names[event.leader]
             if self.mode == "stream":
-                self._emit({"event": "relay", "steps": event.steps, "leader": self.leader,
-                            "scores": dict(zip(self.names, event.scores)), "changed": event.changed})
+                self._emit({"event": "relay", **relay_json(event, self.names)})
             return
         self.steps += 1
-        self.texts[event.model] = partial_text(self.models[event.model], event.tokens, event.gen_idx)
+        model = self.models[event.model]
+        self.texts[event.model] = partial_text(model, event.tokens, event.gen_idx, self.answer_length)
         if self.mode == "stream":
             self._emit({"event": "step", "model": event.model, "step": event.step, "block": event.block,
                         "positions": event.committed_idx.tolist(), "ids": event.committed_ids.tolist(),
                         "leader": self.leader, "text": self.texts[event.model]})
         elif self.mode == "show":
-            lines = [f"{'*' if name == self.leader else ' '} {name}: {self.texts[name]}" for name in self.texts]
-            self.out.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
-            self.out.flush()
+            self._draw()
         else:
             rate = self.steps / max(time.perf_counter() - self.start, 1e-9)
             self.out.write(f"\r{self.steps} steps, {rate:.1f} steps/s")
             self.out.flush()
+
+    def _draw(self) -> None:
+        """One frame: a line per model, `*` marking the leader; on a terminal it replaces the last
+        frame, elsewhere frames follow each other, a blank line after each."""
+        lines = [f"{'*' if name == self.leader else ' '} {name}: {self.texts[name]}" for name in self.names]
+        frame = "\n".join(lines) + "\n"
+        self.out.write("\x1b[H\x1b[2J" + frame if self.redraw else frame + "\n")
+        self.out.flush()
 
     def close(self) -> None:
         if self.mode == "progress" and self.steps:
@@ -1741,34 +1989,27 @@ class LiveView:
         print(json.dumps(record, ensure_ascii=False), file=self.out, flush=True)
 
 
-def live_view(args: argparse.Namespace, models: Sequence[Model]) -> Optional[LiveView]:
+def live_view(args: argparse.Namespace, models: Sequence[Model], config: DecodeConfig) -> Optional[LiveView]:
     """The view the options ask for; a progress line only when stderr is a terminal."""
     if args.stream:
-        return LiveView(models, "stream", sys.stdout)
+        return LiveView(models, "stream", config.answer_length, sys.stdout)
     if args.show:
-        return LiveView(models, "show")
-    return LiveView(models, "progress") if sys.stderr.isatty() else None
-
-
-def _check_text(text: str, what: str) -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ConfigError(f"{what} is not valid UTF-8") from None
+        return LiveView(models, "show", config.answer_length)
+    return LiveView(models, "progress", config.answer_length) if sys.stderr.isatty() else None
 
 
 def run_cli(args: argparse.Namespace) -> GenerateResult:
-    _check_text(args.prompt, "--prompt")
+    prompt = read_prompt(args)
     if args.answer is not None:
-        _check_text(args.answer, "--answer")
+        check_text(args.answer, "--answer")
     ensemble = ensemble_config(args)
     models = load_models(model_dirs(args), args.provider, args.threads, args.kv_cache, args.kv_window)
-    config = decode_config(args, models[0].manifest)
+    config = decode_config(args, models[0])
     if config.policy is not None:
         load_policy(config.policy)  # a bad policy folder fails here, before any decoding
-    view = live_view(args, models)
+    view = live_view(args, models, config)
     try:
-        return generate(models, args.prompt, config, ensemble, on_step=view, record_history=args.history,
+        return generate(models, prompt, config, ensemble, on_step=view, record_history=args.history,
                         answer=args.answer)
     finally:
         if view:
@@ -1776,21 +2017,21 @@ def run_cli(args: argparse.Namespace) -> GenerateResult:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The CLI: 0 on success, 2 with one `error:` line on bad input, 130 on Ctrl-C."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on, Ctrl-C is handled below
     try:
         args = parse_args(argv)
         result = run_cli(args)
+        if args.trace and result.candidates:
+            print("\n".join(trace_lines(result)), file=sys.stderr)
+        print(json.dumps(result_json(result, args.history), ensure_ascii=False) if args.json else result.text)
     except TieLiteError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-    if args.trace and result.candidates:
-        print("\n".join(trace_lines(result)), file=sys.stderr)
-    if args.json:
-        print(json.dumps(result_json(result, args.history), ensure_ascii=False))
-    else:
-        print(result.text)
     return 0
 
 

@@ -31,7 +31,7 @@ def spin_as_asked(options, key, value):  # the runtime's own sessions, with only
 ort.SessionOptions.add_session_config_entry = spin_as_asked
 model = tie_lite.Model.load({onnx_dir!r}, threads={threads}, kv_cache={kv_cache!r})
 ids = np.array([4 + i % (model.manifest.vocab_size - 4) for i in range({prompt_tokens})])  # past the specials
-prompt, config = model.decode(ids), tie_lite.DecodeConfig(gen_length={gen}, block_size={gen})
+prompt, config = model.detokenize(ids), tie_lite.DecodeConfig(gen_length={gen}, block_size={gen})
 tie_lite.generate(model, prompt, config)
 times = []
 for _ in range({repeats}):

@@ -284,7 +284,7 @@ def main() -> int:
         engine = tie_lite.Model.load(onnx_dir, threads=args.threads)
         m = engine.manifest
         text_ids = [4 + i % (m.vocab_size - 4) for i in range(args.length - args.gen)]  # past the specials
-        prompt_text = engine.decode(np.array(text_ids))
+        prompt_text = engine.detokenize(np.array(text_ids))
         assert engine.encode(prompt_text).tolist() == text_ids, "prompt does not round-trip"
         config = tie_lite.DecodeConfig(gen_length=args.gen, block_size=args.gen)
         canvas = tie_lite.build_canvas(engine, prompt_text, config)  # the manifest's prompt format applied

@@ -48,11 +48,14 @@ def tiny_char(tmp_path_factory):
     return _export(tmp_path_factory, "char", "bert", "char", seed=3)
 
 
-def run_cli(*args: str, module: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run `python tie_lite.py ARGS` (or `python -m MODULE ARGS`) from the repo root."""
+def run_cli(*args: str, module: str | None = None, timeout: float = 120,
+            stdin: str | None = None) -> subprocess.CompletedProcess:
+    """Run `python tie_lite.py ARGS` (or `python -m MODULE ARGS`) from the repo root; `stdin` is piped in
+    (else standard input is empty)."""
     cmd = [sys.executable, "-m", module] if module else [sys.executable, str(ROOT / "tie_lite.py")]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env,
+                          input=stdin if stdin is not None else "")
 
 
 def assert_one_line_error(result, message):

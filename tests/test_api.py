@@ -52,11 +52,12 @@ def test_on_step_returning_false_stops_within_one_step(tiny_bert):
 def test_output_is_cut_at_the_first_eos(tiny_bert):
     model = tie_lite.Model.load(tiny_bert[1])
     m = model.manifest
-    canvas = tie_lite.build_canvas(model, "the cat", tie_lite.DecodeConfig(gen_length=16))
+    config = tie_lite.DecodeConfig(gen_length=16).for_model(model)
+    canvas = tie_lite.build_canvas(model, "the cat", config)
     canvas.tokens[canvas.gen_idx] = [5, 6, m.eos_id, 7] + [m.eos_id] * 12
-    text, tokens, answer = tie_lite.finish(model, canvas, tie_lite.DecodeConfig(gen_length=16))
+    text, tokens, answer = tie_lite.finish(model, canvas, config)
     assert tokens.tolist() == [5, 6] and answer is None
-    assert text == model.decode(np.array([5, 6]))
+    assert text == model.detokenize(np.array([5, 6]))
 
 
 def test_stats_gather_only_the_asked_positions(tiny_modernbert):

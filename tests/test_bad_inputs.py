@@ -1,4 +1,5 @@
-"""The bad-input catalogue: every entry gets one `error: ...` line on stderr, exit code 2, no traceback.
+"""The bad-input catalogue: every entry gets one `error: ...` line on stderr, exit code 2, no traceback,
+within seconds; the library raises ConfigError / ModelError for the same inputs.
 
 Each row: (what is wrong, how the model folder is broken or None, extra CLI arguments, what the
 error line must say). The README summarises this table.
@@ -7,11 +8,17 @@ error line must say). The README summarises this table.
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
+import time
 
 import pytest
 
-from conftest import assert_one_line_error, run_cli
+import tie_lite
+from conftest import ROOT, assert_one_line_error, run_cli
 
 
 def _edit_manifest(**changes):
@@ -57,6 +64,18 @@ def _other_tokenizer(char_folder):
     return lambda folder: shutil.copy(char_folder / "tokenizer.json", folder / "tokenizer.json")
 
 
+def _other_models_graph(char_folder):
+    """model.onnx of another export (another vocabulary width) beside this folder's manifest."""
+    return lambda folder: shutil.copy(char_folder / "model.onnx", folder / "model.onnx")
+
+
+def _prompt_file(text: str):
+    return lambda folder: (folder / "prompt.txt").write_text(text, encoding="utf-8")
+
+
+LONG_PROMPT = "the cat " * 250_000  # 2,000,000 characters
+
+
 M = ["--answer-length", "16", "--gen-length", "32"]  # ensemble rows: a valid infilling layout
 
 CATALOGUE = [
@@ -80,10 +99,24 @@ CATALOGUE = [
     ("decode defaults invalid", _edit_manifest(decode_defaults={"gen_length": 30}), [], "decode_defaults"),
     ("tokenizer.json missing", _remove("tokenizer.json"), [], "no tokenizer.json"),
     ("tokenizer.json not the manifest's", "other tokenizer", [], "does not match the manifest"),
+    ("model.onnx of another vocabulary", "other graph", [], "the manifest's graph_vocab_size is"),
+    ("model path is a file", "file", [], "model path is not a folder"),
     # prompts
     ("empty prompt", None, ["--prompt", "   "], "prompt is empty"),
     ("prompt over max length", None, ["--prompt", " ".join(["cat"] * 120)], "max length 128"),
-    ("prompt not valid UTF-8", None, ["--prompt", "caf\udce9"], "not valid UTF-8"),
+    ("prompt not valid Unicode", None, ["--prompt", "caf\udce9"], "not valid Unicode text"),
+    ("prompt given twice", None, ["--prompt", "the cat", "--prompt", "the dog"], "--prompt is given twice"),
+    ("prompt and prompt file", None, ["--prompt", "a", "--prompt-file", "x"], "not allowed with argument"),
+    ("no prompt", "no prompt", ["--gen-length", "16"], "one of the arguments --prompt --prompt-file is required"),
+    ("prompt file missing", None, ["--prompt-file", "/nonexistent/prompt.txt"], "no such file"),
+    ("prompt file is a folder", None, ["--prompt-file", "/"], "not a file"),
+    ("prompt file not UTF-8", _write("prompt.txt", b"caf\xe9"), ["--prompt-file", "{folder}/prompt.txt"],
+     "is not UTF-8 text"),
+    ("prompt with a NUL character", _prompt_file("the\0cat"), ["--prompt-file", "{folder}/prompt.txt"],
+     "NUL character"),
+    ("prompt of 2,000,000 characters", _prompt_file(LONG_PROMPT), ["--prompt-file", "{folder}/prompt.txt"],
+     "characters; more than"),
+    ("abbreviated option", None, ["--prom", "the cat"], "unrecognized arguments"),
     # decoding options
     ("gen length not divisible by block size", None, ["--gen-length", "20"], "gen_length 20 is not divisible"),
     ("gen length not a number", None, ["--gen-length", "lots"], "invalid int value: 'lots'"),
@@ -103,7 +136,13 @@ CATALOGUE = [
     ("unknown provider", None, ["--provider", "tpu"], "provider must be cpu, cuda or cuda:N"),
     ("bad CUDA device", None, ["--provider", "cuda:x"], "cuda:x"),
     ("CUDA where it is not available", None, ["--provider", "cuda"], "provider 'cuda' is not available"),
-    ("threads zero", None, ["--threads", "0"], "threads must be positive"),
+    ("threads zero", None, ["--threads", "0"], "threads must be an integer in [1, "),
+    ("threads 10000", None, ["--threads", "10000"], "got 10000"),
+    ("threads 100000", None, ["--threads", "100000"], "got 100000"),
+    ("kv window past any canvas", None, ["--kv-cache", "--kv-window", "100000"], "kv_window 100000 exceeds"),
+    ("given answer empty", None, ["--answer-length", "16", "--gen-length", "32", "--answer", ""],
+     "--answer is empty"),
+    ("option given twice", None, ["--gen-length", "16", "--gen-length", "32"], "--gen-length is given twice"),
     # ensembles
     ("ensemble of one", "one", [], "two or more"),
     ("--model and --models together", "both", [], "not allowed with argument"),
@@ -114,6 +153,9 @@ CATALOGUE = [
     ("best-model names no model", "pair", [*M, "--select", "best-model:nobody"], "nobody"),
     ("source-only with tcc", "pair", [*M, "--source-only"], "source-only"),
     ("first-k zero", "pair", [*M, "--first-k", "0"], "first_k must be positive"),
+    ("first-k past the answer", "pair", [*M, "--first-k", "17"], "first_k 17 exceeds the answer's 16"),
+    ("one model twice", "same pair", M, "two models named 'bert'"),
+    ("unknown interval unit", "pair", [*M, "--interval-unit", "hours"], "invalid choice: 'hours'"),
     ("providers do not match models", "pair", [*M, "--provider", "cpu,cpu,cpu"], "3 providers for 2 models"),
     ("prompt fits one model, not the other", "short pair", ["--answer-length", "16", "--gen-length", "96"],
      "exceeds modernbert's max length 90"),
@@ -121,7 +163,9 @@ CATALOGUE = [
 
 
 def _argv(setup, extra, tmp_path, tiny_bert, tiny_modernbert, tiny_char):
-    prompt = [] if "--prompt" in extra else ["--prompt", "the cat"]
+    given = "--prompt" in extra or "--prompt-file" in extra or setup == "no prompt"
+    prompt = [] if given else ["--prompt", "the cat"]
+    setup = None if setup == "no prompt" else setup
     if setup == "gone":
         return ["--model", str(tmp_path / "gone"), *prompt, *extra]
     if setup == "one":
@@ -130,6 +174,11 @@ def _argv(setup, extra, tmp_path, tiny_bert, tiny_modernbert, tiny_char):
         return ["--model", str(tiny_bert[1]), "--models", str(tiny_bert[1]), str(tiny_bert[1]), *prompt, *extra]
     if setup == "pair":
         return ["--models", str(tiny_bert[1]), str(tiny_modernbert[1]), *prompt, *extra]
+    if setup == "same pair":
+        return ["--models", str(tiny_bert[1]), str(tiny_bert[1]), *prompt, *extra]
+    if setup == "file":
+        (tmp_path / "model.txt").write_text("not a folder")
+        return ["--model", str(tmp_path / "model.txt"), *prompt, *extra]
     if setup == "short pair":  # the second model accepts only 90 tokens
         shutil.copytree(tiny_modernbert[1], tmp_path / "short")
         _edit_manifest(max_length=90)(tmp_path / "short")
@@ -138,17 +187,77 @@ def _argv(setup, extra, tmp_path, tiny_bert, tiny_modernbert, tiny_char):
     shutil.copytree(tiny_bert[1], folder)
     if setup == "other tokenizer":
         setup = _other_tokenizer(tiny_char[1])
+    if setup == "other graph":
+        setup = _other_models_graph(tiny_char[1])
     if setup is not None:
         setup(folder)
-    return ["--model", str(folder), *prompt, *extra]
+    return ["--model", str(folder), *prompt, *[arg.replace("{folder}", str(folder)) for arg in extra]]
 
 
 @pytest.mark.parametrize("what,setup,extra,message", CATALOGUE, ids=[row[0] for row in CATALOGUE])
 def test_bad_input_gets_one_clear_error_line(what, setup, extra, message, tmp_path, tiny_bert, tiny_modernbert,
                                              tiny_char):
     argv = _argv(setup, extra, tmp_path, tiny_bert, tiny_modernbert, tiny_char)
-    assert_one_line_error(run_cli(*argv), message)
+    start = time.perf_counter()
+    result = run_cli(*argv)
+    assert_one_line_error(result, message)
+    assert time.perf_counter() - start < 60, "a bad input must be refused quickly, not after minutes of work"
 
 
-def test_the_catalogue_is_at_least_25_entries_long():
-    assert len(CATALOGUE) >= 25
+@pytest.mark.parametrize("prompt,message", [
+    (None, "prompt must be a str, got NoneType"),
+    (7, "prompt must be a str, got int"),
+    (b"the cat", "prompt must be a str, got bytes"),
+    ("caf\udce9", "prompt is not valid Unicode text"),
+    ("the\0cat", "NUL character (U+0000) at character 3"),
+    ("  \n ", "prompt is empty"),
+    (LONG_PROMPT, "prompt has 2000000 characters"),
+])
+def test_library_prompts_are_checked_before_tokenizing(prompt, message, tiny_bert):
+    model = tie_lite.Model.load(tiny_bert[1])
+    with pytest.raises(tie_lite.ConfigError, match=re.escape(message)):
+        tie_lite.generate(model, prompt, tie_lite.DecodeConfig(gen_length=16))
+
+
+def test_library_refuses_bad_threads_and_folders(tiny_bert, tmp_path):
+    with pytest.raises(tie_lite.ConfigError, match="got 100000"):
+        tie_lite.Model.load(tiny_bert[1], threads=100000)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(tie_lite.ModelError, match="not a folder"):
+        tie_lite.Model.load(tmp_path / "file")
+
+
+def test_prompt_dash_reads_standard_input(tiny_bert):
+    base = ["--model", str(tiny_bert[1]), "--gen-length", "16", "--json"]
+    piped = run_cli(*base, "--prompt", "-", stdin="the cat\n")  # as `echo` sends it
+    assert piped.returncode == 0, piped.stderr
+    assert json.loads(piped.stdout) == json.loads(run_cli(*base, "--prompt", "the cat").stdout)
+    assert_one_line_error(run_cli(*base, "--prompt", "-", stdin=""), "prompt is empty")
+
+
+def _interrupt_during_import(module: str, argv0: str) -> subprocess.CompletedProcess:
+    """Run the CLI with a Ctrl-C (SIGINT) delivered while `module` is being imported."""
+    script = f"""
+import os, runpy, signal, sys
+class Interrupt:
+    def find_spec(self, name, path=None, target=None):
+        if name == {module!r}:
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+sys.meta_path.insert(0, Interrupt())
+sys.argv = [{argv0!r}, "--prompt", "the cat"]
+if sys.argv[0].endswith("tie-lite"):
+    import tie_lite
+    sys.exit(tie_lite.main())
+runpy.run_path({str(ROOT / "tie_lite.py")!r}, run_name="__main__")
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
+
+
+@pytest.mark.parametrize("module,argv0", [("numpy", "tie_lite.py"), ("numpy", "/usr/bin/tie-lite"),
+                                          ("onnxruntime", "tie_lite.py")])
+def test_ctrl_c_at_any_moment_exits_130_with_one_line(module, argv0):
+    result = _interrupt_during_import(module, argv0)
+    assert result.returncode == 130, (result.returncode, result.stderr)
+    assert result.stderr.strip() == "interrupted", result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
@@ -78,16 +79,30 @@ def test_stream_emits_a_json_line_per_step_and_relay(tiny_bert, tiny_modernbert)
     assert not lines[-1].startswith("{")  # the final text
 
 
-def test_show_redraws_the_canvas_and_marks_the_leader(tiny_bert, tiny_modernbert):
+def test_show_draws_frames_as_the_final_text_reads(tiny_bert, tiny_modernbert):
     result = run_cli("--models", str(tiny_bert[1]), str(tiny_modernbert[1]), "--prompt", "the cat",
-                     "--gen-length", "32", "--answer-length", "16", "--interval", "16", "--show")
+                     "--gen-length", "32", "--answer-length", "16", "--interval", "16", "--show", "--json")
     assert result.returncode == 0, result.stderr
-    frames = result.stderr.split("\x1b[H\x1b[2J")[1:]
-    assert len(frames) == 64
-    first, last = frames[0].splitlines(), frames[-1].splitlines()
-    assert len(first) == 2 and not any(line.startswith("*") for line in first)
-    assert sum(line.startswith("*") for line in last) == 1
-    assert all(tie_lite.MASK_GLYPH not in line.split(": ", 1)[1] for line in last)
+    assert "\x1b[" not in result.stderr  # stderr is not a terminal here: plain frames, no escapes
+    frames = result.stderr.split("\n\n")[:-1]
+    assert len(frames) == 64 and not frames[0].startswith("*")
+    out = json.loads(result.stdout)
+    leader = out["relays"][-1]["leader"]
+    final = [f"{'*' if c['model'] == leader else ' '} {c['model']}: {c['text']}" for c in out["candidates"]]
+    assert frames[-1] == "\n".join(final)  # marker and answer drawn as the final text reads
+
+
+def test_show_redraws_in_place_on_a_terminal(tiny_bert, tiny_modernbert):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    models = [tie_lite.Model.load(tiny_bert[1]), tie_lite.Model.load(tiny_modernbert[1])]
+    config = tie_lite.DecodeConfig(gen_length=32, answer_length=16)
+    view = tie_lite.LiveView(models, "show", config.answer_length, Terminal())
+    tie_lite.generate(models, "the cat", config, on_step=view)
+    frames = view.out.getvalue().split("\x1b[H\x1b[2J")[1:]
+    assert len(frames) == 64 and all(frame.count("bert: ") == 2 for frame in frames)
 
 
 def test_ctrl_c_exits_cleanly_with_130(tiny_bert, tiny_modernbert):

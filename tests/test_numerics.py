@@ -9,6 +9,11 @@ import tie_lite
 from tie_lite import DecodeConfig
 
 
+def _resolved(**options) -> DecodeConfig:
+    """A DecodeConfig whose unset lengths take the fallbacks, as for a model that recommends none."""
+    return DecodeConfig(**options).with_defaults()
+
+
 @pytest.mark.parametrize("masks,steps,expected", [
     (16, 16, [1] * 16),
     (16, 4, [4, 4, 4, 4]),
@@ -66,10 +71,10 @@ def test_first_index():
 
 
 def test_decode_config_properties():
-    config = DecodeConfig(gen_length=64, block_size=16, steps=32)
+    config = _resolved(gen_length=64, block_size=16, steps=32)
     assert (config.num_blocks, config.steps_per_block, config.infill) == (4, 8, False)
-    assert DecodeConfig(gen_length=64, block_size=16).steps_per_block == 16
-    assert DecodeConfig(gen_length=64, answer_length=16).infill
+    assert _resolved(gen_length=64, block_size=16).steps_per_block == 16
+    assert _resolved(gen_length=64, answer_length=16).infill
 
 
 @pytest.mark.parametrize("kwargs,named", [
@@ -94,7 +99,7 @@ def test_decode_config_properties():
 ])
 def test_decode_config_rejects_bad_values_naming_them(kwargs, named):
     with pytest.raises(tie_lite.ConfigError, match=named):
-        DecodeConfig(**kwargs)
+        _resolved(**kwargs)
 
 
 # --- the seeds' other decoders --------------------------------------------------------------------
@@ -130,7 +135,7 @@ def test_eoser_factor_follows_the_reference_formula():
 
 
 def test_eoser_demotes_an_eos_proposal():
-    config = DecodeConfig(gen_length=64, eos_gamma=(0.4, 1.0))
+    config = _resolved(gen_length=64, eos_gamma=(0.4, 1.0))
     state = tie_lite.DecodeState(canvas=None, block_step=0)
     stats = tie_lite.Stats(np.array([[3, 5], [7, 5]]), np.array([[0.9, 0.05], [0.5, 0.3]]), np.array([0.4, 1.2]),
                            None)
@@ -170,7 +175,7 @@ def test_sample_positions_draws_distinct_indices_by_confidence():
 ])
 def test_decoder_options_reject_bad_values(kwargs, named):
     with pytest.raises(tie_lite.ConfigError, match=named):
-        DecodeConfig(**kwargs)
+        _resolved(**kwargs)
 
 
 @pytest.mark.parametrize("gen_length,blocks,sizes,steps,counts", [
@@ -191,7 +196,7 @@ def test_ass_layout_and_counts_match_the_reference(gen_length, blocks, sizes, st
 
 
 def test_ass_config():
-    config = DecodeConfig(gen_length=64, block_size=64, strategy="ass", ass_blocks=3)
+    config = _resolved(gen_length=64, block_size=64, strategy="ass", ass_blocks=3)
     assert config.block_bounds == (0, 15, 31, 64) and config.num_blocks == 3
     for kwargs, named in [(dict(gen_length=48, block_size=48), "power of two"),
                           (dict(ass_blocks=7), "ass_blocks must be in"),
@@ -199,8 +204,8 @@ def test_ass_config():
                           (dict(steps=4), "takes log2"),
                           (dict(answer_length=16), "block boundary")]:
         with pytest.raises(tie_lite.ConfigError, match=named):
-            DecodeConfig(**{**dict(gen_length=64, block_size=64, strategy="ass", ass_blocks=3), **kwargs})
-    assert DecodeConfig(gen_length=64, block_size=64, strategy="ass", ass_blocks=2, answer_length=33).infill
+            _resolved(**{**dict(gen_length=64, block_size=64, strategy="ass", ass_blocks=3), **kwargs})
+    assert _resolved(gen_length=64, block_size=64, strategy="ass", ass_blocks=2, answer_length=33).infill
 
 
 def test_answer_converged_rules():
@@ -215,6 +220,18 @@ def test_answer_converged_rules():
 
 def test_early_exit_needs_infilling():
     with pytest.raises(tie_lite.ConfigError, match="answer_length > 0"):
-        DecodeConfig(exit_threshold=0.9)
+        _resolved(exit_threshold=0.9)
     with pytest.raises(tie_lite.ConfigError, match="exit_patience must be positive"):
-        DecodeConfig(answer_length=16, exit_patience=0)
+        _resolved(answer_length=16, exit_patience=0)
+
+
+def test_unset_lengths_come_from_the_model_by_one_rule():
+    recommended = {"gen_length": 32, "answer_length": 4, "block_size": 4}
+    assert not DecodeConfig().resolved
+    assert DecodeConfig().with_defaults(recommended) == DecodeConfig(**recommended)
+    assert DecodeConfig(gen_length=64).with_defaults(recommended) == DecodeConfig(gen_length=64, answer_length=4,
+                                                                                  block_size=4)
+    assert DecodeConfig().with_defaults() == DecodeConfig(**tie_lite.FALLBACK_LENGTHS)
+    assert DecodeConfig(strategy="ass").with_defaults({"gen_length": 32}).block_size == 32
+    with pytest.raises(tie_lite.ConfigError, match="unset lengths"):
+        DecodeConfig().num_blocks

@@ -1,6 +1,9 @@
-"""TIE: signals, token change count, scores, relay and final selection (tie-algorithm.md)."""
+"""TIE: signals, token change count, scores, relay and final selection."""
 
 from __future__ import annotations
+
+import json
+import shutil
 
 import numpy as np
 import pytest
@@ -131,8 +134,11 @@ def test_one_model_is_the_single_model_decode(bert):
 
 
 @pytest.mark.parametrize("score", ["tcc", "top1", "entropy", "margin"])
-def test_a_model_ensembled_with_itself_gives_its_single_output(bert, tiny_bert, score):
-    twin = tie_lite.Model.load(tiny_bert[1], threads=1)
+def test_a_model_ensembled_with_itself_gives_its_single_output(bert, tiny_bert, score, tmp_path):
+    shutil.copytree(tiny_bert[1], tmp_path / "twin")  # the same weights under another name
+    manifest = json.loads((tmp_path / "twin" / "tie_lite.json").read_text())
+    (tmp_path / "twin" / "tie_lite.json").write_text(json.dumps({**manifest, "name": "twin"}))
+    twin = tie_lite.Model.load(tmp_path / "twin", threads=1)
     alone = tie_lite.generate(bert, PROMPT, INFILL)
     both = tie_lite.generate([bert, twin], PROMPT, INFILL, EnsembleConfig(interval=8, score=score))
     assert both.tokens.tolist() == alone.tokens.tolist()
@@ -145,7 +151,7 @@ def test_relay_replaces_states_and_resets_histories(bert, modernbert):
     ensemble = EnsembleConfig(interval=5, score="top1")
     hook = tie_lite.step_hook(None, tie_lite.threading.Event())
     for run in runs:
-        tie_lite.decode_interval(run, INFILL, ensemble, hook)
+        tie_lite.decode_interval(run, INFILL, ensemble, hook, tie_lite.threading.Event())
         assert len(run.window) == 5
     record = tie_lite.relay(runs, PROMPT, INFILL, ensemble, previous=None)
     winner = runs[record.leader]
@@ -162,7 +168,7 @@ def test_source_only_scoring_uses_only_the_source_model(bert, modernbert):
     ensemble = EnsembleConfig(interval=3, score="margin", cross_model=False)
     hook = tie_lite.step_hook(None, tie_lite.threading.Event())
     for run in runs:
-        tie_lite.decode_interval(run, INFILL, ensemble, hook)
+        tie_lite.decode_interval(run, INFILL, ensemble, hook, tie_lite.threading.Event())
     tie_lite.relay(runs, PROMPT, INFILL, ensemble, previous=None)
     assert [r.scoring_calls for r in runs] == [1, 1]
 
@@ -201,6 +207,14 @@ def test_stop_from_callback_stops_every_model(bert, modernbert):
     assert sum(c.steps for c in result.candidates) == len(seen)
 
 
+def test_stop_in_sequential_ensembles_starts_no_other_step(bert, modernbert):
+    seen = []
+    result = tie_lite.generate([bert, modernbert], PROMPT, INFILL, EnsembleConfig(interval=16, parallel=False),
+                               on_step=lambda e: seen.append(e.model) or len(seen) < 3)
+    assert result.stopped and seen == [bert.name] * 3
+    assert [c.steps for c in result.candidates] == [3, 0]
+
+
 def test_ensemble_needs_infilling_and_known_best_model(bert, modernbert):
     with pytest.raises(tie_lite.ConfigError, match="answer_length"):
         tie_lite.generate([bert, modernbert], PROMPT, DecodeConfig(gen_length=32))
@@ -219,7 +233,7 @@ def test_text_relay_round_trips_the_clean_prefix(bert, char):
     receiver = make_run(char)
     canvas = tie_lite.view_for(source, receiver, PROMPT, INFILL)
     prefix = tie_lite.clean_prefix(char, tie_lite.DecodeState(canvas))
-    assert char.decode(prefix) == bert.decode(words)
+    assert char.detokenize(prefix) == bert.detokenize(words)
     assert canvas.tokens[: canvas.prompt_length].tolist() == receiver.state.tokens[: canvas.prompt_length].tolist()
 
 
@@ -230,7 +244,7 @@ def test_text_relay_carries_an_ended_reasoning(bert, char):
     source.state.tokens[gen_idx[:32]] = np.concatenate([words, np.full(30, bert.manifest.eos_id)])
     canvas = tie_lite.view_for(source, make_run(char), PROMPT, INFILL)
     reasoning = canvas.tokens[canvas.gen_idx[:32]]
-    assert char.decode(tie_lite.trim_at_stop(reasoning, char.manifest.stop_ids)) == "the cat"
+    assert char.detokenize(tie_lite.trim_at_stop(reasoning, char.manifest.stop_ids)) == "the cat"
     assert (reasoning[len("the cat"):] == char.manifest.eos_id).all()
     assert (canvas.tokens[canvas.answer_idx] == char.manifest.mask_id).all()
 
