@@ -329,16 +329,46 @@ def pick_within_entropy_budget(entropy: np.ndarray, budget: float) -> np.ndarray
     return order[: max(within, 1)]
 
 
-def dream_count(masked: int, step: int, steps: int, eps: float) -> int:
+def torch_linspace_f32(start: float, end: float, steps: int) -> np.ndarray:
+    """Reproduces torch.linspace(start, end, steps)'s float32 points, bit for bit, in numpy.
+
+    With step = (end - start) / (steps - 1) rounded to float32, point i is start + step * i
+    for i < steps // 2 and end - step * (steps - 1 - i) for the rest (each half counted from
+    its own end), each a fused multiply-add: rounded once, to float32. That is PyTorch's CPU
+    kernel as built for AVX2 / AVX512 (checked bit for bit against torch 2.13); its build
+    without them (ATEN_CPU_CAPABILITY=default) rounds the product first, one ulp off at places.
+    """
+    start32, end32 = np.float32(start), np.float32(end)
+    if steps == 1:
+        return np.array([start32])
+    step = (end32 - start32) / np.float32(steps - 1)
+    i = np.arange(steps)
+    lower = i < steps // 2
+    base = np.where(lower, start32, end32).astype(np.float64)
+    product = np.float64(step) * np.where(lower, i, i - (steps - 1))  # exact in float64
+    total = base + product
+    back = total - product
+    error = (base - back) + (product - (total - back))  # what rounding the sum to float64 lost
+    # Round to odd (an inexact sum gets the neighbour with an odd last bit), so that rounding
+    # to float32 below gives the exact sum rounded once.
+    even = (total.view(np.int64) & 1) == 0
+    total = np.where((error != 0) & even, np.nextafter(total, np.copysign(np.inf, error)), total)
+    return total.astype(np.float32)
+
+
+def dream_count(masked: int | np.ndarray, step: int, steps: int, eps: float) -> int | np.ndarray:
     """Dream's count at step `step` of `steps`: int(masked * (1 - s / t)), all the rest at the last step.
 
-    t, s are consecutive points of linspace(1, eps, steps + 1), in float32 as Dream computes them.
+    t, s are consecutive points of linspace(1, eps, steps + 1), in float32 as Dream computes
+    them (torch.linspace); the rest is float32 too, as in Dream's _sample. `masked` may be an
+    int (an int is returned) or an integer array (an int64 array of counts is returned).
     """
     if step >= steps - 1:
         return masked
-    timesteps = np.linspace(1, eps, steps + 1, dtype=np.float32)
+    timesteps = torch_linspace_f32(1, eps, steps + 1)
     t, s = timesteps[step], timesteps[step + 1]
-    return int(np.float32(masked) * (np.float32(1) - s / t))
+    counts = np.asarray(masked, np.float32) * (np.float32(1) - s / t)
+    return counts.astype(np.int64) if counts.ndim else int(counts)
 
 
 def ass_layout(gen_length: int, blocks: int) -> tuple[list, list]:

@@ -3,6 +3,11 @@
 Full logits over the whole canvas every step, softmax, confidence of the argmax at
 the still-masked positions of the current block, commit the most confident ones.
 It shares no code with tie_lite.
+
+Two rules are tie-lite's, not LLaDA's or Dream's, and this reference applies them too:
+the mask token's column gets no probability (logit -inf here, the float32 minimum in
+the exported graph: the same softmax), and equal confidences commit the lower position
+first. Dream's count is computed as Dream's _sample does, in torch float32.
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ def reference_decode(model, tokenizer, prompt: str, *, gen_length: int, block_si
                      strategy: str = "schedule", threshold: float = 0.9, tokens_per_step: int = 2,
                      vocab_size: int | None = None, confidence: str = "top1", entropy_budget: float = 1.0,
                      eps: float = 1e-3, eos_gamma: tuple | None = None, mask_id: int | None = None,
-                     bidirectional: bool = False, shift: int = 0) -> tuple[list[int], int]:
+                     bidirectional: bool = False, shift: int = 0,
+                     commits: list | None = None) -> tuple[list[int], int]:
     """Greedy decode; returns (the canvas after the prompt, number of forward passes).
 
     bidirectional: hand a causal-LM class an all-true 4D mask; shift 1: position i reads
-    the logits at i - 1 (position 0 its own), as Dream does.
+    the logits at i - 1 (position 0 its own), as Dream does. commits: a list to which each
+    step appends the sorted canvas positions it committed.
     """
     mask_id = tokenizer.mask_token_id if mask_id is None else mask_id
     prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
@@ -71,16 +78,19 @@ def reference_decode(model, tokenizer, prompt: str, *, gen_length: int, block_si
                         break
                     chosen.append(i)
                 chosen = chosen or by_entropy[:1]
-            elif strategy == "dream":  # Dream: linspace(1, eps, n + 1), int(masked * (1 - s / t))
+            elif strategy == "dream":  # Dream's _sample: linspace(1, eps, n + 1), int(masked * (1 - s / t))
                 timesteps = torch.linspace(1, eps, steps_per_block + 1)
                 t, s = timesteps[step], timesteps[step + 1]
-                n_now = len(masked)
-                k = n_now if step == steps_per_block - 1 else int(n_now * (1 - s / t))
+                num_mask_token = torch.tensor(len(masked)) / 1  # float32, as Dream's mask_index.sum() / batch
+                last = step == steps_per_block - 1
+                k = int(num_mask_token) if last else int(num_mask_token * (1 - s / t))
                 chosen = order[:k]
             else:
                 chosen = [i for i in order if float(conf[i]) > threshold] or order[:1]
             for i in chosen:
                 x[masked[i]] = x0[masked[i]]
+            if commits is not None:
+                commits.append(sorted(int(masked[i]) for i in chosen))
             step += 1
     return x[p:].tolist(), forwards
 

@@ -111,19 +111,67 @@ def test_med_commits_the_lowest_entropy_prefix_within_budget():
     assert tie_lite.pick_within_entropy_budget(entropy, 10.0).tolist() == [1, 3, 0, 2]
 
 
-@pytest.mark.parametrize("masked,steps,eps", [(16, 16, 1e-3), (32, 8, 1e-3), (7, 5, 0.05), (64, 64, 1e-3)])
-def test_dream_count_matches_dreams_float32_schedule(masked, steps, eps):
-    import torch
+DREAM_EPS = (1e-3, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75)
 
+
+def _torch_with_fma_kernels():
+    """torch, when its CPU kernels are the AVX2 / AVX512 builds (fused multiply-adds) that
+    tie_lite follows; its build without them rounds linspace's products first."""
+    torch = pytest.importorskip("torch")
+    if getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")() == "DEFAULT":
+        pytest.skip("torch runs its non-vectorized CPU kernels here (ATEN_CPU_CAPABILITY=default)")
+    return torch
+
+
+def test_torch_linspace_f32_equals_torch_linspace_bit_for_bit():
+    torch = _torch_with_fma_kernels()
+    rng = np.random.default_rng(0)
+    ends = [(1.0, e) for e in DREAM_EPS + (1 - 1e-7, 1e-9, 1e-30)] + [(1.0, float(e)) for e in rng.uniform(0, 1, 12)]
+    ends += [tuple(float(v) for v in 10.0 ** rng.uniform(-6, 6, 2) * rng.choice([-1, 1], 2)) for _ in range(8)]
+    for start, end in ends:
+        for steps in list(range(1, 130)) + [257, 513, 1025]:
+            ours = tie_lite.torch_linspace_f32(start, end, steps)
+            theirs = torch.linspace(start, end, steps).numpy()
+            assert ours.dtype == np.float32 and ours.view(np.int32).tolist() == theirs.view(np.int32).tolist(), \
+                (start, end, steps)
+
+
+def test_dream_count_equals_dreams_float32_count_over_a_grid():
+    """Every (eps, steps <= 64, step, masked <= 256), as Dream's _sample computes it in torch."""
+    torch = _torch_with_fma_kernels()
+    masked = np.arange(257)
+    num_mask_token = torch.from_numpy(masked) / 1  # float32: Dream's mask_index.sum() / batch size
+    for eps in DREAM_EPS:
+        for steps in range(1, 65):
+            timesteps = torch.linspace(1, eps, steps + 1)
+            for i in range(steps):
+                t, s = timesteps[i], timesteps[i + 1]
+                theirs = (num_mask_token * (1 - s / t)).long().numpy() if i < steps - 1 else masked
+                ours = tie_lite.dream_count(masked, i, steps, eps)
+                assert np.array_equal(ours, theirs), (eps, steps, i, np.nonzero(ours != theirs)[0][:5])
+
+
+@pytest.mark.parametrize("masked,steps,eps", [(16, 16, 1e-3), (32, 8, 1e-3), (7, 5, 0.05), (64, 64, 1e-3),
+                                              (22, 18, 0.1), (32, 19, 0.05), (32, 14, 0.3)])
+def test_dream_count_walks_dreams_float32_schedule(masked, steps, eps):
+    """One decode's counts, each an int from tie_lite, written the way Dream's _sample writes them."""
+    torch = _torch_with_fma_kernels()
     timesteps = torch.linspace(1, eps, steps + 1)
     remaining, ours, theirs = masked, [], []
     for i in range(steps):
         k = tie_lite.dream_count(remaining, i, steps, eps)
         t, s = timesteps[i], timesteps[i + 1]
-        expected = int(remaining * (1 - s / t)) if i < steps - 1 else remaining
+        num_mask_token = torch.tensor(remaining) / 1
+        expected = int(num_mask_token * (1 - s / t)) if i < steps - 1 else int(num_mask_token)
+        assert type(k) is int
         ours.append(k), theirs.append(expected)
         remaining -= k
     assert ours == theirs and remaining == 0
+
+
+def test_dream_count_at_the_issue_case():
+    """eps 0.1, 18 steps, 22 masks left at step 9: torch's timesteps give 22 * (1 - s / t) = 1.9999994."""
+    assert tie_lite.dream_count(22, 9, 18, 0.1) == 1
 
 
 def test_eoser_factor_follows_the_reference_formula():

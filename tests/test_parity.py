@@ -23,6 +23,9 @@ SETTINGS = [
     (32, 16, None, 16, "topk", 0.9, 2),      # top-k, infilling
     (32, 8, None, 0, "threshold", 0.3, 2),  # threshold low enough to commit several at once
     (32, 16, None, 16, "threshold", 0.25, 2),  # threshold, infilling
+    (32, 16, 6, 0, "schedule", 0.9, 2),      # uneven: 16 masks over 3 steps -> 6, 5, 5
+    (30, 10, 12, 0, "schedule", 0.9, 2),     # uneven, steps not dividing the length: 10 over 4 -> 3, 3, 2, 2
+    (48, 16, 15, 16, "schedule", 0.9, 2),    # uneven, infilling: 16 over 5 -> 4, 3, 3, 3, 3
 ]
 
 # (gen_length, block_size, steps, answer_length, strategy, extra DecodeConfig / reference options)
@@ -35,6 +38,13 @@ DECODERS = [
     (32, 8, 16, 0, "schedule", dict(confidence="entropy")),
     (32, 16, None, 0, "schedule", dict(eos_gamma=(0.4, 1.0))),
     (32, 16, 16, 16, "schedule", dict(eos_gamma=(0.01, 1.0))),
+    # Dream at other eps, steps not dividing the length; the float32 linspace of numpy, not torch's, gives
+    # other counts in each of these but the 1e-3 one (e.g. 16 masks over 6 steps at eps 0.1)
+    (32, 32, 10, 0, "dream", dict(eps=1e-3)),
+    (32, 32, 19, 0, "dream", dict(eps=0.05)),
+    (16, 16, 6, 0, "dream", dict(eps=0.1, confidence="entropy")),
+    (48, 24, 18, 0, "dream", dict(eps=0.1)),
+    (32, 32, 14, 0, "dream", dict(eps=0.3, confidence="margin")),
 ]
 
 
@@ -63,15 +73,17 @@ def test_greedy_decode_matches_pytorch(torch_models, arch, prompt, setting):
     config = tie_lite.DecodeConfig(gen_length=gen_length, block_size=block_size, steps=steps,
                                    answer_length=answer_length, strategy=strategy, threshold=threshold,
                                    tokens_per_step=k)
+    commits, history = [], []
     expected, forwards = reference_decode(
         hf_model, hf_tok, prompt, gen_length=gen_length, block_size=block_size, steps=steps,
         answer_length=answer_length, marker=model.manifest.answer_marker, strategy=strategy,
-        threshold=threshold, tokens_per_step=k, vocab_size=model.manifest.vocab_size)
+        threshold=threshold, tokens_per_step=k, vocab_size=model.manifest.vocab_size, commits=commits)
     state = tie_lite.DecodeState(tie_lite.build_canvas(model, prompt, config))
-    tie_lite.decode(model, state, config, np.random.default_rng(0))
+    tie_lite.decode(model, state, config, np.random.default_rng(0), history=history)
     got = state.tokens[state.canvas.prompt_length:].tolist()
     assert got == expected
     assert state.steps == forwards
+    assert [sorted(e.committed_idx.tolist()) for e in history] == commits  # step by step, not only the end
     if strategy == "threshold":
         assert forwards < gen_length  # the bar was low enough to commit several tokens in some step
 
@@ -87,14 +99,16 @@ def test_other_decoders_match_pytorch(torch_models, arch, setting):
     hf_model, hf_tok, model = torch_models[arch]
     config = tie_lite.DecodeConfig(gen_length=gen_length, block_size=block_size, steps=steps,
                                    answer_length=answer_length, strategy=strategy, **extra)
+    commits, history = [], []
     expected, forwards = reference_decode(
         hf_model, hf_tok, PROMPTS[0], gen_length=gen_length, block_size=block_size, steps=steps,
         answer_length=answer_length, marker=model.manifest.answer_marker, strategy=strategy,
-        vocab_size=model.manifest.vocab_size, **extra)
+        vocab_size=model.manifest.vocab_size, commits=commits, **extra)
     state = tie_lite.DecodeState(tie_lite.build_canvas(model, PROMPTS[0], config))
-    tie_lite.decode(model, state, config, np.random.default_rng(0))
+    tie_lite.decode(model, state, config, np.random.default_rng(0), history=history)
     assert state.tokens[state.canvas.prompt_length:].tolist() == expected
     assert state.steps == forwards
+    assert [sorted(e.committed_idx.tolist()) for e in history] == commits  # step by step, not only the end
 
 
 @pytest.mark.parametrize("arch", ["tiny_bert", "tiny_modernbert"])
