@@ -1690,9 +1690,24 @@ def generate(models, prompt: str, config: DecodeConfig = DecodeConfig(),
 # CLI
 # ---------------------------------------------------------------------------
 
-DEFAULT_MODELS_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_MODELS = ("a", "b")        # the shipped default pair, folders under models/ holding onnx/
                                    # (see models/README.md)
+
+
+def _default_models_dir() -> Path:
+    """models/ beside this file (a checkout), else the installed package tie_lite_models (`pip install .`)."""
+    checkout = Path(__file__).resolve().parent / "models"
+    if all((checkout / name / "onnx").is_dir() for name in DEFAULT_MODELS):
+        return checkout
+    import importlib.util
+
+    spec = importlib.util.find_spec("tie_lite_models")  # finds the folder, imports nothing
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return checkout
+
+
+DEFAULT_MODELS_DIR = _default_models_dir()
 
 
 EXAMPLE_PROMPT = "Compute 7 - 6 + 8."  # the kind of prompt the shipped models answer

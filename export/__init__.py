@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -95,7 +96,7 @@ def export_model(source: str | Path, out_dir: str | Path, *, top_k: int = DEFAUL
     max_length = model_family.max_length(config)
     log("validating ONNX against PyTorch")
     checks = (model, model_family, is_suppressed, top_k, vocab_size, ids["mask_id"], max_length)
-    extra = {"source": str(source), "validation": validate(onnx_path, *checks).as_dict()}
+    extra = {"source": recorded_source(source, out_dir), "validation": validate(onnx_path, *checks).as_dict()}
     graphs = {onnx_path: measure}
     if kv_cache:
         log(f"exporting the K/V-cache graph to {out_dir / 'cache.onnx'} and validating it")
@@ -214,6 +215,22 @@ def store_weights_externally(onnx_path: Path) -> None:
     onnx.save_model(graph, str(onnx_path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=data.name, size_threshold=1024)
     data.chmod(onnx_path.stat().st_mode & 0o777)  # onnx writes it owner-only; readable as model.onnx is
+
+
+def recorded_source(source, out_dir) -> str:
+    """The manifest's "source": a local folder relative to out_dir ("../hf"), a Hub id as given.
+
+    Never a machine's absolute path: the manifest stays true wherever the two folders move together
+    (python train/export_defaults.py ships models/NAME/hf as "../hf"). A source that is no local
+    folder is a Hub id, as transformers reads it.
+    """
+    folder = Path(str(source))
+    if not folder.is_dir():
+        return str(source)
+    try:
+        return Path(os.path.relpath(folder.resolve(), Path(out_dir).resolve())).as_posix()
+    except ValueError:  # another drive (Windows): no relative path exists
+        return folder.resolve().name
 
 
 def _load(loader, source, trust_remote_code: bool, **kwargs):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,6 +27,30 @@ def test_manifest_contents(tiny_modernbert):
     report = manifest["validation"]
     assert report["positions"] > 0 and report["top1_agree"] + report["near_ties"] == report["positions"]
     assert report["max_prob_diff"] <= report["prob_atol"]
+
+
+def test_manifest_records_the_source_relative_to_the_output_or_as_given(tiny_modernbert, tmp_path, monkeypatch):
+    """A local folder is recorded relative to the output folder, a Hub id as given: never a machine path."""
+    from export import recorded_source
+
+    hf_dir, onnx_dir = tiny_modernbert  # BASE/hf exported to BASE/onnx
+    assert json.loads((onnx_dir / "tie_lite.json").read_text())["source"] == "../hf"
+    out = tmp_path / "deep" / "er" / "onnx"
+    assert recorded_source(hf_dir, out) == Path(os.path.relpath(hf_dir, out)).as_posix()
+    assert not Path(recorded_source(hf_dir, out)).is_absolute()
+    monkeypatch.chdir(hf_dir.parent)  # a relative source and output, as typed on the command line
+    assert recorded_source("hf", "onnx") == "../hf" and recorded_source(Path("hf"), Path("x/onnx")) == "../../hf"
+    assert recorded_source("answerdotai/ModernBERT-base", out) == "answerdotai/ModernBERT-base"
+    assert recorded_source("bert-base-uncased", out) == "bert-base-uncased"
+
+
+def test_shipped_manifests_record_no_machine_path():
+    from conftest import ROOT
+
+    for manifest_path in sorted((ROOT / "models").glob("*/onnx/tie_lite.json")):
+        manifest = json.loads(manifest_path.read_text())
+        assert manifest["source"] == "../hf", manifest_path
+        assert not any(isinstance(v, str) and Path(v).is_absolute() for v in manifest.values()), manifest_path
 
 
 def test_validation_catches_a_graph_that_disagrees(tiny_bert, tiny_char):
@@ -74,6 +100,7 @@ def test_export_cli_writes_a_loadable_folder(tiny_char, tmp_path):
     assert result.returncode == 0, result.stderr
     manifest = json.loads((tmp_path / "out" / "tie_lite.json").read_text())
     assert manifest["name"] == "char" and manifest["answer_marker"] == " = "
+    assert manifest["source"] == Path(os.path.relpath(tiny_char[0], tmp_path / "out")).as_posix()
     run = run_cli("--model", str(tmp_path / "out"), "--prompt", "2+2", "--json")
     assert run.returncode == 0, run.stderr
 
