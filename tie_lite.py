@@ -666,12 +666,33 @@ class Stats:
 
 @dataclass
 class KVCache:
-    """Per-layer keys and values kept from a full pass of cache.onnx, and the canvas they came from."""
+    """Per-layer keys and values kept from a full pass of cache.onnx over one canvas, for the
+    decode of one block: which steps it may serve, and which rows those steps recompute."""
 
     keys: list          # N onnxruntime OrtValues (1, h, L, d) float32, one per layer, on the session's device
     values: list        # N OrtValues (1, h, L, d) float32
     tokens: np.ndarray  # (L,) int64 the canvas of that pass
-    block: int = -1     # the decode block it was kept for
+    block: int          # the decode block it was kept for
+
+    def serves(self, tokens: np.ndarray, block_idx: np.ndarray, block: int) -> bool:
+        """Whether it may serve a step of `block` (positions block_idx) on the canvas `tokens` (L,):
+        the same block, and no token outside it changed since the pass (a relay changes them)."""
+        if block != self.block:
+            return False
+        outside = np.ones(tokens.size, bool)  # (L,)
+        outside[block_idx] = False
+        return np.array_equal(self.tokens[outside], tokens[outside])
+
+    @staticmethod
+    def rows(block_idx: np.ndarray, positions: np.ndarray, length: int, mode: str, window: Optional[int]) -> np.ndarray:
+        """Canvas rows (Q,) sorted, a cached step recomputes: the block's, the positions read, `window`
+        rows before the block (None: the block's size) and, with mode "prefix", every row after it."""
+        rows = np.union1d(block_idx, positions)
+        window = block_idx.size if window is None else window
+        rows = np.union1d(rows, np.arange(max(0, block_idx.min() - window), block_idx.min()))
+        if mode == "prefix":
+            rows = np.union1d(rows, np.arange(block_idx.max() + 1, length))
+        return rows
 
 
 class Model:
@@ -760,11 +781,11 @@ class Model:
         logits = outputs[3][0] if with_logits else None
         return Stats(outputs[0][0], outputs[1][0], outputs[2][0], logits)
 
-    def prime(self, tokens: np.ndarray, positions: np.ndarray, with_logits: bool = False) -> tuple:
-        """(Stats at positions (K,), KVCache): a full pass of cache.onnx over the canvas tokens (L,)."""
+    def prime(self, tokens: np.ndarray, positions: np.ndarray, block: int, with_logits: bool = False) -> tuple:
+        """(Stats at positions (K,), KVCache for `block`): a full pass of cache.onnx over the canvas (L,)."""
         every = np.arange(tokens.size, dtype=np.int64)  # (L,) every row recomputed
         stats, keys, values = self._run_cache(tokens, every, self._empty_cache(), positions, with_logits)
-        return stats, KVCache(keys, values, tokens.copy())
+        return stats, KVCache(keys, values, tokens.copy(), block)
 
     def _empty_cache(self) -> KVCache:
         """Nothing kept, for a pass that recomputes every row: keys/values of no position (P = 0)."""
@@ -773,7 +794,7 @@ class Model:
         layers, heads, dim = self.cache_dims
         empty = np.zeros((1, heads, 0, dim), np.float32)  # (1, h, 0, d)
         on_device = ort.OrtValue.ortvalue_from_numpy(empty, *self.cache_device)
-        return KVCache([on_device] * layers, [on_device] * layers, np.zeros(0, np.int64))
+        return KVCache([on_device] * layers, [on_device] * layers, np.zeros(0, np.int64), block=-1)
 
     def cached_stats(self, tokens: np.ndarray, cache: KVCache, rows: np.ndarray, gather: np.ndarray,
                      with_logits: bool = False) -> Stats:
@@ -1075,9 +1096,13 @@ OnStep = Callable[["StepEvent | Relay"], Optional[bool]]
 
 @dataclass
 class DecodeState:
-    """Where one model's decode stands: canvas, current block and its step schedule."""
+    """Where one model's decode stands: canvas, current block and its step schedule, its sampler,
+    and whether its steps report the answer positions' signals (TIE's tracking)."""
 
     canvas: Canvas
+    rng: np.random.Generator       # draws tokens (temperature > 0) and positions (alg_temp > 0)
+    track: bool = False            # read every answer position each step and report its AnswerSignals
+    first_k: Optional[int] = None  # with track: only the first K answer positions count (paper: 8 for code)
     block: int = 0                 # current block
     block_step: int = 0            # steps taken in the current block
     steps: int = 0                 # forward passes taken so far
@@ -1139,7 +1164,7 @@ def commit_count(state: DecodeState, config: DecodeConfig, masked: int) -> int:
 
 def choose_positions(state: DecodeState, config: DecodeConfig, confidence: np.ndarray, entropy: np.ndarray,
                      rng: np.random.Generator) -> np.ndarray:
-    """Indices (into the block's masked positions) to commit this step."""
+    """Stage 4, pick: indices (into the block's masked positions) to commit this step, by the strategy."""
     if config.strategy == "threshold":
         return pick_above_threshold(confidence, config.threshold)
     if config.strategy == "policy":  # confidence holds the policy's unmask logits
@@ -1152,13 +1177,94 @@ def choose_positions(state: DecodeState, config: DecodeConfig, confidence: np.nd
     return pick_by_confidence(confidence, count)
 
 
+# A step in five stages: read statistics, propose, rank, pick, commit.
+
+@dataclass(frozen=True)
+class Reading:
+    """Stage 1's output: the forward pass's statistics where the step looks."""
+
+    read_idx: np.ndarray             # (r,) canvas positions ranked: the block's masks (the policy: the whole block)
+    is_masked: np.ndarray            # (r,) bool which of them are still masked
+    stats: Stats                     # (r rows) at read_idx
+    answer: Stats                    # (A rows) at the answer positions, when tracked or exiting early, else 0 rows
+    signals: Optional[AnswerSignals]  # before this step's commit, when the state tracks the answer
+
+    @property
+    def masked(self) -> Stats:
+        """The statistics at the still-masked positions (c rows), in order."""
+        return self.stats if self.is_masked.all() else self.stats.take(self.is_masked)
+
+
+@dataclass(frozen=True)
+class Commit:
+    """Positions a step writes, the ids written and their probabilities."""
+
+    idx: np.ndarray    # (c,) int64 canvas positions
+    ids: np.ndarray    # (c,) int64 token ids
+    probs: np.ndarray  # (c,) float64
+
+    def then(self, other: "Commit") -> "Commit":
+        return Commit(np.concatenate([self.idx, other.idx]), np.concatenate([self.ids, other.ids]),
+                      np.concatenate([self.probs, other.probs]))
+
+
+NO_COMMIT = Commit(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
+
+
+def step_stats(model: Model, state: DecodeState, config: DecodeConfig, positions: np.ndarray,
+               with_logits: bool) -> Stats:
+    """This step's predictions at `positions` (K,).
+
+    A model loaded with kv_cache makes a full pass when a block starts (or when anything
+    outside the block changed, e.g. a relay) and keeps its keys and values (KVCache); the
+    block's other steps recompute only the rows KVCache.rows names, over the kept ones.
+    """
+    if not model.kv_cache:
+        return model.stats(state.tokens, positions, with_logits)
+    block_idx = current_block_idx(state, config)
+    if state.kv is None or not state.kv.serves(state.tokens, block_idx, state.block):
+        stats, state.kv = model.prime(state.tokens, positions, state.block, with_logits)
+        return stats
+    rows = KVCache.rows(block_idx, positions, state.tokens.size, model.kv_cache, model.kv_window)  # (Q,)
+    return model.cached_stats(state.tokens, state.kv, rows, np.searchsorted(rows, positions), with_logits)
+
+
+def track_answer(model: Model, tokens: np.ndarray, answer_idx: np.ndarray, stats: Stats,
+                 first_k: Optional[int]) -> AnswerSignals:
+    """AnswerSignals from the statistics gathered at answer_idx (A,)."""
+    is_masked = tokens[answer_idx] == model.manifest.mask_id
+    return answer_signals(stats.top_ids, stats.top_probs, stats.entropy, is_masked, model.manifest.stop_ids,
+                          first_k)
+
+
+def read_stats(model: Model, state: DecodeState, config: DecodeConfig, masked_idx: np.ndarray) -> Reading:
+    """Stage 1, read: one forward pass, gathered at the positions to rank and at the answer."""
+    read_idx = current_block_idx(state, config) if config.strategy == "policy" else masked_idx
+    answer_idx = state.canvas.answer_idx if state.track or config.early_exit else np.zeros(0, np.int64)
+    stats = step_stats(model, state, config, np.concatenate([read_idx, answer_idx]), config.temperature > 0)
+    answer = stats.take(slice(read_idx.size, None))
+    signals = track_answer(model, state.tokens, answer_idx, answer, state.first_k) if state.track else None
+    is_masked = state.tokens[read_idx] == model.manifest.mask_id  # (r,)
+    return Reading(read_idx, is_masked, stats.take(slice(0, read_idx.size)), answer, signals)
+
+
 def propose(stats: Stats, config: DecodeConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Proposed token ids (c,) and their probabilities (c,) under softmax(logits), at the masked positions."""
+    """Stage 2, propose: token ids (c,) and their probabilities (c,) under softmax(logits), at the masked
+    positions: the top-1 (greedy) or a draw at the temperature."""
     if config.temperature == 0:
         return stats.top_ids[:, 0].astype(np.int64), stats.top_probs[:, 0].astype(np.float64)
     proposed = gumbel_argmax(stats.logits, config.temperature, rng)  # (c,)
     probs = softmax(stats.logits)  # (c, V) float64
     return proposed.astype(np.int64), probs[np.arange(proposed.size), proposed]
+
+
+def rank(model: Model, state: DecodeState, config: DecodeConfig, reading: Reading, proposed: np.ndarray,
+         proposed_prob: np.ndarray) -> np.ndarray:
+    """Stage 3, rank: a score (c,) per masked position, higher = commit first. The learned policy is
+    one ranker; the others score the proposals by the configured confidence."""
+    if config.strategy == "policy":
+        return policy_ranking(state, config, reading)
+    return rank_proposals(state, config, reading.masked, proposed, proposed_prob, model.manifest.eos_id)
 
 
 def rank_proposals(state: DecodeState, config: DecodeConfig, stats: Stats, proposed: np.ndarray,
@@ -1171,96 +1277,27 @@ def rank_proposals(state: DecodeState, config: DecodeConfig, stats: Stats, propo
     return confidence
 
 
-def policy_view(state: DecodeState, config: DecodeConfig, block_stats: Stats, block_idx: np.ndarray,
-                mask_id: int) -> tuple[np.ndarray, Stats]:
-    """The learned policy's unmask logits (c,) at the block's masked positions, and their statistics."""
-    is_masked = state.tokens[block_idx] == mask_id  # (b,)
-    features = policy_features(block_stats.top_probs, block_stats.entropy, is_masked, state.block,
+def policy_ranking(state: DecodeState, config: DecodeConfig, reading: Reading) -> np.ndarray:
+    """The learned policy's unmask logits (c,) at the block's masked positions; it sees the whole block."""
+    features = policy_features(reading.stats.top_probs, reading.stats.entropy, reading.is_masked, state.block,
                                config.num_blocks)
-    logits = load_policy(str(config.policy)).logits(features).astype(np.float64)  # (b,)
-    return logits[is_masked], block_stats.take(is_masked)
+    logits = load_policy(str(config.policy)).logits(features).astype(np.float64)  # (r,)
+    return logits[reading.is_masked]
 
 
-def cache_is_current(cache: Optional[KVCache], tokens: np.ndarray, block_idx: np.ndarray, block: int) -> bool:
-    """Whether keys/values kept for `block` may serve this step: no token outside the block changed."""
-    if cache is None or cache.block != block:
-        return False
-    outside = np.ones(tokens.size, bool)  # (L,)
-    outside[block_idx] = False
-    return np.array_equal(cache.tokens[outside], tokens[outside])
-
-
-def step_stats(model: Model, state: DecodeState, config: DecodeConfig, positions: np.ndarray,
-               with_logits: bool) -> Stats:
-    """This step's predictions at `positions` (K,).
-
-    A model loaded with kv_cache makes a full pass when a block starts (or when anything
-    outside the block changed, e.g. a relay) and keeps its keys and values; the block's
-    other steps recompute only the block's rows, the model's kv_window rows before it (and,
-    with "prefix", every row after the block) and the positions read, over the kept ones.
-    """
-    if not model.kv_cache:
-        return model.stats(state.tokens, positions, with_logits)
-    block_idx = current_block_idx(state, config)
-    if not cache_is_current(state.kv, state.tokens, block_idx, state.block):
-        stats, state.kv = model.prime(state.tokens, positions, with_logits)
-        state.kv.block = state.block
-        return stats
-    rows = np.union1d(block_idx, positions)  # (Q,) sorted canvas positions
-    window = block_idx.size if model.kv_window is None else model.kv_window
-    rows = np.union1d(rows, np.arange(max(0, block_idx.min() - window), block_idx.min()))
-    if model.kv_cache == "prefix":
-        rows = np.union1d(rows, np.arange(block_idx.max() + 1, state.tokens.size))
-    return model.cached_stats(state.tokens, state.kv, rows, np.searchsorted(rows, positions), with_logits)
-
-
-def track_answer(model: Model, tokens: np.ndarray, answer_idx: np.ndarray, stats: Stats,
-                 first_k: Optional[int]) -> AnswerSignals:
-    """AnswerSignals from the statistics gathered at answer_idx (A,)."""
-    is_masked = tokens[answer_idx] == model.manifest.mask_id
-    return answer_signals(stats.top_ids, stats.top_probs, stats.entropy, is_masked, model.manifest.stop_ids,
-                          first_k)
-
-
-def decode_step(model: Model, state: DecodeState, config: DecodeConfig, rng: np.random.Generator,
-                track: bool = False, first_k: Optional[int] = None) -> Optional[StepEvent]:
-    """One forward pass and commit; None when every block is done.
-
-    track: also gather every answer position and report its signals (for TIE).
-    """
-    masked_idx = advance_block(state, config, model.manifest.mask_id)
-    if masked_idx.size == 0:
-        return None
-    answer_idx = state.canvas.answer_idx if track or config.early_exit else np.zeros(0, np.int64)
-    learned = config.strategy == "policy"
-    read_idx = current_block_idx(state, config) if learned else masked_idx  # the policy sees the whole block
-    stats = step_stats(model, state, config, np.concatenate([read_idx, answer_idx]), config.temperature > 0)
-    answer_stats = stats.take(slice(read_idx.size, None))
-    signals = track_answer(model, state.tokens, answer_idx, answer_stats, first_k) if track else None
-    block_stats = stats.take(slice(0, read_idx.size))
-    if learned:
-        unmask_logits, block_stats = policy_view(state, config, block_stats, read_idx, model.manifest.mask_id)
-    proposed, proposed_prob = propose(block_stats, config, rng)
-    confidence = unmask_logits if learned else rank_proposals(state, config, block_stats, proposed,
-                                                              proposed_prob, model.manifest.eos_id)
-    picked = choose_positions(state, config, confidence, block_stats.entropy.astype(np.float64), rng)
-    committed_idx, committed_ids, committed_p = masked_idx[picked], proposed[picked], proposed_prob[picked]
-    state.tokens[committed_idx] = committed_ids
+def commit(model: Model, state: DecodeState, config: DecodeConfig, picked: Commit, answer: Stats) -> Commit:
+    """Stage 5, commit: write the picked proposals, then let early exit fill the answer if it fires."""
+    state.tokens[picked.idx] = picked.ids
     if config.early_exit:
-        filled = exit_early(state, config, answer_stats, model.manifest.mask_id)
-        committed_idx, committed_ids, committed_p = (np.concatenate([a, b]) for a, b in
-                                                     zip((committed_idx, committed_ids, committed_p), filled))
+        picked = picked.then(exit_early(state, config, answer, model.manifest.mask_id))
     state.block_step += 1
     state.steps += 1
-    return StepEvent(state.steps, state.block, committed_idx, committed_ids, committed_p,
-                     state.tokens.copy(), state.canvas.gen_idx, model.name, signals)
+    return picked
 
 
-def exit_early(state: DecodeState, config: DecodeConfig, answer_stats: Stats, mask_id: int) -> tuple:
+def exit_early(state: DecodeState, config: DecodeConfig, answer_stats: Stats, mask_id: int) -> Commit:
     """Apply the early-exit rule to this step's answer predictions; fill the answer if it fires.
-
-    Returns the (positions, ids, probabilities) it filled, each (f,), empty when it did not fire.
-    """
+    Returns what it filled (NO_COMMIT when it did not fire)."""
     answer_idx = state.canvas.answer_idx
     top1 = answer_stats.top_ids[:, 0].astype(np.int64)  # (A,)
     same = state.answer_top1 is not None and np.array_equal(top1, state.answer_top1)
@@ -1269,28 +1306,54 @@ def exit_early(state: DecodeState, config: DecodeConfig, answer_stats: Stats, ma
     is_masked = state.tokens[answer_idx] == mask_id
     top1_p = answer_stats.top_probs[:, 0].astype(np.float64)
     if not answer_converged(top1_p, is_masked, config.exit_threshold, state.unchanged_steps, config.exit_patience):
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+        return NO_COMMIT
     state.tokens[answer_idx[is_masked]] = top1[is_masked]
     state.exited = True
-    return answer_idx[is_masked], top1[is_masked], top1_p[is_masked]
+    return Commit(answer_idx[is_masked], top1[is_masked], top1_p[is_masked])
 
 
-def decode(model: Model, state: DecodeState, config: DecodeConfig, rng: np.random.Generator,
-           max_steps: Optional[int] = None, on_step: Optional[OnStep] = None,
-           history: Optional[list] = None, track: bool = False, first_k: Optional[int] = None) -> bool:
+def decode_step(model: Model, state: DecodeState, config: DecodeConfig) -> Optional[StepEvent]:
+    """One step: read statistics, propose, rank, pick, commit. None when every block is done."""
+    masked_idx = advance_block(state, config, model.manifest.mask_id)
+    if masked_idx.size == 0:
+        return None
+    reading = read_stats(model, state, config, masked_idx)
+    masked = reading.masked
+    proposed, proposed_prob = propose(masked, config, state.rng)
+    score = rank(model, state, config, reading, proposed, proposed_prob)
+    picked = choose_positions(state, config, score, masked.entropy.astype(np.float64), state.rng)
+    done = commit(model, state, config, Commit(masked_idx[picked], proposed[picked], proposed_prob[picked]),
+                  reading.answer)
+    return StepEvent(state.steps, state.block, done.idx, done.ids, done.probs, state.tokens.copy(),
+                     state.canvas.gen_idx, model.name, reading.signals)
+
+
+def decode(model: Model, state: DecodeState, config: DecodeConfig, max_steps: Optional[int] = None,
+           on_step: Optional[OnStep] = None) -> bool:
     """Decode up to max_steps steps (all, if None). Returns False if on_step asked to stop."""
     config = config.for_model(model)
     taken = 0
     while max_steps is None or taken < max_steps:
-        event = decode_step(model, state, config, rng, track, first_k)
+        event = decode_step(model, state, config)
         if event is None:
             break
         taken += 1
-        if history is not None:
-            history.append(event)
         if on_step is not None and on_step(event) is False:
             return False
     return True
+
+
+def recording(on_step: Optional[OnStep], history: Optional[list]) -> Optional[OnStep]:
+    """on_step that first appends every StepEvent to `history` (when it is a list)."""
+    if history is None:
+        return on_step
+
+    def hook(event) -> Optional[bool]:
+        if isinstance(event, StepEvent):
+            history.append(event)
+        return on_step(event) if on_step is not None else None
+
+    return hook
 
 
 @dataclass(frozen=True)
@@ -1338,10 +1401,9 @@ def finish(model: Model, canvas: Canvas, config: DecodeConfig) -> tuple[str, np.
 def generate_one(model: Model, prompt: str, config: DecodeConfig = DecodeConfig(),
                  on_step: Optional[OnStep] = None, record_history: bool = False) -> GenerateResult:
     """Decode `prompt` with one model."""
-    state = DecodeState(build_canvas(model, prompt, config))
-    rng = np.random.default_rng(config.seed)
+    state = DecodeState(build_canvas(model, prompt, config), np.random.default_rng(config.seed))
     history = [] if record_history else None
-    completed = decode(model, state, config, rng, on_step=on_step, history=history)
+    completed = decode(model, state, config, on_step=recording(on_step, history))
     text, tokens, answer = finish(model, state.canvas, config)
     return GenerateResult(text, tokens, answer, state.steps, not completed, model.name, history,
                           model_calls=state.steps)
@@ -1370,23 +1432,21 @@ def answer_likelihood(model: Model, tokens: np.ndarray, answer_idx: np.ndarray, 
 
 def infill_reasoning(model: Model, prompt: str, answer: str, config: DecodeConfig,
                      on_step: Optional[OnStep] = None, record_history: bool = False) -> GenerateResult:
-    """Decode the reasoning for a given answer (seed 002), reporting after every step the model's
-    confidence in that answer given the reasoning so far: scoring reasoning without rollouts."""
+    """Decode the reasoning for a given answer (reasoning as infilling), reporting after every step the
+    model's confidence in that answer given the reasoning so far: scoring reasoning without rollouts."""
     if not config.infill or config.early_exit:
         raise ConfigError("a given answer needs reasoning-as-infilling (answer_length > 0) and no early exit")
-    state = DecodeState(build_canvas(model, prompt, config))
+    state = DecodeState(build_canvas(model, prompt, config), np.random.default_rng(config.seed))
     slot = answer_slot(model, answer, config)
     state.tokens[state.canvas.answer_idx] = slot
     confidence, history = [], [] if record_history else None
+    report = recording(on_step, history)
 
     def hook(event: StepEvent) -> Optional[bool]:
         confidence.append(answer_likelihood(model, event.tokens, state.canvas.answer_idx, slot))
-        event = dataclasses.replace(event, answer_confidence=confidence[-1])
-        if history is not None:
-            history.append(event)
-        return on_step(event) if on_step is not None else None
+        return report(dataclasses.replace(event, answer_confidence=confidence[-1])) if report else None
 
-    completed = decode(model, state, config, np.random.default_rng(config.seed), on_step=hook)
+    completed = decode(model, state, config, on_step=hook)
     text, tokens, answer_text = finish(model, state.canvas, config)
     return GenerateResult(text, tokens, answer_text, state.steps, not completed, model.name, history,
                           model_calls=2 * state.steps, answer_confidence=tuple(confidence))
@@ -1398,11 +1458,10 @@ def infill_reasoning(model: Model, prompt: str, answer: str, config: DecodeConfi
 
 @dataclass
 class Run:
-    """One model's part in an ensemble: its decode state, sampler and confidence history."""
+    """One model's part in an ensemble: its decode state and confidence history."""
 
     model: Model
-    state: DecodeState
-    rng: np.random.Generator
+    state: DecodeState              # tracks the answer positions; its rng is the model's own stream
     history: Optional[list] = None  # StepEvents, when asked for
     window: list = field(default_factory=list)  # AnswerSignals of the interval being decoded
     tcc_total: float = 0.0          # token change count summed over every closed window
@@ -1509,11 +1568,13 @@ def view_for(source: Run, receiver: Run, prompt: str, config: DecodeConfig) -> C
 
 def relayed_state(source: Run, receiver: Run, prompt: str, config: DecodeConfig) -> DecodeState:
     """The receiver's new decode state continuing the source's trajectory."""
-    canvas = view_for(source, receiver, prompt, config)
-    if same_tokenizer(source.model, receiver.model):
-        schedule = None if source.state.schedule is None else source.state.schedule.copy()
-        return DecodeState(canvas, source.state.block, source.state.block_step, receiver.state.steps, schedule)
-    return DecodeState(canvas, steps=receiver.state.steps)  # block and schedule restart from the canvas
+    canvas, own = view_for(source, receiver, prompt, config), receiver.state
+    fresh = DecodeState(canvas, own.rng, own.track, own.first_k, steps=own.steps)
+    if not same_tokenizer(source.model, receiver.model):
+        return fresh  # block and schedule restart from the canvas
+    schedule = None if source.state.schedule is None else source.state.schedule.copy()
+    return dataclasses.replace(fresh, block=source.state.block, block_step=source.state.block_step,
+                               schedule=schedule)
 
 
 def judge_signals(judge: Run, source: Run, prompt: str, config: DecodeConfig,
@@ -1580,7 +1641,7 @@ def decode_interval(run: Run, config: DecodeConfig, ensemble: EnsembleConfig, ho
     answer positions; no step starts once `stop` is set."""
     progress = 0
     while progress < ensemble.interval and not stop.is_set():
-        event = decode_step(run.model, run.state, config, run.rng, track=True, first_k=ensemble.first_k)
+        event = decode_step(run.model, run.state, config)
         if event is None:
             return
         progress += event.committed_idx.size if ensemble.interval_unit == "positions" else 1
@@ -1645,8 +1706,9 @@ def generate_tie(models: Sequence[Model], prompt: str, config: DecodeConfig, ens
                  on_step: Optional[OnStep] = None, record_history: bool = False) -> GenerateResult:
     """Decode `prompt` with M >= 2 models ensembled by TIE."""
     _check_ensemble(models, config, ensemble)
-    runs = [Run(model, DecodeState(build_canvas(model, prompt, config)), np.random.default_rng([config.seed, m]),
-                [] if record_history else None) for m, model in enumerate(models)]
+    runs = [Run(model, DecodeState(build_canvas(model, prompt, config), np.random.default_rng([config.seed, m]),
+                                   track=True, first_k=ensemble.first_k), [] if record_history else None)
+            for m, model in enumerate(models)]
     relays, stopped = run_intervals(runs, prompt, config, ensemble, on_step)
     candidates = []
     for run in runs:
@@ -1922,8 +1984,9 @@ def decode_config(args: argparse.Namespace, model: Model) -> DecodeConfig:
 
 
 def ensemble_config(args: argparse.Namespace) -> EnsembleConfig:
-    return EnsembleConfig(interval=args.interval, interval_unit=args.interval_unit, score=args.score, cross_model=not args.source_only,
-                          select=args.select, first_k=args.first_k, parallel=not args.sequential)
+    return EnsembleConfig(interval=args.interval, interval_unit=args.interval_unit, score=args.score,
+                          cross_model=not args.source_only, select=args.select, first_k=args.first_k,
+                          parallel=not args.sequential)
 
 
 def result_json(result: GenerateResult, with_history: bool) -> dict:

@@ -60,7 +60,7 @@ def measure(shipped, open_, prompts, options) -> dict:
     mask_id = shipped.manifest.mask_id
     d_top1, d_entropy, mask_top1, steps, differ, outputs_differ = [], [], 0, 0, 0, 0
     for prompt in prompts:
-        state = tie_lite.DecodeState(tie_lite.build_canvas(shipped, prompt, config))
+        state = tie_lite.DecodeState(tie_lite.build_canvas(shipped, prompt, config), np.random.default_rng(0))
         while True:
             masked = state.canvas.gen_idx[state.tokens[state.canvas.gen_idx] == mask_id]
             if masked.size:
@@ -69,15 +69,15 @@ def measure(shipped, open_, prompts, options) -> dict:
                 d_entropy.append(np.abs(a.entropy - b.entropy))
                 mask_top1 += int(np.sum(b.top_ids[:, 0] == mask_id))
             other = copy.deepcopy(state)
-            event = tie_lite.decode_step(shipped, state, config, np.random.default_rng(0))
+            event = tie_lite.decode_step(shipped, state, config)
             if event is None:
                 break
-            alt = tie_lite.decode_step(open_, other, config, np.random.default_rng(0))
+            alt = tie_lite.decode_step(open_, other, config)
             steps += 1
             differ += (sorted(zip(event.committed_idx.tolist(), event.committed_ids.tolist()))
                        != sorted(zip(alt.committed_idx.tolist(), alt.committed_ids.tolist())))
-        whole = tie_lite.DecodeState(tie_lite.build_canvas(open_, prompt, config))
-        tie_lite.decode(open_, whole, config, np.random.default_rng(0))
+        whole = tie_lite.DecodeState(tie_lite.build_canvas(open_, prompt, config), np.random.default_rng(0))
+        tie_lite.decode(open_, whole, config)
         outputs_differ += not np.array_equal(whole.tokens, state.tokens)
     d_top1, d_entropy = np.concatenate(d_top1), np.concatenate(d_entropy)
     return dict(positions=d_top1.size, top1_max=d_top1.max(), top1_median=np.median(d_top1),

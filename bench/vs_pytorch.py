@@ -242,8 +242,8 @@ def decoded(engine, prompt_text: str, config) -> list:
     import tie_lite
 
     canvas = tie_lite.build_canvas(engine, prompt_text, config)
-    state = tie_lite.DecodeState(canvas)
-    tie_lite.decode(engine, state, config, np.random.default_rng(0))
+    state = tie_lite.DecodeState(canvas, np.random.default_rng(0))
+    tie_lite.decode(engine, state, config)
     return state.tokens[canvas.prompt_length:].tolist()
 
 

@@ -82,8 +82,9 @@ def test_family_decode_matches_pytorch(families, family, setting):
         _torch_model(hf, family), AutoTokenizer.from_pretrained(hf), "what is two plus three ?",
         marker=m.answer_marker, vocab_size=m.vocab_size, mask_id=m.mask_id, bidirectional=True,
         shift=m.logits_shift, **setting)
-    state = tie_lite.DecodeState(tie_lite.build_canvas(model, "what is two plus three ?", config))
-    tie_lite.decode(model, state, config, np.random.default_rng(0))
+    canvas = tie_lite.build_canvas(model, "what is two plus three ?", config)
+    state = tie_lite.DecodeState(canvas, np.random.default_rng(0))
+    tie_lite.decode(model, state, config)
     assert state.tokens[state.canvas.prompt_length:].tolist() == expected
     assert state.steps == forwards
 
@@ -130,8 +131,9 @@ def test_llada_code_decode_matches_pytorch(llada_code, setting):
     expected, forwards = reference_decode(
         torch_model, AutoTokenizer.from_pretrained(hf), "what is two plus three ?", marker=m.answer_marker,
         vocab_size=m.vocab_size, mask_id=m.mask_id, **setting)
-    state = tie_lite.DecodeState(tie_lite.build_canvas(model, "what is two plus three ?", config))
-    tie_lite.decode(model, state, config, np.random.default_rng(0))
+    canvas = tie_lite.build_canvas(model, "what is two plus three ?", config)
+    state = tie_lite.DecodeState(canvas, np.random.default_rng(0))
+    tie_lite.decode(model, state, config)
     assert state.tokens[state.canvas.prompt_length:].tolist() == expected
     assert state.steps == forwards
 

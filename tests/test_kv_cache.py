@@ -137,7 +137,7 @@ def test_kept_keys_and_values_stay_onnxruntime_values_on_the_session_device(one_
     model = tie_lite.Model.load(one_layer["modernbert"], kv_cache="dual")
     tokens = model.encode(PROMPTS[1] + " " + PROMPTS[0])  # (L,)
     every = np.arange(tokens.size)
-    stats, cache = model.prime(tokens, every)
+    stats, cache = model.prime(tokens, every, block=0)
     layers, heads, dim = model.cache_dims
     assert len(cache.keys) == len(cache.values) == layers
     for value in cache.keys + cache.values:  # bound back as they are: never copied to numpy
@@ -166,15 +166,22 @@ def test_cache_is_refreshed_when_a_token_outside_the_block_changes():
     tokens = np.arange(10)
     cache = tie_lite.KVCache(np.zeros(1), np.zeros(1), tokens.copy(), block=1)
     block_idx = np.array([4, 5])
-    assert tie_lite.cache_is_current(cache, tokens, block_idx, 1)
+    assert cache.serves(tokens, block_idx, 1)
     inside = tokens.copy()
     inside[4] = 99
-    assert tie_lite.cache_is_current(cache, inside, block_idx, 1)
+    assert cache.serves(inside, block_idx, 1)
     outside = tokens.copy()
     outside[7] = 99  # e.g. a relay rewrote the canvas
-    assert not tie_lite.cache_is_current(cache, outside, block_idx, 1)
-    assert not tie_lite.cache_is_current(cache, tokens, block_idx, 2)  # a new block
-    assert not tie_lite.cache_is_current(None, tokens, block_idx, 1)
+    assert not cache.serves(outside, block_idx, 1)
+    assert not cache.serves(tokens, block_idx, 2)  # a new block
+
+
+def test_cached_rows_follow_the_mode_and_window():
+    block_idx, read = np.array([6, 7]), np.array([7, 9])
+    assert tie_lite.KVCache.rows(block_idx, read, 12, "dual", None).tolist() == [4, 5, 6, 7, 9]
+    assert tie_lite.KVCache.rows(block_idx, read, 12, "dual", 0).tolist() == [6, 7, 9]
+    assert tie_lite.KVCache.rows(block_idx, read, 12, "prefix", 1).tolist() == [5, 6, 7, 8, 9, 10, 11]
+    assert tie_lite.KVCache.rows(block_idx, read, 12, "dual", 50).tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 9]
 
 
 def test_tie_ensemble_with_kv_cache_decodes(one_layer):

@@ -184,7 +184,7 @@ def test_eoser_factor_follows_the_reference_formula():
 
 def test_eoser_demotes_an_eos_proposal():
     config = _resolved(gen_length=64, eos_gamma=(0.4, 1.0))
-    state = tie_lite.DecodeState(canvas=None, block_step=0)
+    state = tie_lite.DecodeState(canvas=None, rng=None, block_step=0)
     stats = tie_lite.Stats(np.array([[3, 5], [7, 5]]), np.array([[0.9, 0.05], [0.5, 0.3]]), np.array([0.4, 1.2]),
                            None)
     confidence = tie_lite.rank_proposals(state, config, stats, np.array([3, 7]), np.array([0.9, 0.5]), eos_id=3)

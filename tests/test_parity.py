@@ -78,8 +78,8 @@ def test_greedy_decode_matches_pytorch(torch_models, arch, prompt, setting):
         hf_model, hf_tok, prompt, gen_length=gen_length, block_size=block_size, steps=steps,
         answer_length=answer_length, marker=model.manifest.answer_marker, strategy=strategy,
         threshold=threshold, tokens_per_step=k, vocab_size=model.manifest.vocab_size, commits=commits)
-    state = tie_lite.DecodeState(tie_lite.build_canvas(model, prompt, config))
-    tie_lite.decode(model, state, config, np.random.default_rng(0), history=history)
+    state = tie_lite.DecodeState(tie_lite.build_canvas(model, prompt, config), np.random.default_rng(0))
+    tie_lite.decode(model, state, config, on_step=history.append)
     got = state.tokens[state.canvas.prompt_length:].tolist()
     assert got == expected
     assert state.steps == forwards
@@ -104,8 +104,8 @@ def test_other_decoders_match_pytorch(torch_models, arch, setting):
         hf_model, hf_tok, PROMPTS[0], gen_length=gen_length, block_size=block_size, steps=steps,
         answer_length=answer_length, marker=model.manifest.answer_marker, strategy=strategy,
         vocab_size=model.manifest.vocab_size, commits=commits, **extra)
-    state = tie_lite.DecodeState(tie_lite.build_canvas(model, PROMPTS[0], config))
-    tie_lite.decode(model, state, config, np.random.default_rng(0), history=history)
+    state = tie_lite.DecodeState(tie_lite.build_canvas(model, PROMPTS[0], config), np.random.default_rng(0))
+    tie_lite.decode(model, state, config, on_step=history.append)
     assert state.tokens[state.canvas.prompt_length:].tolist() == expected
     assert state.steps == forwards
     assert [sorted(e.committed_idx.tolist()) for e in history] == commits  # step by step, not only the end
@@ -120,7 +120,7 @@ def test_ass_matches_the_reference_layout(torch_models, arch, gen_length, blocks
     expected, forwards = reference_ass_decode(hf_model, hf_tok, PROMPTS[1], gen_length=gen_length, block_num=blocks,
                                               vocab_size=model.manifest.vocab_size)
     config = tie_lite.DecodeConfig(gen_length=gen_length, block_size=gen_length, strategy="ass", ass_blocks=blocks)
-    state = tie_lite.DecodeState(tie_lite.build_canvas(model, PROMPTS[1], config))
-    tie_lite.decode(model, state, config, np.random.default_rng(0))
+    state = tie_lite.DecodeState(tie_lite.build_canvas(model, PROMPTS[1], config), np.random.default_rng(0))
+    tie_lite.decode(model, state, config)
     assert state.tokens[state.canvas.prompt_length:].tolist() == expected
     assert state.steps == forwards == gen_length.bit_length() - 1

@@ -123,8 +123,9 @@ PROMPT = "what is two plus three ?"
 
 
 def make_run(model, prompt=PROMPT, config=INFILL, seed=0):
-    state = tie_lite.DecodeState(tie_lite.build_canvas(model, prompt, config))
-    return tie_lite.Run(model, state, np.random.default_rng(seed))
+    canvas = tie_lite.build_canvas(model, prompt, config)
+    state = tie_lite.DecodeState(canvas, np.random.default_rng(seed), track=True)
+    return tie_lite.Run(model, state)
 
 
 def test_one_model_is_the_single_model_decode(bert):
@@ -232,7 +233,7 @@ def test_text_relay_round_trips_the_clean_prefix(bert, char):
     source.state.tokens[gen_idx[words.size + 2]] = words[0]  # after a mask: not part of the clean prefix
     receiver = make_run(char)
     canvas = tie_lite.view_for(source, receiver, PROMPT, INFILL)
-    prefix = tie_lite.clean_prefix(char, tie_lite.DecodeState(canvas))
+    prefix = tie_lite.clean_prefix(char, tie_lite.DecodeState(canvas, np.random.default_rng(0)))
     assert char.detokenize(prefix) == bert.detokenize(words)
     assert canvas.tokens[: canvas.prompt_length].tolist() == receiver.state.tokens[: canvas.prompt_length].tolist()
 
