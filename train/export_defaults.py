@@ -2,7 +2,7 @@
 into models/NAME/hf and export it with export/ into models/NAME/onnx, exactly as a
 user exports a Hub model.
 
-    python train/export_defaults.py [--ckpt /work/ckpt3] [--models-dir models] [--only A B C] [--kv-cache]
+    python train/export_defaults.py [--ckpt ckpt] [--models-dir models] [--only A B C] [--kv-cache]
     python train/export_defaults.py --from-shipped --int8 --kv-cache --models-dir DIR --only A B
 
 Reads each checkpoint's training_args.json for the layout it was trained on (prompt
@@ -35,7 +35,8 @@ BLOCK_SIZE = 4  # divides R = 28 and A = 4, so the answer starts a block of its 
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ckpt", type=Path, default=Path("/work/ckpt3"), help="folder holding the checkpoints")
+    p.add_argument("--ckpt", type=Path, default=Path("ckpt"),
+                   help="folder holding the checkpoints (train/run_defaults.sh's OUT_ROOT)")
     p.add_argument("--models-dir", type=Path, default=ROOT / "models")
     p.add_argument("--from-shipped", action="store_true",
                    help="export the checkpoints shipped in models/NAME/hf (e.g. int8 copies into another --models-dir)")
