@@ -27,8 +27,8 @@ from export import export_model  # noqa: E402
 HF_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
             "special_tokens_map.json", "training_args.json")
 # shipped model -> checkpoint (train/run_defaults.sh). A is its step-3750 snapshot, chosen on validation:
-# the final A (77.8% on 400 validation problems) was 15.1 points ahead of B (62.7%), past the 15 points
-# the pair may differ by; at step 3750 A scored 68.8%.
+# the final A was further ahead of B than the 15 points the pair may differ by, the snapshot was not
+# (the scores are in models/README.md).
 CHECKPOINTS = {"A": "A_steps/step03750", "B": "B2", "C": "C"}
 BLOCK_SIZE = 4  # divides R = 28 and A = 4, so the answer starts a block of its own
 

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Train tie-lite's three default models: A and B in parallel (one thread each), then B's second
-# stage and C in parallel. About 45 + 45 minutes on a 2-core machine.
+# stage and C in parallel (training times: models/README.md).
 # Usage: sh train/run_defaults.sh [OUT_ROOT]   (default ckpt); logs in OUT_ROOT/<name>.log
 # PYTHON: interpreter (default python). Then: python train/export_defaults.py --ckpt OUT_ROOT
 #
