@@ -1,4 +1,4 @@
-"""int8 copies of the shipped models under other quantization settings, to measure their accuracy.
+"""Accuracy of other int8 quantization settings: writes int8 copies of the shipped models for eval/evaluate.py.
 
     python bench/int8_variants.py --out DIR [--variant default|all-layers|per-channel|fp32-head|matmul-only ...]
     python eval/evaluate.py --split validation --n 1000 --models-dir DIR/VARIANT --only "A alone" "B alone"

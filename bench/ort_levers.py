@@ -1,10 +1,10 @@
-"""onnxruntime levers on one export, measured side by side: forward time relative to the
-runtime's own session, and each variant's peak RSS in a fresh process.
+"""Forward time and peak RSS of onnxruntime levers on one export, against the runtime's own session.
 
     python bench/ort_levers.py [--onnx-dir DIR] [--length 512] [--repeats 5] [--threads 2]
 
-Without --onnx-dir it exports a ModernBERT-base-sized random model (hidden 768, 22
-layers, vocab 50368; needs torch). Variants, all on the same weights:
+Forward time relative to the runtime's session, side by side, and each variant's peak
+RSS in a fresh process. Without --onnx-dir it exports a ModernBERT-base-sized random
+model (hidden 768, 22 layers, vocab 50368; needs torch). Variants, all on the same weights:
   runtime      tie_lite's session options on the export as written (python -m export)
   single-file  weights inside model.onnx (what export writes below its size bar)
   external     weights in model.onnx.data (what export writes above it)

@@ -1,4 +1,4 @@
-"""tie-lite vs the PyTorch loop users run today, same weights, same settings, one run.
+"""Decode time of tie-lite vs the PyTorch loop users run today, same weights, same settings, one run.
 
     python bench/vs_pytorch.py [--hidden 768 --layers 22 --vocab 50368] [--length 512] [--gen 32]
     python bench/vs_pytorch.py --model-dir HF_FOLDER --onnx-dir ONNX_FOLDER
