@@ -959,9 +959,6 @@ _check_graph_io = _io_check(GRAPH_INPUTS, GRAPH_OUTPUTS, "tie-lite", "python -m 
 def _check_cache_io(session, path: Path) -> None:
     """cache.onnx's names: CACHE_INPUTS and CACHE_OUTPUTS, then one past/fresh key and value per layer."""
     layers = sum(i.name.startswith("past_keys_") for i in session.get_inputs())
-    if not layers:
-        raise ModelError(f"{path} has no per-layer past_keys_i inputs (an older cache.onnx?): "
-                         "export it again with `python -m export --kv-cache`")
     _io_check(CACHE_INPUTS + tuple(layer_names("past_keys", layers) + layer_names("past_values", layers)),
               CACHE_OUTPUTS + tuple(layer_names("keys", layers) + layer_names("values", layers)),
               "tie-lite's --kv-cache", "python -m export --kv-cache")(session, path)

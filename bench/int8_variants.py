@@ -1,7 +1,7 @@
-"""int8 copies of the shipped models under other quantization settings, to measure their accuracy.
+"""Accuracy of other int8 quantization settings: writes int8 copies of the shipped models for eval/evaluate.py.
 
     python bench/int8_variants.py --out DIR [--variant default|all-layers|per-channel|fp32-head|matmul-only ...]
-    python train/evaluate.py --split validation --n 1000 --models-dir DIR/VARIANT --only "A alone" "B alone"
+    python eval/evaluate.py --split validation --n 1000 --models-dir DIR/VARIANT --only "A alone" "B alone"
 
 Each variant is export's int8 path (onnxruntime's quant_pre_process + quantize_dynamic,
 QInt8) applied to models/{a,b}/onnx/model.onnx: as `python -m export --int8` does, the first
@@ -9,7 +9,7 @@ transformer layer's matmuls left in float32 (default); every layer quantized (al
 `--int8-all-layers`); and, on top of all-layers, per-channel weight scales (per-channel), the
 LM head's MatMul left in float32 (fp32-head), or only MatMuls quantized, so the embedding
 table's Gather stays float32 (matmul-only). The K/V-cache graph (cache.onnx) gets the same treatment when the folder
-has one. Writes DIR/VARIANT/{a,b}/onnx, ready for train/evaluate.py.
+has one. Writes DIR/VARIANT/{a,b}/onnx, ready for eval/evaluate.py.
 """
 
 from __future__ import annotations

@@ -22,11 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "train"))
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(HERE), str(ROOT)]
+sys.path.append(str(ROOT / "train"))  # task.py; appended, so that `common` is bench/common.py, not train's
 
 import tie_lite  # noqa: E402
+from common import session_options  # noqa: E402
 from task import make_split  # noqa: E402
 
 STRATEGIES = {  # the shipped layout (gen 32 = reasoning 28 + answer 4, block 4), three rankings
@@ -49,9 +51,7 @@ def unsuppressed(model: tie_lite.Model) -> tie_lite.Model:
     assert keep[..., model.manifest.mask_id].all(), "the mask column is not suppressed in this graph"
     keep[..., model.manifest.mask_id] = False
     constant.attribute[0].t.CopyFrom(numpy_helper.from_array(keep, constant.attribute[0].t.name))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(graph.SerializeToString(), session_options(1), providers=["CPUExecutionProvider"])
     return tie_lite.Model(model.folder, model.manifest, model.tokenizer, session)
 
 

@@ -1,10 +1,10 @@
-"""onnxruntime levers on one export, measured side by side: forward time relative to the
-runtime's own session, and each variant's peak RSS in a fresh process.
+"""Forward time and peak RSS of onnxruntime levers on one export, against the runtime's own session.
 
     python bench/ort_levers.py [--onnx-dir DIR] [--length 512] [--repeats 5] [--threads 2]
 
-Without --onnx-dir it exports a ModernBERT-base-sized random model (hidden 768, 22
-layers, vocab 50368; needs torch). Variants, all on the same weights:
+Forward time relative to the runtime's session, side by side, and each variant's peak
+RSS in a fresh process. Without --onnx-dir it exports a ModernBERT-base-sized random
+model (hidden 768, 22 layers, vocab 50368; needs torch). Variants, all on the same weights:
   runtime      tie_lite's session options on the export as written (python -m export)
   single-file  weights inside model.onnx (what export writes below its size bar)
   external     weights in model.onnx.data (what export writes above it)
@@ -29,7 +29,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))  # random_models
+sys.path.insert(0, str(HERE))  # common, random_models
+from common import session_options  # noqa: E402
 
 FEED_POSITIONS = 32  # statistics gathered per forward
 
@@ -71,9 +72,7 @@ def graph_copies(onnx_dir: Path, tmp: Path) -> dict:
 def session(path: Path, variant: str, threads: int):
     import onnxruntime as ort
 
-    o = ort.SessionOptions()
-    o.intra_op_num_threads, o.inter_op_num_threads = threads, 1
-    o.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    o = session_options(threads)  # the runtime's; the variants below change one lever each
     if variant == "no-prepack":
         o.add_session_config_entry("session.disable_prepacking", "1")
     if variant == "basic-opt":

@@ -1,4 +1,4 @@
-"""Random-weight masked LMs of a chosen size, exported through export/, for benchmarks (needs torch).
+"""Measures nothing: builds the random-weight masked LMs (any size, exported through export/) other benchmarks time.
 
     python bench/random_models.py OUT [--hidden 768 --layers 22 --vocab 50368 --max-length 512] [--kv-cache]
 

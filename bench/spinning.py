@@ -1,6 +1,6 @@
-"""onnxruntime thread spinning on vs off (tie-lite runs with it off), whole decodes, one run.
+"""Decode time with onnxruntime's thread spinning on vs off (tie-lite runs with it off), one run.
 
-    python bench/spinning.py ONNX_DIR [--kv-cache prefix] [--prompt-tokens 110] [--gen 16] [--rounds 3]
+    python bench/spinning.py ONNX_DIR [--kv-cache prefix] [--prompt-tokens 110] [--gen 16] [--repeats N] [--rounds 3]
 
 Spinning keeps the intra-op threads busy-waiting between operators, which saves each
 operator the wake-up of a sleeping thread and burns a core meanwhile. Sessions that

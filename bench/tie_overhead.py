@@ -1,4 +1,4 @@
-"""What TIE costs over running its models alone, and what parallel decoding buys.
+"""Decode time of TIE against its models alone, and what decoding the models in parallel buys.
 
     python bench/tie_overhead.py [--models DIR_A DIR_B | --random] [--prompts N] [--threads 2]
 

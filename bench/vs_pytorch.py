@@ -1,4 +1,4 @@
-"""tie-lite vs the PyTorch loop users run today, same weights, same settings, one run.
+"""Decode time of tie-lite vs the PyTorch loop users run today, same weights, same settings, one run.
 
     python bench/vs_pytorch.py [--hidden 768 --layers 22 --vocab 50368] [--length 512] [--gen 32]
     python bench/vs_pytorch.py --model-dir HF_FOLDER --onnx-dir ONNX_FOLDER
@@ -259,7 +259,7 @@ def time_variant(label: str, folder: Path, kv_cache, args, prompt_text: str, con
     got = decoded(engine, prompt_text, config)
     same = sum(a == b for a, b in zip(got, expected)) / len(expected)
     print(f"{label}: PyTorch loop ({args.reference}) / tie-lite: {np.median(t_torch) / np.median(t_lite):.2f}x; "
-          f"generated positions equal to PyTorch's: {same:.0%} (accuracy: train/evaluate.py on such exports)")
+          f"generated positions equal to PyTorch's: {same:.0%} (accuracy: eval/evaluate.py on such exports)")
     rss, graph = peak_rss(folder, prompt_text, args.gen, args.threads, kv_cache, window)
     print(f"{label} peak RSS {rss:.0f} MB; graph {graph:.0f} MB, so 1.3 x graph + 150 MB = {1.3 * graph + 150:.0f} MB")
 

@@ -55,12 +55,12 @@ def export_model(source: str | Path, out_dir: str | Path, *, top_k: int = DEFAUL
     int8: after the float32 graph validates, replace it by a dynamically quantized int8
     graph (onnxruntime quant_pre_process + quantize_dynamic), which must agree with
     PyTorch's top-1 ids at >= int8_min_agreement of the sample positions.
-    int8_first_layer_fp32: leave the first transformer layer's matmuls in float32 (measured on
-    the shipped model a: 69.0% on 1000 validation problems against 67.1% with every layer int8,
-    float32 68.6%; README, Measurements).
+    int8_first_layer_fp32: leave the first transformer layer's matmuls in float32 (on the
+    shipped model a it keeps more of float32's accuracy than quantizing every layer;
+    bench/int8_variants.py writes both for eval/evaluate.py to measure).
     external_data_min_bytes: a final graph at least this big is stored as model.onnx plus its
-    weights in model.onnx.data (measured: 857 MB peak RSS instead of 1207 MB for a
-    ModernBERT-base-sized graph of 646 MB, bench/ort_levers.py).
+    weights in model.onnx.data, which onnxruntime loads with a lower peak RSS (bench/ort_levers.py
+    measures it).
     kv_cache: also write cache.onnx, the block key/value-cache graph the runtime's approximate
     `--kv-cache` decoding runs (export/cache.py; ModernBERT and BERT), validated and quantized
     like model.onnx.

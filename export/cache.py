@@ -25,8 +25,8 @@ One input and one output per layer, not one stacked (N, ...) tensor: onnxruntime
 then reads each layer's kept keys where they lie and hands each layer's fresh ones
 back as they are. Stacked, the outputs held every layer's twice (per layer, then
 stacked), and onnxruntime fused the per-layer slices of the input into one Split
-that copied every layer's at once, even for a step of a few rows (int8 + cache at
-L = 512 in bench/vs_pytorch.py: peak RSS 399 MB, against 437 MB stacked).
+that copied every layer's at once, even for a step of a few rows, so the peak RSS was
+higher (int8 + cache at L = 512 in bench/vs_pytorch.py).
 
 With every row recomputed (Q = L, rows = 0..L-1) and nothing kept (P = 0) the call
 is an ordinary full forward whose keys and values the runtime keeps. With Q = the

@@ -80,24 +80,6 @@ def test_the_shipped_models_cache_graphs_match_their_model_onnx(name):
     np.testing.assert_allclose(a.top_probs, b.top_probs, atol=1e-5)
 
 
-def test_a_cache_graph_with_stacked_keys_is_refused_by_name(one_layer, tmp_path):
-    import shutil
-
-    import onnx
-    from onnx import TensorProto, helper
-
-    folder = Path(shutil.copytree(one_layer["bert"], tmp_path / "old"))
-    names = ("input_ids", "rows", "past_keys", "past_values", "attention_mask", "gather")  # the first layout
-    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, None) for n in names]
-    output = helper.make_tensor_value_info("top_ids", TensorProto.INT64, None)
-    graph = helper.make_graph([helper.make_node("Identity", ["input_ids"], ["top_ids"])], "old", inputs, [output])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(folder / "cache.onnx"))
-    with pytest.raises(tie_lite.ModelError, match=r"no per-layer past_keys_i inputs \(an older cache.onnx\?\)"):
-        tie_lite.Model.load(folder, kv_cache="prefix")
-    assert_one_line_error(run_cli("--model", str(folder), "--prompt", "the cat", "--kv-cache"),
-                          "export it again with `python -m export --kv-cache`")
-
-
 def _recorded_decode(folder, mode, monkeypatch, window=None):
     """Decode once with kv_cache=mode; return (result, canvas, full passes, rows of each cached step)."""
     model = tie_lite.Model.load(folder, kv_cache=mode, kv_window=window)

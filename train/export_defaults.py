@@ -2,7 +2,7 @@
 into models/NAME/hf and export it with export/ into models/NAME/onnx, exactly as a
 user exports a Hub model.
 
-    python train/export_defaults.py [--ckpt /work/ckpt3] [--models-dir models] [--only A B C] [--kv-cache]
+    python train/export_defaults.py [--ckpt ckpt] [--models-dir models] [--only A B C] [--kv-cache]
     python train/export_defaults.py --from-shipped --int8 --kv-cache --models-dir DIR --only A B
 
 Reads each checkpoint's training_args.json for the layout it was trained on (prompt
@@ -27,15 +27,16 @@ from export import export_model  # noqa: E402
 HF_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
             "special_tokens_map.json", "training_args.json")
 # shipped model -> checkpoint (train/run_defaults.sh). A is its step-3750 snapshot, chosen on validation:
-# the final A (77.8% on 400 validation problems) was 15.1 points ahead of B (62.7%), past the 15 points
-# the pair may differ by; at step 3750 A scored 68.8%.
+# the final A was further ahead of B than the 15 points the pair may differ by, the snapshot was not
+# (the scores are in models/README.md).
 CHECKPOINTS = {"A": "A_steps/step03750", "B": "B2", "C": "C"}
 BLOCK_SIZE = 4  # divides R = 28 and A = 4, so the answer starts a block of its own
 
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ckpt", type=Path, default=Path("/work/ckpt3"), help="folder holding the checkpoints")
+    p.add_argument("--ckpt", type=Path, default=Path("ckpt"),
+                   help="folder holding the checkpoints (train/run_defaults.sh's OUT_ROOT)")
     p.add_argument("--models-dir", type=Path, default=ROOT / "models")
     p.add_argument("--from-shipped", action="store_true",
                    help="export the checkpoints shipped in models/NAME/hf (e.g. int8 copies into another --models-dir)")

@@ -5,7 +5,7 @@ fixed), one token per step: at each step commit the still-masked position of the
 whose top-1 probability is highest (ties to the lowest position). The answer is the answer region
 decoded up to the first EOS, scored by exact match.
 
-    nice -n 19 /work/venv/bin/python train/quick_eval.py /work/ckpt/A --split validation --n 500
+    nice -n 19 python train/quick_eval.py ckpt/A --split validation --n 500
 """
 
 import argparse

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Train tie-lite's three default models: A and B in parallel (one thread each), then B's second
-# stage and C in parallel. About 45 + 45 minutes on a 2-core machine.
-# Usage: sh train/run_defaults.sh [OUT_ROOT]   (default /work/ckpt3); logs in OUT_ROOT/<name>.log
+# stage and C in parallel (training times: models/README.md).
+# Usage: sh train/run_defaults.sh [OUT_ROOT]   (default ckpt); logs in OUT_ROOT/<name>.log
 # PYTHON: interpreter (default python). Then: python train/export_defaults.py --ckpt OUT_ROOT
 #
 #   A  ModernBERT, char tokenizer, 4500 steps (batch 64, peak lr 2e-3)
@@ -10,7 +10,7 @@
 #   C  ModernBERT, byte-level BPE tokenizer, data seed 2, 4500 steps
 # export_defaults.py ships A's step-3750 snapshot (chosen on validation, see there), B2 (as b) and C.
 set -e
-OUT=${1:-/work/ckpt3}
+OUT=${1:-ckpt}
 HERE=$(dirname "$0")
 PY=${PYTHON:-python}
 COMMON="--batch 64 --n_train 40000 --eval_every 750 --max_minutes 60 --keep_snapshots"

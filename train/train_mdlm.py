@@ -6,9 +6,9 @@ independently with probability t; loss = sum over masked positions of CE / t, di
 (batch * response positions). Full bidirectional attention, no padding: batches are drawn from
 one prompt-length bucket at a time so every sequence in a batch has the same length.
 
-    nice -n 19 /work/venv/bin/python train/train_mdlm.py --out /work/ckpt/A --arch modernbert \
+    nice -n 19 python train/train_mdlm.py --out ckpt/A --arch modernbert \
         --tokenizer char --hidden 128 --layers 4 --heads 4 --intermediate 256 --steps 3000
-    /work/venv/bin/python train/train_mdlm.py --smoke --out /tmp/mdlm-smoke
+    python train/train_mdlm.py --smoke --out /tmp/mdlm-smoke
 """
 
 import argparse

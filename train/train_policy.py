@@ -25,8 +25,7 @@ decisions. The network starts as a soft confidence threshold (a learned residual
 scale * (top1 - bar)), so the first rollouts already decode sensibly.
 
 Writes DIR/policy.onnx and DIR/policy.json (the runtime reads both: --policy DIR).
-Needs torch (the export extra); about 10 minutes on one core with the defaults, which made
-the shipped models/policy.
+Needs torch (the export extra); the defaults made the shipped models/policy.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Exact-match accuracy of the shipped models alone and ensembled with TIE, through tie_lite.
 
-    python train/evaluate.py --split test --n 1000 [--models-dir models] [--only NAME ...] [--interval N]
-                             [--kv-cache prefix|dual [--kv-window N]]
+    python eval/evaluate.py --split test --n 1000 [--models-dir models] [--only NAME ...] [--interval N]
+                            [--kv-cache prefix|dual [--kv-window N]]
 
 Prints one table: each model alone, post-generation ensembling, TIE with every
 score, TIE across tokenizers (A + C); for each, accuracy, the paired-bootstrap 95%

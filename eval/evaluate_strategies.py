@@ -1,6 +1,6 @@
 """Accuracy, model calls and time of every unmasking strategy, for A, B and TIE(A + B).
 
-    python train/evaluate_strategies.py --split test --n 1000 [--workers 2] [--interval N]
+    python eval/evaluate_strategies.py --split test --n 1000 [--workers 2] [--interval N]
 
 For each strategy (issue 5) and each of A alone, B alone and TIE over A + B (score tcc):
 exact-match accuracy, mean model calls per problem, and decode time relative to the
