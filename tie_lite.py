@@ -6,7 +6,8 @@ them while they decode with TIE, Trajectory-based Iterative Ensembling
 (arXiv 2606.16281).
 
     python tie_lite.py --prompt "Compute 7 - 6 + 8."            # the shipped default model(s)
-    python tie_lite.py --model DIR --prompt "..." --json         # one exported model
+    python tie_lite.py --model models/a/onnx --prompt "..." --json   # one exported model
+    import tie_lite; tie_lite.generate(tie_lite.Model.load("models/a/onnx"), "Compute 7 - 6 + 8.")
 
 Needs only numpy, onnxruntime and tokenizers.
 """
@@ -22,6 +23,7 @@ import json
 import os
 import signal
 import sys
+import textwrap
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,15 +43,14 @@ if __name__ == "__main__" or os.path.basename(sys.argv[0]) == "tie-lite":
 
 import numpy as np  # noqa: E402
 
+# What an embedding app uses. Every other name is internal: tests, benchmarks and training reach
+# for it, and it may change between versions without notice.
 __all__ = [
-    "TieLiteError", "ConfigError", "ModelError",
-    "DecodeConfig", "EnsembleConfig", "Manifest", "Model", "Stats",
-    "Canvas", "DecodeState", "StepEvent", "GenerateResult", "AnswerSignals", "Relay",
-    "softmax", "transfer_schedule", "pick_by_confidence", "pick_above_threshold", "gumbel_argmax",
-    "tracked_positions", "answer_signals", "token_change_count", "mean_over_tracked", "leader_of",
-    "build_canvas", "decode", "generate", "leader_change_rate", "leader_changes", "main",
-    "Policy", "load_policy", "policy_features", "POLICY_FEATURES", "KVCache", "KV_CACHE_MODES",
-    "SCHEMA_VERSION", "MANIFEST_NAME",
+    "TieLiteError", "ConfigError", "ModelError",           # errors
+    "DecodeConfig", "EnsembleConfig",                      # options
+    "Model", "Manifest", "Policy",                         # loading
+    "generate", "GenerateResult", "StepEvent", "Relay",    # decoding, its callback's events, its result
+    "leader_change_rate", "KV_CACHE_MODES", "main",
 ]
 
 __version__ = "0.1.0"
@@ -88,38 +89,62 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 KV_CACHE_MODES = ("prefix", "dual")  # rows a cached step recomputes: block and all after it / block only
 
 
+def option(default, help: str, flag: Optional[str] = None, shown: Optional[str] = None, **argparse_extras):
+    """A config field that is also a CLI flag: its --help text, its flag (default: --field-name; a bool
+    field's flag turns it to the opposite of its default), how --help shows a None default, and extras
+    for argparse (choices, nargs, metavar)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "shown": shown, **argparse_extras})
+
+
 @dataclass(frozen=True)
 class DecodeConfig:
     """How one model decodes. Defaults are the CLI's defaults; unset lengths come from the model."""
 
+    # Each field is also a CLI flag (--gen-length for gen_length): option() holds its help text.
     # The three lengths: None (unset) takes the model's recommendation (its manifest's decode_defaults),
     # else FALLBACK_LENGTHS, when generate() resolves the config for the (first) model: `for_model`.
-    gen_length: Optional[int] = None     # masked positions generated after the prompt (reasoning + answer)
-    answer_length: Optional[int] = None  # > 0: reasoning-as-infilling, the last answer_length masks follow the marker
-    block_size: Optional[int] = None     # semi-autoregressive block, in masked positions (strategy ass: gen_length)
-    steps: Optional[int] = None    # strategy "schedule": total steps; None = gen_length (one token per step)
-    strategy: str = "schedule"     # schedule (LLaDA low-confidence), threshold (commit p > threshold), topk
-    threshold: float = 0.9         # strategy "threshold": commit every masked position above it (>= 1 a step)
-    tokens_per_step: int = 2       # strategy "topk": commit this many highest-confidence positions a step
-    entropy_budget: float = 1.0    # strategy "med": commit the lowest-entropy positions while their summed
-                                   # entropy (nats) stays within this budget (>= 1 a step)
-    eps: float = 1e-3              # strategy "dream": the schedule's last timestep, linspace(1, eps, steps + 1)
-    ass_blocks: int = 1            # strategy "ass": number of blocks of the ascending-step-size layout
-    policy: Optional[str] = None   # strategy "policy": folder of a learned unmasking policy (policy.onnx)
-    confidence: str = "top1"       # ranks positions: top1 (LLaDA low-confidence, Dream maskgit_plus),
-                                   # margin (p1 - p2, Dream topk_margin), entropy (-H, Dream entropy)
-    alg_temp: float = 0.0          # > 0: draw the positions from softmax(confidence / alg_temp) (Dream)
-    eos_gamma: Optional[tuple] = None  # EOSER (g_min, g_max): EOS proposals' confidence scaled from g_min
-                                   # at a block's first step up to g_max (seed 004; their default (0.4, 1.0))
-    exit_threshold: Optional[float] = None  # infilling early exit: stop once every still-masked answer
-                                   # position's top-1 probability is >= this, filling the answer with top-1 ids
-    exit_patience: Optional[int] = None  # infilling early exit: ... or once the answer's top-1 ids have been
-                                   # unchanged for this many consecutive steps
-    temperature: float = 0.0       # 0 = greedy; > 0 = Gumbel-max sampling from softmax(logits / T)
-    seed: int = 0                  # seeds the sampler's np.random.Generator (used when temperature > 0)
+    gen_length: Optional[int] = option(None, "masked positions generated after the prompt (reasoning + answer)",
+                                       shown="the model's, else 64")
+    answer_length: Optional[int] = option(None, "> 0: reasoning-as-infilling, the last N masks follow the answer "
+                                                "marker", shown="the model's, else 0")
+    block_size: Optional[int] = option(None, "semi-autoregressive block, in masked positions",
+                                       shown="the model's, else 16; strategy ass: the gen length")
+    steps: Optional[int] = option(None, "total steps of strategies schedule, dream and ass",
+                                  shown="one position per step")
+    strategy: Optional[str] = option(None, "which positions a step commits: schedule (LLaDA's low-confidence "
+                                           "remasking), threshold, topk, med (entropy budget), dream (Dream's "
+                                           "eps-linear schedule), ass (ascending step sizes), policy (learned)",
+                                     choices=STRATEGIES, shown="policy with --policy, else schedule")
+    threshold: float = option(0.9, "strategy threshold: commit every masked position whose confidence exceeds "
+                                   "this (at least one a step)")
+    tokens_per_step: int = option(2, "strategy topk: positions committed per step")
+    entropy_budget: float = option(1.0, "strategy med: commit the lowest-entropy positions while their summed "
+                                        "entropy (nats) stays within this (at least one a step)")
+    eps: float = option(1e-3, "strategy dream: the schedule's last timestep, linspace(1, eps, steps + 1)")
+    ass_blocks: int = option(1, "strategy ass: blocks of the ascending-step-size layout")
+    policy: Optional[str] = option(None, "folder of a learned unmasking policy (policy.onnx); implies strategy "
+                                         "policy", metavar="DIR", shown="none")
+    confidence: str = option("top1", "how positions are ranked: top1 (LLaDA, Dream maskgit_plus), margin "
+                                     "(p1 - p2, Dream topk_margin), entropy (-H, Dream entropy)",
+                             choices=CONFIDENCES)
+    alg_temp: float = option(0.0, "> 0: draw the positions to commit from softmax(confidence / alg_temp) (Dream)")
+    eos_gamma: Optional[tuple] = option(None, "EOSER: scale EOS proposals' confidence from G_MIN at a block's first "
+                                              "step up to G_MAX (the paper uses 0.4 1.0)",
+                                        nargs=2, metavar=("G_MIN", "G_MAX"), shown="off")
+    exit_threshold: Optional[float] = option(None, "early exit once every still-masked answer position's top-1 "
+                                                   "probability reaches this (the answer is filled with them)",
+                                             shown="off")
+    exit_patience: Optional[int] = option(None, "early exit once the answer's top-1 ids are unchanged for this "
+                                                "many consecutive steps", shown="off")
+    temperature: float = option(0.0, "0 = greedy; > 0 samples exactly from softmax(logits / T) (Gumbel-max)")
+    seed: int = option(0, "seeds the sampler (used when temperature or alg_temp > 0)")
 
     def __post_init__(self):
         """Checks each option alone now, and the rules that need the lengths once all three are known."""
+        if self.strategy is None:  # unset: a policy folder's own strategy, else LLaDA's schedule
+            object.__setattr__(self, "strategy", "policy" if self.policy is not None else "schedule")
+        if isinstance(self.eos_gamma, list):
+            object.__setattr__(self, "eos_gamma", tuple(self.eos_gamma))
         lengths = [name for name in DECODE_OPTIONS if getattr(self, name) is not None]
         _require_ints(self, (*lengths, "tokens_per_step", "seed"))
         _require(self.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
@@ -267,17 +292,24 @@ SELECTIONS = ("tcc", "most-selected", "best-model:NAME")
 
 @dataclass(frozen=True)
 class EnsembleConfig:
-    """How TIE ensembles M >= 2 models (tie-algorithm.md, section 3)."""
+    """How TIE ensembles M >= 2 models (docs/method.md)."""
 
-    interval: int = 16             # each model's progress between relays, in interval_unit; more than the
-                                   # whole generation = post-generation selection
-    interval_unit: str = "positions"  # positions: committed positions (= steps at one token per step, the
-                                   # paper's setting; the relay follows threshold-like strategies); steps
-    score: str = "tcc"             # tcc (history), or top1 / entropy / margin (cross-model confidence)
-    cross_model: bool = True       # confidence scores: average over every model (False = source model only)
-    select: str = "tcc"            # final pick: tcc (lowest TCC, ties to mean top-1), most-selected, best-model:NAME
-    first_k: Optional[int] = None  # track only the first K answer positions (paper: 8 for code)
-    parallel: bool = True          # decode the models' intervals concurrently, one thread each
+    interval: int = option(16, "progress of each model between relays, in --interval-unit; more than the whole "
+                               "generation is post-generation selection")
+    interval_unit: str = option("positions", "what the interval counts: positions committed (the same as steps at "
+                                             "one position per step, the paper's setting; relays keep happening "
+                                             "under strategies that commit several a step), or steps",
+                                choices=INTERVAL_UNITS)
+    score: str = option("tcc", "trajectory score: tcc (token change count, free), or top1 / entropy / margin "
+                               "(confidence over the answer, averaged over every model)", choices=SCORES)
+    cross_model: bool = option(True, "confidence scores from the source model only (off: averaged over every "
+                                     "model)", flag="--source-only")
+    select: str = option("tcc", "final pick: tcc (lowest token change count, ties to mean top-1), most-selected, "
+                                "or best-model:NAME")
+    first_k: Optional[int] = option(None, "track only the first K answer positions (the paper: 8 for code)",
+                                    shown="all")
+    parallel: bool = option(True, "decode the models one after another (off: in parallel threads)",
+                            flag="--sequential")
 
     def __post_init__(self):
         _require_ints(self, ("interval",) + (("first_k",) if self.first_k is not None else ()))
@@ -372,7 +404,7 @@ def dream_count(masked: int | np.ndarray, step: int, steps: int, eps: float) -> 
 
 
 def ass_layout(gen_length: int, blocks: int) -> tuple[list, list]:
-    """Ascending step size (seed 004): block sizes and each block's global step indices.
+    """Ascending step size (the EOSER paper): block sizes and each block's global step indices.
 
     As the reference code (yjyddq/EOSER-ASS-RL, `ass_generate`) lays them out for
     gen_length = 2^S: the last block holds 2^(S-1) + 1 positions decoded in step S-1,
@@ -440,7 +472,7 @@ POLICY_FEATURES = ("top1", "margin", "entropy", "is_masked", "position", "block_
 def policy_features(top_probs: np.ndarray, entropy: np.ndarray, is_masked: np.ndarray, block: int,
                     num_blocks: int) -> np.ndarray:
     """The policy's input (b, F) float32 over the b positions of the current block, from the graph's
-    statistics (b, k) and (b,) there, committed positions included (seed 003's confidence features).
+    statistics (b, k) and (b,) there, committed positions included (the learned-policy paper's features).
 
     top1, margin (p1 - p2), entropy (nats); is_masked (1 or 0); position in the block, 0 to 1;
     block_done, the block's committed share; progress, the share of blocks before this one.
@@ -472,7 +504,7 @@ def first_index(tokens: np.ndarray, ids: Sequence[int]) -> int:
 
 @dataclass(frozen=True)
 class AnswerSignals:
-    """One model's predictions over the A answer positions at one step (tie-algorithm.md, section 2)."""
+    """One model's predictions over the A answer positions at one step (docs/method.md, signals)."""
 
     tracked: np.ndarray      # (A,) bool, A(t): masked, top-1 not a stop id, within the first K
     top1_id: np.ndarray      # (A,) int64
@@ -965,7 +997,7 @@ def _check_cache_io(session, path: Path) -> None:
 
 
 class Policy:
-    """A learned unmasking policy (seed 003): one ONNX graph mapping the current block's
+    """A learned unmasking policy (docs/decoding.md): one ONNX graph mapping the current block's
     features (1, b, F) to unmask logits (1, b); a masked position is committed when its logit
     is > 0 (probability > 0.5), and at least the highest one each step."""
 
@@ -1585,7 +1617,7 @@ def judge_signals(judge: Run, source: Run, prompt: str, config: DecodeConfig,
 
 def trajectory_score(runs: Sequence[Run], m: int, prompt: str, config: DecodeConfig,
                      ensemble: EnsembleConfig) -> float:
-    """score(T_m), higher = more reliable (tie-algorithm.md, section 3.2)."""
+    """score(T_m), higher = more reliable (docs/method.md, assessment)."""
     if ensemble.score == "tcc":
         return 0.0 - token_change_count(runs[m].window)  # 0.0 - x: no change scores 0.0, not -0.0
     judges = runs if ensemble.cross_model else [runs[m]]
@@ -1610,7 +1642,7 @@ def relay(runs: Sequence[Run], prompt: str, config: DecodeConfig, ensemble: Ense
 
 
 def select_final(runs: Sequence[Run], ensemble: EnsembleConfig) -> int:
-    """Index of the final response (tie-algorithm.md, section 3, 'Final response')."""
+    """Index of the final response (docs/method.md, final selection)."""
     if ensemble.best_model:
         return [r.model.name for r in runs].index(ensemble.best_model)
     if ensemble.select == "most-selected":
@@ -1787,8 +1819,28 @@ class _ArgumentParser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
-def _defaults_help(help_text: str, default) -> str:
-    return f"{help_text} (default: {default})"
+ARG_TYPES = {"int": int, "float": float, "str": str, "tuple": float}  # a config field's type -> the flag's
+
+
+def add_config_options(group, config_class) -> None:
+    """One flag per field of a config dataclass, from the field: name, type, default, help (option())."""
+    for f in dataclasses.fields(config_class):
+        meta = dict(f.metadata)
+        help_text, flag, shown = meta.pop("help"), meta.pop("flag"), meta.pop("shown")
+        flag = flag or "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            group.add_argument(flag, dest=f.name, action="store_false" if f.default else "store_true",
+                               help=help_text)
+            continue
+        kind = ARG_TYPES[f.type.replace("Optional[", "").rstrip("]")]
+        default = shown if f.default is None else f.default
+        group.add_argument(flag, dest=f.name, type=kind, default=f.default, help=f"{help_text} (default: {default})",
+                           **meta)
+
+
+def config_from_args(args: argparse.Namespace, config_class):
+    """The config dataclass whose fields the parsed flags set."""
+    return config_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)})
 
 
 def _add_prompt_options(p: argparse.ArgumentParser) -> None:
@@ -1798,64 +1850,6 @@ def _add_prompt_options(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--model", type=Path, help="one exported model folder (python -m export)")
     which.add_argument("--models", type=Path, nargs="+", help="two or more model folders, ensembled with TIE")
-
-
-def _add_decode_options(p: argparse.ArgumentParser) -> None:
-    d, h = DecodeConfig(), _defaults_help
-    g = p.add_argument_group("decoding (lengths: the first model's manifest, else "
-                             + ", ".join(f"{k} {v}" for k, v in FALLBACK_LENGTHS.items()) + ")")
-    g.add_argument("--gen-length", type=int, help="masked positions to generate (reasoning + answer)")
-    g.add_argument("--answer-length", type=int, help="> 0: reasoning-as-infilling, answer positions after the marker")
-    g.add_argument("--block-size", type=int, help="semi-autoregressive block size, in positions")
-    g.add_argument("--steps", type=int, default=d.steps,
-                   help="total steps of strategies schedule, dream and ass (default: one position per step)")
-    g.add_argument("--strategy", choices=STRATEGIES,
-                   help=h("which positions a step commits: schedule (LLaDA's low-confidence remasking), threshold, "
-                          "topk, med (entropy budget), dream (Dream's eps-linear schedule), ass, policy (needs "
-                          "--policy)", d.strategy))
-    g.add_argument("--policy", type=Path, help="folder of a learned unmasking policy (implies --strategy policy)")
-    g.add_argument("--threshold", type=float, default=d.threshold,
-                   help=h("strategy threshold: commit every position whose confidence exceeds this", d.threshold))
-    g.add_argument("--tokens-per-step", type=int, default=d.tokens_per_step,
-                   help=h("strategy topk: positions committed per step", d.tokens_per_step))
-    g.add_argument("--entropy-budget", type=float, default=d.entropy_budget,
-                   help=h("strategy med: summed entropy (nats) a step may commit", d.entropy_budget))
-    g.add_argument("--eps", type=float, default=d.eps, help=h("strategy dream: last timestep of the schedule", d.eps))
-    g.add_argument("--ass-blocks", type=int, default=d.ass_blocks, help=h("strategy ass: number of blocks",
-                                                                           d.ass_blocks))
-    g.add_argument("--confidence", choices=CONFIDENCES, default=d.confidence,
-                   help=h("how positions are ranked", d.confidence))
-    g.add_argument("--alg-temp", type=float, default=d.alg_temp,
-                   help=h("> 0: sample positions by confidence", d.alg_temp))
-    g.add_argument("--eos-gamma", type=float, nargs=2, metavar=("G_MIN", "G_MAX"), default=d.eos_gamma,
-                   help="EOSER: scale EOS proposals' confidence from G_MIN up to G_MAX, e.g. 0.4 1.0 (default: off)")
-    g.add_argument("--exit-threshold", type=float, default=d.exit_threshold,
-                   help="early exit once every masked answer position's top-1 probability reaches this "
-                        "(default: off)")
-    g.add_argument("--exit-patience", type=int, default=d.exit_patience,
-                   help="early exit once the answer's top-1 ids are unchanged for this many steps (default: off)")
-    g.add_argument("--answer", help="infill the reasoning for this given answer and report the model's "
-                                    "confidence in it after every step")
-    g.add_argument("--temperature", type=float, default=d.temperature, help=h("0 = greedy", d.temperature))
-    g.add_argument("--seed", type=int, default=d.seed, help=h("sampling seed", d.seed))
-
-
-def _add_ensemble_options(p: argparse.ArgumentParser) -> None:
-    e, h = EnsembleConfig(), _defaults_help
-    t = p.add_argument_group("ensembling (TIE)")
-    t.add_argument("--interval", type=int, default=e.interval,
-                   help=h("positions each model commits between relays (with one position per step, steps)",
-                          e.interval))
-    t.add_argument("--interval-unit", choices=INTERVAL_UNITS, default=e.interval_unit,
-                   help=h("what --interval counts", e.interval_unit))
-    t.add_argument("--score", choices=SCORES, default=e.score, help=h("trajectory score", e.score))
-    t.add_argument("--source-only", action="store_true", help="confidence scores from the source model only")
-    t.add_argument("--select", default=e.select, help=h("final pick: tcc, most-selected or best-model:NAME",
-                                                        e.select))
-    t.add_argument("--first-k", type=int, default=e.first_k,
-                   help="track only the first K answer positions (default: all)")
-    t.add_argument("--sequential", action="store_true", help="decode the models one after another")
-    t.add_argument("--trace", action="store_true", help="print each relay's scores and leader to stderr")
 
 
 def _add_runtime_options(p: argparse.ArgumentParser) -> None:
@@ -1893,19 +1887,22 @@ def _refuse_repeats(argv: Sequence[str], p: argparse.ArgumentParser) -> None:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = _ArgumentParser(prog="tie-lite", description=__doc__.split("\n\n")[0], epilog=EPILOG, allow_abbrev=False,
+    epilog = "\n\n".join(textwrap.fill(paragraph, 79) for paragraph in EPILOG.split("\n\n"))
+    p = _ArgumentParser(prog="tie-lite", description=__doc__.split("\n\n")[0], epilog=epilog, allow_abbrev=False,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    for add in (_add_prompt_options, _add_decode_options, _add_ensemble_options, _add_runtime_options):
-        add(p)
+    _add_prompt_options(p)
+    decoding = p.add_argument_group("decoding")
+    add_config_options(decoding, DecodeConfig)
+    decoding.add_argument("--answer", help="infill the reasoning for this given answer and report the model's "
+                                           "confidence in it after every step")
+    ensembling = p.add_argument_group("ensembling (TIE)")
+    add_config_options(ensembling, EnsembleConfig)
+    ensembling.add_argument("--trace", action="store_true", help="print each relay's scores and leader to stderr")
+    _add_runtime_options(p)
     _refuse_repeats(argv, p)
     args = p.parse_args(argv)
     if args.history and not args.json:
         p.error("--history needs --json")
-    if args.kv_window is not None and args.kv_cache is None:
-        p.error("--kv-window needs --kv-cache")
-    if args.policy is not None and args.strategy not in (None, "policy"):
-        p.error(f"--policy is a strategy of its own; it cannot go with --strategy {args.strategy}")
-    args.strategy = args.strategy or ("policy" if args.policy is not None else DecodeConfig.strategy)
     return args
 
 
@@ -1969,21 +1966,7 @@ def load_models(dirs: Sequence[Path], provider: str, threads: Optional[int],
 
 def decode_config(args: argparse.Namespace, model: Model) -> DecodeConfig:
     """DecodeConfig from the options, resolved for the first model as generate() resolves it."""
-    return DecodeConfig(gen_length=args.gen_length, answer_length=args.answer_length, block_size=args.block_size,
-                        steps=args.steps, strategy=args.strategy,
-                        policy=None if args.policy is None else str(args.policy),
-                        threshold=args.threshold, tokens_per_step=args.tokens_per_step,
-                        entropy_budget=args.entropy_budget, eps=args.eps, ass_blocks=args.ass_blocks,
-                        confidence=args.confidence, exit_threshold=args.exit_threshold,
-                        exit_patience=args.exit_patience,
-                        alg_temp=args.alg_temp, eos_gamma=tuple(args.eos_gamma) if args.eos_gamma else None,
-                        temperature=args.temperature, seed=args.seed).for_model(model)
-
-
-def ensemble_config(args: argparse.Namespace) -> EnsembleConfig:
-    return EnsembleConfig(interval=args.interval, interval_unit=args.interval_unit, score=args.score,
-                          cross_model=not args.source_only, select=args.select, first_k=args.first_k,
-                          parallel=not args.sequential)
+    return config_from_args(args, DecodeConfig).for_model(model)
 
 
 def result_json(result: GenerateResult, with_history: bool) -> dict:
@@ -2107,7 +2090,7 @@ def run_cli(args: argparse.Namespace) -> GenerateResult:
     prompt = read_prompt(args)
     if args.answer is not None:
         check_text(args.answer, "--answer")
-    ensemble = ensemble_config(args)
+    ensemble = config_from_args(args, EnsembleConfig)
     models = load_models(model_dirs(args), args.provider, args.threads, args.kv_cache, args.kv_window)
     config = decode_config(args, models[0])
     if config.policy is not None:

@@ -1,4 +1,4 @@
-"""The learned unmasking policy (seed 003): features, loading, decoding, TIE, CLI, the trainer."""
+"""The learned unmasking policy (Learning Unmasking Policies for Diffusion LMs): features, loading, decoding, TIE, CLI, the trainer."""
 
 from __future__ import annotations
 
@@ -122,7 +122,7 @@ def test_cli_policy(threshold_policy, tmp_path):
     assert by_policy.returncode == 0, by_policy.stderr
     assert json.loads(by_policy.stdout)["text"] == json.loads(by_threshold.stdout)["text"]
     assert_one_line_error(run_cli(*base, "--policy", str(threshold_policy), "--strategy", "threshold"),
-                          "cannot go with --strategy threshold")
+                          "strategy 'policy' and a policy folder go together, got strategy 'threshold'")
     assert_one_line_error(run_cli(*base, "--strategy", "policy"), "go together")
     assert_one_line_error(run_cli(*base, "--policy", str(tmp_path / "missing")), "policy folder not found")
 

@@ -1,4 +1,4 @@
-"""Train a learned unmasking policy (seed 003) for the shipped models with GRPO, and export it.
+"""Train a learned unmasking policy (Learning Unmasking Policies for Diffusion LMs) for the shipped models with GRPO, and export it.
 
     python train/train_policy.py --out models/policy [--iterations 50] [--cost 0.002]
 
