@@ -242,13 +242,14 @@ class DecodeConfig:
                                               f"got {self.steps}")
 
     @functools.cached_property
-    def block_bounds(self) -> tuple:
-        """Offsets into the generated masks where blocks start, and the end: (0, ..., gen_length)."""
+    def block_bounds(self) -> Sequence[int]:
+        """Offsets into the generated masks where blocks start, and the end: (0, ..., gen_length); a range
+        for equal blocks, so that checking a huge gen_length costs nothing before a canvas refuses it."""
         _require(self.resolved, "this DecodeConfig has unset lengths: resolve it with for_model(model)")
         if self.strategy == "ass":
             sizes, _ = ass_layout(self.gen_length, self.ass_blocks)
             return tuple(int(b) for b in np.concatenate([[0], np.cumsum(sizes)]))
-        return tuple(range(0, self.gen_length + 1, self.block_size))
+        return range(0, self.gen_length + 1, self.block_size)
 
     def _check_steps(self):
         if self.steps is None or self.strategy == "ass":

@@ -94,8 +94,10 @@ def run_parallel(variant: Variant, models_dir: Path, problems: list, workers: in
         correct[i::workers] = part["correct"]
     changes = sum(p["changes"] for p in parts)
     relays = sum(p["relays"] for p in parts)
+    relay_count = sum(p["relay_count"] for p in parts)
     calls = float(np.average([p["calls"] for p in parts], weights=[len(s) for s in shares]))
-    return {"correct": correct, "calls": calls, "changes": changes, "relays": relays,
+    return {"correct": correct, "calls": calls, "changes": changes, "relays": relays, "relay_count": relay_count,
+            "relays_per_problem": relay_count / len(problems),
             "change_rate": changes / relays if relays else None, "seconds": sum(p["seconds"] for p in parts)}
 
 
@@ -108,7 +110,7 @@ def run_variant(variant: Variant, models: dict, problems: list) -> dict:
     chosen = [models[name] for name in variant.models]
     defaults = chosen[0].manifest.decode_defaults
     config = tie_lite.DecodeConfig(**{**defaults, **dict(variant.decode)})
-    correct, calls, changes, relays = [], [], 0, 0
+    correct, calls, changes, relays, relay_count = [], [], 0, 0, 0
     t0 = time.perf_counter()
     for i, ex in enumerate(problems):
         result = tie_lite.generate(chosen if len(chosen) > 1 else chosen[0], ex["prompt"], config,
@@ -116,12 +118,12 @@ def run_variant(variant: Variant, models: dict, problems: list) -> dict:
         correct.append(task.is_correct(result.answer or "", ex))
         calls.append(result.model_calls)
         changed, handovers = tie_lite.leader_changes(result.relays, result.chosen if result.candidates else None)
-        changes, relays = changes + changed, relays + handovers
+        changes, relays, relay_count = changes + changed, relays + handovers, relay_count + len(result.relays)
         if (i + 1) % 100 == 0:
             print(f"  {variant.name}: {i + 1}/{len(problems)}, accuracy so far {np.mean(correct):.3f}, "
                   f"{time.perf_counter() - t0:.0f}s", file=sys.stderr)
     return {"correct": np.array(correct), "calls": float(np.mean(calls)), "changes": changes, "relays": relays,
-            "change_rate": changes / relays if relays else None, "seconds": time.perf_counter() - t0}
+            "relay_count": relay_count, "relays_per_problem": relay_count / max(1, len(problems)), "change_rate": changes / relays if relays else None, "seconds": time.perf_counter() - t0}
 
 
 def bootstrap_ci(a: np.ndarray, b: np.ndarray, rounds: int = 10_000, seed: int = 0) -> tuple[float, float]:

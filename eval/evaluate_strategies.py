@@ -1,11 +1,11 @@
 """Accuracy, model calls and time of every unmasking strategy, for A, B and TIE(A + B).
 
-    python eval/evaluate_strategies.py --split test --n 1000 [--workers 2] [--interval N]
+    python eval/evaluate_strategies.py --split test --n 1000 [--workers 2] [--interval N] [--interval-unit steps]
 
-For each strategy (issue 5) and each of A alone, B alone and TIE over A + B (score tcc):
-exact-match accuracy, mean model calls per problem, and decode time relative to the
-default low-confidence schedule (one token per step) of the same row, measured in the
-same run. Times are summed over the worker processes; on a shared machine they are
+For each strategy and each of A alone, B alone and TIE over A + B (score tcc): exact-match
+accuracy, mean model calls per problem, and decode time relative to the default
+low-confidence schedule (one token per step) of the same row, measured in the same run;
+for TIE also the mean relays per problem. Times are summed over the worker processes; on a shared machine they are
 approximate, the call counts are exact. The strategy ASS is left out: its own block
 layout cannot put the answer on a block boundary of the shipped layout (reasoning 28,
 answer 4), which infilling needs. The learned-policy rows use models/policy
@@ -52,6 +52,8 @@ def parse_args():
     p.add_argument("--models-dir", type=Path, default=evaluate.ROOT / "models")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--interval", type=int, default=tie_lite.EnsembleConfig.interval)
+    p.add_argument("--interval-unit", choices=tie_lite.INTERVAL_UNITS, default=tie_lite.EnsembleConfig.interval_unit)
+    p.add_argument("--rows", nargs="+", choices=("A", "B", "TIE A+B"), default=["A", "B", "TIE A+B"])
     p.add_argument("--only", nargs="+", choices=list(STRATEGIES), help="strategies to run (default: all)")
     return p.parse_args()
 
@@ -59,11 +61,13 @@ def parse_args():
 def main() -> int:
     args = parse_args()
     problems = task.make_split(args.split, args.n, seed=args.seed)
-    rows = {"A": ("a",), "B": ("b",), "TIE A+B": ("a", "b")}
-    ensemble = tie_lite.EnsembleConfig(interval=args.interval)
+    rows = {row: models for row, models in {"A": ("a",), "B": ("b",), "TIE A+B": ("a", "b")}.items()
+            if row in args.rows}
+    ensemble = tie_lite.EnsembleConfig(interval=args.interval, interval_unit=args.interval_unit)
     names = list(dict.fromkeys([DEFAULT, *(args.only or STRATEGIES)]))  # the baseline first, once
-    lines = ["| strategy | " + " | ".join(f"{r} acc. | {r} calls | {r} time" for r in rows) + " |",
-             "|---|" + "---|---|---|" * len(rows)]
+    relays = "TIE A+B" in rows
+    lines = ["| strategy | " + " | ".join(f"{r} acc. | {r} calls | {r} time" for r in rows)
+             + (" | TIE relays |" if relays else " |"), "|---|" + "---|---|---|" * len(rows) + ("---|" if relays else "")]
     base = {}
     for name in names:
         cells = []
@@ -75,9 +79,11 @@ def main() -> int:
             cells.append(f"{100 * r['correct'].mean():.1f} | {r['calls']:.1f} | {ratio:.2f}")
             print(f"{variant.name}: {100 * r['correct'].mean():.1f}%, {r['calls']:.1f} calls, time x{ratio:.2f}",
                   file=sys.stderr)
+        if relays:
+            cells.append(f"{r['relays_per_problem']:.2f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     print(f"split {args.split}, {len(problems)} problems (seed {args.seed}); TIE: score tcc, interval "
-          f"{args.interval}; time: relative to the default schedule of the same column\n")
+          f"{args.interval} {args.interval_unit}; time: relative to the default schedule of the same column\n")
     print("\n".join(lines))
     return 0
 

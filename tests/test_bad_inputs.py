@@ -120,6 +120,8 @@ CATALOGUE = [
     # decoding options
     ("gen length not divisible by block size", None, ["--gen-length", "20"], "gen_length 20 is not divisible"),
     ("gen length not a number", None, ["--gen-length", "lots"], "invalid int value: 'lots'"),
+    ("gen length of a billion", None, ["--gen-length", "1000000000", "--block-size", "1"], "exceeds bert's max length"),
+    ("gen length past int64", None, ["--gen-length", "4000000000000000000"], "exceeds bert's max length"),
     ("block size zero", None, ["--block-size", "0"], "block_size must be positive"),
     ("steps zero", None, ["--steps", "0"], "steps must be positive, got 0"),
     ("steps negative", None, ["--steps", "-3"], "got -3"),
