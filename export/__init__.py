@@ -2,7 +2,8 @@
 
     python -m export SOURCE OUT_DIR [options]
 
-or, from Python, `export_model(source, out_dir)`. SOURCE is a Hub id or a local
+or, from Python, `export_model(source, out_dir, ExportOptions(...))` (export/options.py: one
+field per option, each also a flag of the CLI). SOURCE is a Hub id or a local
 folder with a transformers masked-LM checkpoint and a fast tokenizer. The folder
 written holds `model.onnx` (statistics graph, see export/graph.py),
 `tokenizer.json` and `tie_lite.json` (the manifest the runtime reads).
@@ -15,18 +16,19 @@ import hashlib
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import tie_lite
 
-__all__ = ["export_model", "ExportError", "DEFAULT_TOP_K", "DEFAULT_ANSWER_MARKER"]
+from .options import (DEFAULT_ANSWER_MARKER, DEFAULT_INT8_MIN_AGREEMENT, DEFAULT_TOP_K,  # noqa: F401 (API)
+                      EXTERNAL_DATA_MIN_BYTES, ExportOptions, resolve)
 
-DEFAULT_TOP_K = 4                 # top ids/probs per position in the graph (>= 2 for margins)
-DEFAULT_ANSWER_MARKER = "Answer:"  # reasoning-as-infilling marker (paper, section 1)
-DEFAULT_INT8_MIN_AGREEMENT = 0.9  # int8 export: least share of positions whose top-1 id equals PyTorch's
-EXTERNAL_DATA_MIN_BYTES = 64 * 2 ** 20  # graphs at least this big keep their weights in model.onnx.data:
-                                        # onnxruntime then maps them instead of parsing a copy (peak RSS)
+__all__ = ["export_model", "ExportOptions", "ExportError", "DEFAULT_TOP_K", "DEFAULT_ANSWER_MARKER"]
+
+MODEL_GRAPH = "model.onnx"          # the statistics graph's file, as tie_lite.Model.load opens it
+TOKENIZER_FILE = "tokenizer.json"   # the fast tokenizer's file, as tie_lite.Model.load opens it
 _SENTINEL = "\u2063TIE_LITE_PROMPT\u2063"  # stands for the user's text while rendering a chat template
 
 
@@ -34,100 +36,142 @@ class ExportError(RuntimeError):
     """The source cannot be exported; the message says why."""
 
 
-def export_model(source: str | Path, out_dir: str | Path, *, top_k: int = DEFAULT_TOP_K,
-                 prompt_format: Optional[str] = None, answer_marker: str = DEFAULT_ANSWER_MARKER,
-                 name: Optional[str] = None, opset: Optional[int] = None, trust_remote_code: bool = False,
-                 decode_defaults: Optional[dict] = None, int8: bool = False, family: Optional[str] = None,
-                 stop_texts: Sequence[str] = (),
-                 int8_min_agreement: float = DEFAULT_INT8_MIN_AGREEMENT, int8_first_layer_fp32: bool = True,
-                 external_data_min_bytes: int = EXTERNAL_DATA_MIN_BYTES, kv_cache: bool = False,
-                 log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)) -> Path:
+def _to_stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def export_model(source: str | Path, out_dir: str | Path, options: Optional[ExportOptions] = None, *,
+                 log: Callable[[str], None] = _to_stderr, **overrides) -> Path:
     """Export `source` to `out_dir`; validate it against PyTorch; return the manifest's path.
 
-    prompt_format: text with "{prompt}" where the user's text goes; default from the
-    tokenizer's chat template (rendered now, so the runtime needs no template engine),
-    else "{prompt}". decode_defaults: gen_length / answer_length / block_size the
-    runtime's CLI uses when the user gives none (e.g. the layout the model was trained on).
-    stop_texts: end markers that are text, not one token (ModernBERT-chat's "[/Answer]"):
-    the runtime cuts its output at the first of them.
-    family: the export family by name (see export/families.py), when config.json's
-    model_type does not say it (e.g. a Dream-style model saved as plain Qwen2).
-    int8: after the float32 graph validates, replace it by a dynamically quantized int8
-    graph (onnxruntime quant_pre_process + quantize_dynamic), which must agree with
-    PyTorch's top-1 ids at >= int8_min_agreement of the sample positions.
-    int8_first_layer_fp32: leave the first transformer layer's matmuls in float32 (on the
-    shipped model a it keeps more of float32's accuracy than quantizing every layer;
-    bench/int8_variants.py writes both for eval/evaluate.py to measure).
-    external_data_min_bytes: a final graph at least this big is stored as model.onnx plus its
-    weights in model.onnx.data, which onnxruntime loads with a lower peak RSS (bench/ort_levers.py
-    measures it).
-    kv_cache: also write cache.onnx, the block key/value-cache graph the runtime's approximate
-    `--kv-cache` decoding runs (export/cache.py; ModernBERT and BERT), validated and quantized
-    like model.onnx.
+    options: an ExportOptions (export/options.py says what each field does); keyword arguments
+    named as its fields override it, e.g. `export_model(src, out, int8=True)`; TypeError names
+    an unknown one. log: where progress lines go (default: stderr).
     """
-    from transformers import AutoTokenizer
-
-    from .graph import export_graph, suppressed_columns
-    from .cache import export_cache_graph, unsupported_reason
-    from .validate import check_agreement, measure, measure_cache, validate, validate_cache
-
-    if top_k < 2:
-        raise ExportError(f"top_k must be >= 2, got {top_k}")
+    options = resolve(options, overrides)
     out_dir = Path(out_dir)
-    if trust_remote_code:
+    if options.trust_remote_code:
         log(remote_code_notice(source))
     log(f"loading {source}")
-    model_family = _family(_load(_read_config, source, trust_remote_code).get("model_type", ""), family)
-    model = _load(model_family.load, source, trust_remote_code)
-    tokenizer = _load(AutoTokenizer.from_pretrained, source, trust_remote_code)
+    loaded = _load_source(source, options)
+    _prepare_folder(out_dir)
+    graphs, reports = _export_graphs(loaded, out_dir, options, log)
+    extra = {"source": recorded_source(source, out_dir), **reports}
+    if options.int8:
+        extra.update(_quantize_graphs(graphs, loaded, options, log))
+    for path in graphs:
+        if path.stat().st_size >= options.external_data_min_bytes:
+            store_weights_externally(path)
+    tokenizer_sha256 = _write_tokenizer(loaded.tokenizer, out_dir)
+    return write_manifest(_manifest(source, loaded, options, tokenizer_sha256, extra), out_dir)
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """A loaded source and what export reads off it once."""
+
+    model: object           # the transformers model, in eval mode
+    family: object          # its export family (export/families.py)
+    tokenizer: object       # its fast tokenizer
+    ids: dict               # mask_id, eos_id, pad_id, stop_ids (special_ids)
+    graph_vocab: int        # columns of the LM head
+    vocab_size: int         # columns the tokenizer decodes (<= graph_vocab)
+    is_suppressed: object   # (graph_vocab,) bool tensor: columns that never get probability
+    max_length: int         # longest canvas the model accepts
+
+    def checks(self, top_k: int) -> tuple:
+        """The arguments export/validate.py's validate and measure functions take after the graph's path."""
+        return (self.model, self.family, self.is_suppressed, top_k, self.vocab_size, self.ids["mask_id"],
+                self.max_length)
+
+
+def _load_source(source, options: ExportOptions) -> _Loaded:
+    """Load the model and tokenizer; refuse what export cannot write before writing anything."""
+    from transformers import AutoTokenizer
+
+    from .cache import unsupported_reason
+    from .graph import suppressed_columns
+
+    trust = options.trust_remote_code
+    family = _family(_load(_read_config, source, trust).get("model_type", ""), options.family)
+    model = _load(family.load, source, trust)
+    tokenizer = _load(AutoTokenizer.from_pretrained, source, trust)
     model.eval()
     config = model.config
-    if kv_cache and unsupported_reason(model_family, config):
-        raise ExportError(unsupported_reason(model_family, config))
-    ids = special_ids(tokenizer, model_family, config)
-    graph_vocab = model_family.graph_vocab(config)
+    if options.kv_cache and unsupported_reason(family, config):
+        raise ExportError(unsupported_reason(family, config))
+    ids = special_ids(tokenizer, family, config)
+    graph_vocab = family.graph_vocab(config)
     vocab_size = min(len(tokenizer), graph_vocab)
-    is_suppressed = suppressed_columns(graph_vocab, vocab_size, [ids["mask_id"]])
+    return _Loaded(model, family, tokenizer, ids, graph_vocab, vocab_size,
+                   suppressed_columns(graph_vocab, vocab_size, [ids["mask_id"]]), family.max_length(config))
+
+
+def _prepare_folder(out_dir: Path) -> None:
+    """Create out_dir; remove an earlier export's files that this one may not write again."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("model.onnx.data", "cache.onnx", "cache.onnx.data"):  # an earlier export's files
+    for stale in (MODEL_GRAPH + ".data", tie_lite.CACHE_GRAPH, tie_lite.CACHE_GRAPH + ".data"):
         (out_dir / stale).unlink(missing_ok=True)
-    log(f"exporting {config.model_type} ({model_family.name}) with optimum to {out_dir / 'model.onnx'}")
-    onnx_path = export_graph(model, out_dir, model_family, is_suppressed, top_k, opset)
-    max_length = model_family.max_length(config)
+
+
+def _export_graphs(loaded: _Loaded, out_dir: Path, options: ExportOptions, log) -> tuple[dict, dict]:
+    """Write model.onnx (and cache.onnx with kv_cache), each validated against PyTorch. Returns
+    {graph path: its measure function} and the manifest's validation reports."""
+    from .cache import export_cache_graph
+    from .graph import export_graph
+    from .validate import measure, measure_cache, validate, validate_cache
+
+    model, family, top_k, opset = loaded.model, loaded.family, options.top_k, options.opset
+    log(f"exporting {model.config.model_type} ({family.name}) with optimum to {out_dir / MODEL_GRAPH}")
+    path = export_graph(model, out_dir, family, loaded.is_suppressed, top_k, opset)
     log("validating ONNX against PyTorch")
-    checks = (model, model_family, is_suppressed, top_k, vocab_size, ids["mask_id"], max_length)
-    extra = {"source": recorded_source(source, out_dir), "validation": validate(onnx_path, *checks).as_dict()}
-    graphs = {onnx_path: measure}
-    if kv_cache:
-        log(f"exporting the K/V-cache graph to {out_dir / 'cache.onnx'} and validating it")
-        cache_path = export_cache_graph(model, out_dir, model_family, is_suppressed, top_k, opset)
-        extra["cache_validation"] = validate_cache(cache_path, *checks).as_dict()
+    reports = {"validation": validate(path, *loaded.checks(top_k)).as_dict()}
+    graphs = {path: measure}
+    if options.kv_cache:
+        log(f"exporting the K/V-cache graph to {out_dir / tie_lite.CACHE_GRAPH} and validating it")
+        cache_path = export_cache_graph(model, out_dir, family, loaded.is_suppressed, top_k, opset)
+        reports["cache_validation"] = validate_cache(cache_path, *loaded.checks(top_k)).as_dict()
         graphs[cache_path] = measure_cache
-    if int8:
-        log("quantizing to int8 (dynamic) and measuring its agreement with PyTorch")
-        for path, measure_graph in graphs.items():
-            kept = quantize_int8(path, first_layer_of=model if int8_first_layer_fp32 else None)
-            if int8_first_layer_fp32 and not kept:
-                log(f"{path.name}: no matmul of the first layer found; quantized every layer")
-            int8_report = measure_graph(path, *checks)
-            check_agreement(int8_report, int8_min_agreement)
-            prefix = "cache_" if path.name == "cache.onnx" else ""
-            extra[f"{prefix}int8_validation"] = int8_report.as_dict()
-        extra["quantization"] = "int8-dynamic"
-    for path in graphs:
-        if path.stat().st_size >= external_data_min_bytes:
-            store_weights_externally(path)
-    tokenizer_path = out_dir / "tokenizer.json"
-    tokenizer.backend_tokenizer.save(str(tokenizer_path))
-    manifest = tie_lite.Manifest(
-        family=model_family.name, logits_shift=model_family.logits_shift, max_length=max_length,
-        vocab_size=vocab_size, graph_vocab_size=graph_vocab, top_k=top_k,
-        prompt_format=prompt_format or chat_prompt_format(tokenizer), answer_marker=answer_marker,
-        tokenizer_sha256=hashlib.sha256(tokenizer_path.read_bytes()).hexdigest(),
-        name=name or Path(str(source)).name, decode_defaults=dict(decode_defaults or {}),
-        stop_texts=tuple(stop_texts), extra=extra,
-        **ids)
-    return write_manifest(manifest, out_dir)
+    return graphs, reports
+
+
+def _quantize_graphs(graphs: dict, loaded: _Loaded, options: ExportOptions, log) -> dict:
+    """Replace each graph by its int8 version, which must agree with PyTorch at >= int8_min_agreement
+    of the sample positions. Returns the manifest's int8 reports and its "quantization"."""
+    from .validate import check_agreement
+
+    log("quantizing to int8 (dynamic) and measuring its agreement with PyTorch")
+    keep_first = options.int8_first_layer_fp32
+    reports = {}
+    for path, measure_graph in graphs.items():
+        kept = quantize_int8(path, first_layer_of=loaded.model if keep_first else None)
+        if keep_first and not kept:
+            log(f"{path.name}: no matmul of the first layer found; quantized every layer")
+        report = measure_graph(path, *loaded.checks(options.top_k))
+        check_agreement(report, options.int8_min_agreement)
+        prefix = "cache_" if path.name == tie_lite.CACHE_GRAPH else ""
+        reports[f"{prefix}int8_validation"] = report.as_dict()
+    reports["quantization"] = "int8-dynamic"
+    return reports
+
+
+def _write_tokenizer(tokenizer, out_dir: Path) -> str:
+    """Save the fast tokenizer's tokenizer.json; return its sha256 (the manifest's tokenizer_sha256)."""
+    path = out_dir / TOKENIZER_FILE
+    tokenizer.backend_tokenizer.save(str(path))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _manifest(source, loaded: _Loaded, options: ExportOptions, tokenizer_sha256: str,
+              extra: dict) -> "tie_lite.Manifest":
+    family = loaded.family
+    return tie_lite.Manifest(
+        family=family.name, logits_shift=family.logits_shift, max_length=loaded.max_length,
+        vocab_size=loaded.vocab_size, graph_vocab_size=loaded.graph_vocab, top_k=options.top_k,
+        prompt_format=options.prompt_format or chat_prompt_format(loaded.tokenizer),
+        answer_marker=options.answer_marker, tokenizer_sha256=tokenizer_sha256,
+        name=options.name or Path(str(source)).name, decode_defaults=dict(options.decode_defaults or {}),
+        stop_texts=options.stop_texts, extra=extra, **loaded.ids)
 
 
 def quantize_int8(onnx_path: Path, first_layer_of=None, **options) -> list[str]:

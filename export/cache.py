@@ -47,12 +47,19 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from tie_lite import layer_names
+from tie_lite import CACHE_GRAPH, CACHE_INPUTS, CACHE_OUTPUTS, layer_names
 
 from .graph import confidence_statistics
 
-INPUT_NAMES = ("input_ids", "rows", "attention_mask", "gather")  # then past_keys_i, past_values_i
-OUTPUT_NAMES = ("top_ids", "top_probs", "entropy", "logits")       # then keys_i, values_i
+
+def past_names(layers: int) -> list:
+    """cache.onnx's inputs after CACHE_INPUTS: every layer's kept keys, then every layer's kept values."""
+    return layer_names("past_keys", layers) + layer_names("past_values", layers)
+
+
+def fresh_names(layers: int) -> list:
+    """cache.onnx's outputs after CACHE_OUTPUTS: every layer's fresh keys, then every layer's fresh values."""
+    return layer_names("keys", layers) + layer_names("values", layers)
 
 
 def attend(query: Tensor, key: Tensor, value: Tensor, past_key: Tensor, past_value: Tensor,
@@ -187,8 +194,7 @@ class CachedStep(torch.nn.Module):
                                            attention_mask)
         index = gather.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])  # (B, K, H)
         logits = self.family.head(self.model, torch.gather(hidden, 1, index))  # (B, K, Vg)
-        stats = confidence_statistics(logits, self.is_suppressed, self.top_k)
-        return (stats["top_ids"], stats["top_probs"], stats["entropy"], stats["logits"], *keys, *values)
+        return (*confidence_statistics(logits, self.is_suppressed, self.top_k), *keys, *values)
 
 
 def dummy_inputs(config, length: int = 24, count: int = 8) -> tuple[Tensor, ...]:
@@ -207,22 +213,25 @@ def dummy_inputs(config, length: int = 24, count: int = 8) -> tuple[Tensor, ...]
 def export_cache_graph(model, out_dir: Path, family, is_suppressed: Tensor, top_k: int,
                        opset: int | None) -> Path:
     """Write out_dir/cache.onnx for `model` (a loaded transformers masked LM)."""
-    path = out_dir / "cache.onnx"
+    path = out_dir / CACHE_GRAPH
     step = CachedStep(model, family, is_suppressed, top_k).eval()
     layers = cache_shape(model.config)[0]
-    past = layer_names("past_keys", layers) + layer_names("past_values", layers)
-    fresh = layer_names("keys", layers) + layer_names("values", layers)
-    axes = {"input_ids": {0: "batch", 1: "rows"}, "rows": {0: "batch", 1: "rows"},
-            "attention_mask": {0: "batch", 1: "length"}, "gather": {0: "batch", 1: "gathered"},
-            "top_ids": {0: "batch", 1: "gathered"}, "top_probs": {0: "batch", 1: "gathered"},
-            "entropy": {0: "batch", 1: "gathered"}, "logits": {0: "batch", 1: "gathered"},
-            **{name: {0: "batch", 2: "length"} for name in past}, **{name: {0: "batch", 2: "rows"} for name in fresh}}
+    past, fresh = past_names(layers), fresh_names(layers)
     with torch.no_grad():
-        torch.onnx.export(step, dummy_inputs(model.config), str(path), input_names=[*INPUT_NAMES, *past],
-                          output_names=[*OUTPUT_NAMES, *fresh], dynamic_axes=axes, opset_version=opset or 17,
-                          dynamo=False, do_constant_folding=True)
+        torch.onnx.export(step, dummy_inputs(model.config), str(path), input_names=[*CACHE_INPUTS, *past],
+                          output_names=[*CACHE_OUTPUTS, *fresh], dynamic_axes=_dynamic_axes(past, fresh),
+                          opset_version=opset or 17, dynamo=False, do_constant_folding=True)
     _tie_shared_weights(path)
     return path
+
+
+def _dynamic_axes(past: list, fresh: list) -> dict:
+    """cache.onnx's named axes: batch, rows (Q), length (L, or P kept), gathered (K)."""
+    input_ids, rows, attention_mask, gather = CACHE_INPUTS
+    return {input_ids: {0: "batch", 1: "rows"}, rows: {0: "batch", 1: "rows"},
+            attention_mask: {0: "batch", 1: "length"}, gather: {0: "batch", 1: "gathered"},
+            **{name: {0: "batch", 1: "gathered"} for name in CACHE_OUTPUTS},
+            **{name: {0: "batch", 2: "length"} for name in past}, **{name: {0: "batch", 2: "rows"} for name in fresh}}
 
 
 def _tie_shared_weights(path: Path) -> None:

@@ -24,6 +24,7 @@ float32 minimum before the softmax, so they get probability 0 everywhere.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from optimum.exporters.onnx import onnx_export_from_model
@@ -31,10 +32,13 @@ from optimum.exporters.onnx.config import TextEncoderOnnxConfig
 from optimum.exporters.onnx.model_patcher import ModelPatcher
 from optimum.utils import DummyInputGenerator, DummyTextInputGenerator, NormalizedTextConfig
 
+from tie_lite import GRAPH_INPUTS, GRAPH_OUTPUTS
+
+from . import MODEL_GRAPH
 from .families import Family
 
-OUTPUT_NAMES = ("top_ids", "top_probs", "entropy", "logits")
-INPUT_NAMES = ("input_ids", "attention_mask", "positions")
+_TOKEN_AXES = {0: "batch_size", 1: "sequence_length"}   # of input_ids and attention_mask (B, L)
+_GATHERED_AXES = {0: "batch_size", 1: "num_positions"}  # of positions (B, K) and of every output (B, K, ...)
 
 
 def suppressed_columns(graph_vocab: int, vocab_size: int, suppressed_ids: list[int]) -> torch.Tensor:
@@ -45,20 +49,33 @@ def suppressed_columns(graph_vocab: int, vocab_size: int, suppressed_ids: list[i
     return is_suppressed
 
 
-def confidence_statistics(logits: torch.Tensor, is_suppressed: torch.Tensor, top_k: int) -> dict:
+class Statistics(NamedTuple):
+    """The graph's outputs, in tie_lite.GRAPH_OUTPUTS order (and cache.onnx's first ones)."""
+
+    top_ids: torch.Tensor    # (B, K, k) int64, most probable first
+    top_probs: torch.Tensor  # (B, K, k) float32
+    entropy: torch.Tensor    # (B, K) float32, nats
+    logits: torch.Tensor     # (B, K, Vg) float32, suppressed columns at the float32 minimum
+
+    def named(self) -> dict:
+        """{graph output name: tensor}."""
+        return dict(zip(GRAPH_OUTPUTS, self))
+
+
+def confidence_statistics(logits: torch.Tensor, is_suppressed: torch.Tensor, top_k: int) -> Statistics:
     """Statistics the runtime needs from logits (B, K, Vg); the graph's tail and the reference's."""
     logits = logits.float().masked_fill(is_suppressed, torch.finfo(torch.float32).min)
     log_probs = torch.log_softmax(logits, dim=-1)  # (B, K, Vg)
     probs = log_probs.exp()
     entropy = -(probs * log_probs).sum(-1)  # (B, K)
     top_probs, top_ids = torch.topk(probs, top_k, dim=-1)  # (B, K, k)
-    return {"top_ids": top_ids, "top_probs": top_probs, "entropy": entropy, "logits": logits}
+    return Statistics(top_ids, top_probs, entropy, logits)
 
 
 class _PositionsGenerator(DummyInputGenerator):
     """Dummy `positions` (B, K) for tracing; K differs from L so the two axes stay distinct."""
 
-    SUPPORTED_INPUT_NAMES = ("positions",)
+    SUPPORTED_INPUT_NAMES = GRAPH_INPUTS[2:]  # positions
 
     def __init__(self, task, normalized_config, batch_size=2, sequence_length=16, **kwargs):
         self.batch_size = batch_size
@@ -76,11 +93,11 @@ class _StatsPatcher(ModelPatcher):
         super().__init__(config, model, model_kwargs)
         family, is_suppressed, top_k = config.family, config.is_suppressed, config.top_k
 
-        def patched_forward(input_ids, attention_mask, positions):
+        def patched_forward(input_ids, attention_mask, positions):  # called with GRAPH_INPUTS as keywords
             hidden = family.hidden(model, input_ids, attention_mask)  # (B, L, H)
             index = positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])  # (B, K, H)
             logits = family.head(model, torch.gather(hidden, 1, index))  # (B, K, Vg)
-            return confidence_statistics(logits, is_suppressed, top_k)
+            return confidence_statistics(logits, is_suppressed, top_k).named()
 
         self.patched_forward = patched_forward
 
@@ -101,20 +118,12 @@ class StatsOnnxConfig(TextEncoderOnnxConfig):
 
     @property
     def inputs(self):
-        return {
-            "input_ids": {0: "batch_size", 1: "sequence_length"},
-            "attention_mask": {0: "batch_size", 1: "sequence_length"},
-            "positions": {0: "batch_size", 1: "num_positions"},
-        }
+        input_ids, attention_mask, positions = GRAPH_INPUTS
+        return {input_ids: dict(_TOKEN_AXES), attention_mask: dict(_TOKEN_AXES), positions: dict(_GATHERED_AXES)}
 
     @property
     def outputs(self):
-        return {
-            "top_ids": {0: "batch_size", 1: "num_positions"},
-            "top_probs": {0: "batch_size", 1: "num_positions"},
-            "entropy": {0: "batch_size", 1: "num_positions"},
-            "logits": {0: "batch_size", 1: "num_positions"},
-        }
+        return {name: dict(_GATHERED_AXES) for name in GRAPH_OUTPUTS}
 
     def ordered_inputs(self, model):
         return self.inputs
@@ -129,7 +138,7 @@ def export_graph(model, out_dir: Path, family: Family, is_suppressed: torch.Tens
         out_dir,
         opset=opset,
         task=family.optimum_task,
-        custom_onnx_configs={"model": onnx_config},
+        custom_onnx_configs={Path(MODEL_GRAPH).stem: onnx_config},  # optimum writes NAME.onnx
         do_validation=False,  # export/validate.py checks top-1 ids and probabilities itself
     )
-    return out_dir / "model.onnx"
+    return out_dir / MODEL_GRAPH

@@ -8,12 +8,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tie_lite import CACHE_INPUTS, GRAPH_INPUTS, GRAPH_OUTPUTS
+
 from . import ExportError
-from .graph import confidence_statistics
+from .graph import Statistics, confidence_statistics
 
 PROB_ATOL = 1e-4      # |p_onnx - p_torch| allowed for every returned top-k probability
 ENTROPY_ATOL = 1e-3   # nats
 TIE_MARGIN = 2e-4     # a top-1 id may differ only where torch's top-1 and top-2 are this close
+COMPARED = GRAPH_OUTPUTS[:3]  # top_ids, top_probs, entropy: the outputs compared (Statistics' first three)
 
 
 class ExportValidationError(ExportError):
@@ -47,14 +50,14 @@ def sample_canvases(vocab_size: int, mask_id: int, max_length: int, seed: int = 
 
 
 def torch_statistics(model, family, tokens: np.ndarray, positions: np.ndarray, is_suppressed,
-                     top_k: int) -> dict:
-    """The reference: the model's own full forward, then the same statistics as the graph."""
+                     top_k: int) -> Statistics:
+    """The reference: the model's own full forward, then the same statistics as the graph (numpy, (K, ...))."""
     with torch.no_grad():
         ids = torch.from_numpy(tokens)[None]
         logits = family.full_logits(model, ids, torch.ones_like(ids))[0]  # (L, Vg)
         read_at = torch.from_numpy(np.maximum(positions - family.logits_shift, 0))
         stats = confidence_statistics(logits[read_at][None], is_suppressed, top_k)
-    return {k: v[0].numpy() for k, v in stats.items()}
+    return Statistics(*(v[0].numpy() for v in stats))
 
 
 def validate(onnx_path: Path, model, family, is_suppressed, top_k: int, vocab_size: int, mask_id: int,
@@ -91,10 +94,9 @@ def measure(onnx_path: Path, model, family, is_suppressed, top_k: int, vocab_siz
     for tokens in sample_canvases(vocab_size, mask_id, max_length):
         positions = np.arange(tokens.size, dtype=np.int64)
         ref = torch_statistics(model, family, tokens, positions, is_suppressed, top_k)
-        feed = {"input_ids": tokens[None], "attention_mask": np.ones((1, tokens.size), np.int64),
-                "positions": np.maximum(positions - family.logits_shift, 0)[None]}
-        top_ids, top_probs, entropy = (x[0] for x in session.run(["top_ids", "top_probs", "entropy"], feed))
-        _accumulate(totals, ref, top_ids, top_probs, entropy)
+        feed = dict(zip(GRAPH_INPUTS, (tokens[None], np.ones((1, tokens.size), np.int64),
+                                       np.maximum(positions - family.logits_shift, 0)[None])))
+        _accumulate(totals, ref, _compared(session.run(list(COMPARED), feed)))
     return ValidationReport(**totals)
 
 
@@ -105,44 +107,44 @@ def measure_cache(cache_path: Path, model, family, is_suppressed, top_k: int, vo
     must reproduce the full pass because every kept key and value is still current."""
     import onnxruntime as ort
 
-    from tie_lite import layer_names
-
-    from .cache import cache_shape
+    from .cache import cache_shape, fresh_names, past_names
 
     session = ort.InferenceSession(str(cache_path), providers=["CPUExecutionProvider"])
     layers, heads, dim = cache_shape(model.config)
-    past = layer_names("past_keys", layers) + layer_names("past_values", layers)
-    fresh = layer_names("keys", layers) + layer_names("values", layers)
-    stats = ["top_ids", "top_probs", "entropy"]
+    past, fresh = past_names(layers), fresh_names(layers)
     totals = dict(cases=0, positions=0, top1_agree=0, near_ties=0, max_prob_diff=0.0, max_entropy_diff=0.0)
     for tokens in sample_canvases(vocab_size, mask_id, max_length):
         length = tokens.size
         every = np.arange(length, dtype=np.int64)  # (L,)
         ref = torch_statistics(model, family, tokens, every, is_suppressed, top_k)
         nothing = np.zeros((1, heads, 0, dim), np.float32)  # (1, h, P = 0, d): nothing kept, every layer
-        feed = {"input_ids": tokens[None], "rows": every[None], "attention_mask": np.ones((1, length), np.int64),
-                "gather": every[None], **dict.fromkeys(past, nothing)}
-        outputs = session.run(stats + fresh, feed)
-        top_ids, top_probs, entropy = (x[0] for x in outputs[:3])
-        _accumulate(totals, ref, top_ids, top_probs, entropy)
+        canvas = np.ones((1, length), np.int64)
+        feed = {**dict(zip(CACHE_INPUTS, (tokens[None], every[None], canvas, every[None]))),
+                **dict.fromkeys(past, nothing)}
+        outputs = session.run(list(COMPARED) + fresh, feed)
+        _accumulate(totals, ref, _compared(outputs))
         block = np.arange(length // 4, length // 2, dtype=np.int64)  # (b,)
-        kept = dict(zip(past, outputs[3:]))  # every layer's keys and values (1, h, L, d)
-        feed.update(input_ids=tokens[block][None], rows=block[None],
-                    gather=np.arange(block.size, dtype=np.int64)[None], **kept)
-        top_ids, top_probs, entropy = (x[0] for x in session.run(stats, feed))
-        _accumulate(totals, {k: v[block] for k, v in ref.items()}, top_ids, top_probs, entropy)
+        feed.update(zip(CACHE_INPUTS, (tokens[block][None], block[None], canvas,
+                                       np.arange(block.size, dtype=np.int64)[None])))
+        feed.update(zip(past, outputs[len(COMPARED):]))  # every layer's keys and values (1, h, L, d), kept
+        _accumulate(totals, Statistics(*(v[block] for v in ref)), _compared(session.run(list(COMPARED), feed)))
     return ValidationReport(**totals)
 
 
-def _accumulate(totals: dict, ref: dict, top_ids, top_probs, entropy) -> None:
-    agree = top_ids[:, 0] == ref["top_ids"][:, 0]
-    gap = ref["top_probs"][:, 0] - ref["top_probs"][:, 1]
+def _compared(outputs: list) -> Statistics:
+    """The COMPARED outputs of one session.run, batch row 0, as Statistics (no logits)."""
+    return Statistics(*(x[0] for x in outputs[:len(COMPARED)]), logits=None)
+
+
+def _accumulate(totals: dict, ref: Statistics, got: Statistics) -> None:
+    agree = got.top_ids[:, 0] == ref.top_ids[:, 0]
+    gap = ref.top_probs[:, 0] - ref.top_probs[:, 1]
     totals["cases"] += 1
     totals["positions"] += agree.size
     totals["top1_agree"] += int(agree.sum())
     totals["near_ties"] += int((~agree & (gap < TIE_MARGIN)).sum())
-    totals["max_prob_diff"] = max(totals["max_prob_diff"], float(np.abs(top_probs - ref["top_probs"]).max()))
-    totals["max_entropy_diff"] = max(totals["max_entropy_diff"], float(np.abs(entropy - ref["entropy"]).max()))
+    totals["max_prob_diff"] = max(totals["max_prob_diff"], float(np.abs(got.top_probs - ref.top_probs).max()))
+    totals["max_entropy_diff"] = max(totals["max_entropy_diff"], float(np.abs(got.entropy - ref.entropy).max()))
 
 
 def _check(report: ValidationReport) -> None:

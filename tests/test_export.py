@@ -243,3 +243,67 @@ def test_int8_keeps_the_first_layer_in_float32(tmp_path):
             weights = {t.name for t in g.initializer}
             weight_matmuls = [n for n in g.node if n.op_type == "MatMul" and n.input[1] in weights]
             assert len(weight_matmuls) == (0 if all_layers else 6), (graph, [n.name for n in weight_matmuls])
+
+
+def test_export_model_rejects_an_unknown_option_by_name(tmp_path):
+    """Before loading anything: a misspelt keyword is a TypeError naming it, a bad value an ExportError."""
+    from export import ExportError, ExportOptions, export_model
+
+    with pytest.raises(TypeError, match=r"unknown option\(s\) 'int8_all_layer'"):
+        export_model(tmp_path / "missing", tmp_path / "out", int8_all_layer=True, log=lambda m: None)
+    with pytest.raises(TypeError, match="'topk'"):
+        export_model(tmp_path / "missing", tmp_path / "out", ExportOptions(int8=True), topk=3)
+    with pytest.raises(ExportError, match="'gen_len'"):
+        export_model(tmp_path / "missing", tmp_path / "out", decode_defaults={"gen_len": 8})
+    with pytest.raises(ExportError, match="top_k must be >= 2"):
+        ExportOptions(top_k=1)
+    assert not (tmp_path / "out").exists()
+
+
+# a value other than the default for every ExportOptions field: a new field needs one here, and a flag
+NON_DEFAULT_OPTIONS = {
+    "top_k": 7, "prompt_format": "Q: {prompt}\n", "answer_marker": " = ", "name": "n", "opset": 18,
+    "decode_defaults": {"gen_length": 8, "answer_length": 2, "block_size": 4}, "stop_texts": ("[/A]", "END"),
+    "family": "dream", "int8": True, "int8_first_layer_fp32": False, "int8_min_agreement": 0.5,
+    "external_data_min_bytes": 0, "kv_cache": True, "trust_remote_code": True,
+}
+
+
+def test_every_export_option_is_a_cli_flag_and_every_flag_an_option():
+    import argparse
+    import dataclasses
+
+    import tie_lite
+    from export import ExportOptions
+    from export.__main__ import build_parser
+    from export.options import options_from_args
+
+    fields = [f.name for f in dataclasses.fields(ExportOptions)]
+    assert sorted(NON_DEFAULT_OPTIONS) == sorted(fields)
+    parser = build_parser()
+    flags = {a.dest: a for a in parser._actions if a.option_strings and a.dest != "help"}
+    by_flag = dict(NON_DEFAULT_OPTIONS, **NON_DEFAULT_OPTIONS["decode_defaults"])
+    del by_flag["decode_defaults"]
+    assert sorted(flags) == sorted(by_flag)  # decode_defaults: one flag per tie_lite.DECODE_OPTIONS
+    assert [flags[name].option_strings[0] for name in tie_lite.DECODE_OPTIONS] == [
+        "--gen-length", "--answer-length", "--block-size"]
+    argv = ["src", "out"]
+    for dest, action in flags.items():
+        values = by_flag[dest] if isinstance(by_flag[dest], tuple) else (by_flag[dest],)
+        for value in values:
+            takes_value = not isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+            argv += [action.option_strings[0], *([str(value)] if takes_value else [])]
+    assert options_from_args(parser.parse_args(argv)) == ExportOptions(**NON_DEFAULT_OPTIONS)
+    assert options_from_args(parser.parse_args(["src", "out"])) == ExportOptions()  # the CLI's defaults are its
+    assert options_from_args(parser.parse_args(["src", "out", "--block-size", "4"])).decode_defaults == {
+        "block_size": 4}
+
+
+def test_export_takes_graph_names_from_tie_lite():
+    """export writes the names the runtime checks: its Statistics are tie_lite.GRAPH_OUTPUTS, in order."""
+    import tie_lite
+    from export.graph import Statistics, StatsOnnxConfig
+
+    assert Statistics._fields == tie_lite.GRAPH_OUTPUTS == tie_lite.CACHE_OUTPUTS
+    config = StatsOnnxConfig.__new__(StatsOnnxConfig)  # its inputs / outputs need no model config
+    assert tuple(config.inputs) == tie_lite.GRAPH_INPUTS and tuple(config.outputs) == tie_lite.GRAPH_OUTPUTS

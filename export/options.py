@@ -1,0 +1,138 @@
+"""ExportOptions: what an export is asked to do, one field per option, each also a CLI flag.
+
+`export_model(source, out_dir, options)` reads them; `python -m export` builds them from its
+flags, which `add_export_options` makes from the fields (--top-k for top_k), as tie_lite's CLI
+makes its decoding flags from DecodeConfig. A field's help text, its flag when that is not
+--field-name, and how --help shows a None default are in its option(). decode_defaults is the
+one field given as several flags: one per length a manifest may recommend
+(tie_lite.DECODE_OPTIONS: --gen-length, --answer-length, --block-size).
+This module imports neither torch nor transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional
+
+import tie_lite
+
+DEFAULT_TOP_K = 4                 # top ids/probs per position in the graph (>= 2 for margins)
+DEFAULT_ANSWER_MARKER = "Answer:"  # reasoning-as-infilling marker (paper, section 1)
+DEFAULT_INT8_MIN_AGREEMENT = 0.9  # int8 export: least share of positions whose top-1 id equals PyTorch's
+EXTERNAL_DATA_MIN_BYTES = 64 * 2 ** 20  # graphs at least this big keep their weights in model.onnx.data:
+                                        # onnxruntime then maps them instead of parsing a copy (peak RSS)
+
+
+def option(default, help: str, flag: Optional[str] = None, shown: Optional[str] = None, **argparse_extras):
+    """An ExportOptions field that is also a CLI flag: its --help text, its flag (default: --field-name;
+    a bool field's flag turns it to the opposite of its default), how --help shows its default, and
+    extras for argparse (type, action, metavar; keys: one flag per key of a dict field)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "shown": shown, **argparse_extras})
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How `export_model` exports a source. Defaults are the CLI's defaults."""
+
+    top_k: int = option(DEFAULT_TOP_K, "top ids/probabilities per position in the graph (>= 2)", metavar="K")
+    prompt_format: Optional[str] = option(
+        None, f"the prompt around the user's text, {tie_lite.PROMPT_SLOT} where it goes",
+        shown=f"the tokenizer's chat template, rendered now, so the runtime needs no template engine; "
+              f"else {tie_lite.PROMPT_SLOT}", metavar="TEXT")
+    answer_marker: str = option(DEFAULT_ANSWER_MARKER, "the reasoning-as-infilling marker", metavar="TEXT")
+    name: Optional[str] = option(None, "display name", shown="the source's last path part")
+    opset: Optional[int] = option(None, "ONNX opset", shown="optimum's; cache.onnx: 17")
+    # {length: value}, keys from tie_lite.DECODE_OPTIONS; written to the manifest's decode_defaults
+    decode_defaults: Optional[dict] = option(
+        None, "the {} the runtime uses when the user gives none (the layout the model was trained on)",
+        keys=tie_lite.DECODE_OPTIONS, type=int, metavar="N", shown="none: the runtime's fallback")
+    # any sequence of texts, kept as a tuple; the manifest's stop_texts
+    stop_texts: tuple = option((), "an end marker that is text, not one token (ModernBERT-chat's [/Answer]); "
+                                   "the runtime cuts its output at the first (repeatable)",
+                               flag="--stop-text", action="append", type=str, metavar="TEXT", shown="none")
+    family: Optional[str] = option(None, "the export family, when config.json's model_type does not say it "
+                                         "(e.g. dream, llada; export/families.py)", shown="from model_type",
+                                   metavar="NAME")
+    int8: bool = option(False, "after the float32 graph validates, replace it by a dynamically quantized int8 "
+                               "graph (onnxruntime quant_pre_process + quantize_dynamic)")
+    # True: with int8, the first transformer layer's matmuls stay float32 (--int8-all-layers sets False)
+    int8_first_layer_fp32: bool = option(
+        True, "with --int8: quantize the first transformer layer's matmuls too (by default they stay float32: "
+              "on the shipped model a that keeps more of float32's accuracy; bench/int8_variants.py)",
+        flag="--int8-all-layers")
+    int8_min_agreement: float = option(DEFAULT_INT8_MIN_AGREEMENT,
+                                       "least share of sample positions whose int8 top-1 id equals PyTorch's",
+                                       metavar="P")
+    external_data_min_bytes: int = option(
+        EXTERNAL_DATA_MIN_BYTES, "a final graph at least this big keeps its weights beside it in GRAPH.data, "
+                                 "which onnxruntime maps with a lower peak RSS (bench/ort_levers.py)",
+        shown=f"{EXTERNAL_DATA_MIN_BYTES} ({EXTERNAL_DATA_MIN_BYTES >> 20} MiB)", metavar="BYTES")
+    kv_cache: bool = option(False, "also write cache.onnx, the block key/value-cache graph of the runtime's "
+                                   "approximate --kv-cache decoding (export/cache.py; ModernBERT, BERT), "
+                                   "validated and quantized like model.onnx")
+    trust_remote_code: bool = option(False, "run the model repository's own Python code (only for sources you "
+                                            "trust); export says which files first")
+
+    def __post_init__(self):
+        from . import ExportError
+
+        if self.top_k < 2:
+            raise ExportError(f"top_k must be >= 2, got {self.top_k}")
+        if isinstance(self.stop_texts, str):
+            raise ExportError(f"stop_texts must be a sequence of texts, got one text {self.stop_texts!r}")
+        object.__setattr__(self, "stop_texts", tuple(self.stop_texts))
+        unknown = sorted(set(self.decode_defaults or {}) - set(tie_lite.DECODE_OPTIONS))
+        if unknown:
+            raise ExportError(f"decode_defaults has unknown keys {', '.join(map(repr, unknown))}; "
+                              f"known: {', '.join(tie_lite.DECODE_OPTIONS)}")
+
+
+def resolve(options: Optional[ExportOptions], overrides: dict, caller: str = "export_model") -> ExportOptions:
+    """`options` (default ExportOptions()) with the keyword overrides; TypeError naming unknown keywords."""
+    known = [f.name for f in dataclasses.fields(ExportOptions)]
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise TypeError(f"{caller}() got unknown option(s) {', '.join(map(repr, unknown))}; "
+                        f"ExportOptions has {', '.join(known)}")
+    return dataclasses.replace(options or ExportOptions(), **overrides)
+
+
+ARG_TYPES = {"int": int, "float": float, "str": str}  # a field's type -> its flag's (others name theirs)
+
+
+def add_export_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per ExportOptions field (one per key for a field with keys), from the field's option().
+    Flags not given are left out of the parsed namespace (argparse.SUPPRESS): the field's default holds."""
+    for f in dataclasses.fields(ExportOptions):
+        meta = dict(f.metadata)
+        help_text, flag, shown, keys = meta.pop("help"), meta.pop("flag"), meta.pop("shown"), meta.pop("keys", ())
+        if isinstance(f.default, bool):
+            parser.add_argument(flag or _flag(f.name), dest=f.name, action="store_false" if f.default else "store_true",
+                                default=argparse.SUPPRESS, help=help_text)
+        elif keys:
+            for key in keys:
+                parser.add_argument(_flag(key), dest=key, default=argparse.SUPPRESS,
+                                    help=f"{help_text.format(key.replace('_', ' '))} (default: {shown})", **meta)
+        else:
+            kind = meta.pop("type", None) or ARG_TYPES[f.type.replace("Optional[", "").rstrip("]")]
+            default = shown if shown is not None else f.default
+            parser.add_argument(flag or _flag(f.name), dest=f.name, default=argparse.SUPPRESS, type=kind,
+                                help=f"{help_text} (default: {default})", **meta)
+
+def options_from_args(args: argparse.Namespace) -> ExportOptions:
+    """The ExportOptions the parsed flags (add_export_options) set; the rest keep their defaults."""
+    given = vars(args)
+    values = {}
+    for f in dataclasses.fields(ExportOptions):
+        keys = f.metadata.get("keys", ())
+        if keys and any(key in given for key in keys):
+            values[f.name] = {key: given[key] for key in keys if key in given}
+        elif f.name in given:
+            values[f.name] = given[f.name]
+    return ExportOptions(**values)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
