@@ -1,7 +1,17 @@
-"""Session fixtures: tiny random masked LMs, exported through export_model like a user would."""
+"""Session fixtures: tiny random masked LMs, exported through export_model like a user would; the
+`torch` and `cuda_absent` markers' skips.
+
+The runtime's tests need only the runtime (numpy, onnxruntime, tokenizers) and pytest: `pip install .
+pytest && python -m pytest`. Tests that build models with PyTorch, export them or read ONNX files with the
+onnx package need the export extras (`pip install ".[export]"`); they are marked `torch` and skipped, saying
+so, where those are not installed. Nothing here imports them at module level: the fixtures that build
+models do, inside, and depend on `export_extras`, which a test using them must declare with the marker
+(checked at collection, in every environment).
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -12,11 +22,49 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tiny import save_tiny  # noqa: E402
+# What `pip install ".[export]"` adds to the runtime that the `torch` tests import (optimum-onnx installs
+# the module `optimum`).
+EXPORT_EXTRAS = ("torch", "transformers", "optimum", "onnx")
+MISSING_EXTRAS = [name for name in EXPORT_EXTRAS if importlib.util.find_spec(name) is None]
+NO_EXTRAS_REASON = (f"needs the export extras (pip install \".[export]\"); not installed: {', '.join(MISSING_EXTRAS)}")
+
+
+def cuda_available() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip `torch` tests without the export extras and `cuda_absent` tests where CUDA is there; refuse a
+    test that uses a model-building fixture (one depending on `export_extras`) without the `torch` marker."""
+    unmarked = [item.nodeid for item in items
+                if "export_extras" in getattr(item, "fixturenames", ()) and item.get_closest_marker("torch") is None]
+    if unmarked:
+        raise pytest.UsageError("these tests use a fixture that builds models with PyTorch but are not marked "
+                                "@pytest.mark.torch:\n  " + "\n  ".join(unmarked))
+    skip_torch = pytest.mark.skip(reason=NO_EXTRAS_REASON) if MISSING_EXTRAS else None
+    has_cuda = None
+    for item in items:
+        if skip_torch and item.get_closest_marker("torch"):
+            item.add_marker(skip_torch)
+        if item.get_closest_marker("cuda_absent"):
+            has_cuda = cuda_available() if has_cuda is None else has_cuda
+            if has_cuda:
+                item.add_marker(pytest.mark.skip(reason="asserts CUDA is unavailable, but this onnxruntime "
+                                                        "has CUDAExecutionProvider"))
+
+
+@pytest.fixture(scope="session")
+def export_extras():
+    """Depended on by every fixture that builds or exports models with PyTorch (see the module docstring)."""
+    if MISSING_EXTRAS:  # a `torch` test is skipped before it gets here; this is the fallback
+        pytest.skip(NO_EXTRAS_REASON)
 
 
 def _export(tmp_path_factory, name: str, arch: str, tokenizer: str, seed: int, **kwargs):
     from export import export_model
+    from tiny import save_tiny
 
     base = tmp_path_factory.mktemp(name)
     hf_dir = save_tiny(base / "hf", arch, tokenizer=tokenizer, seed=seed, **kwargs)
@@ -25,25 +73,25 @@ def _export(tmp_path_factory, name: str, arch: str, tokenizer: str, seed: int, *
 
 
 @pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory):
+def tiny_bert(tmp_path_factory, export_extras):
     """(hf folder, onnx folder) of a tiny BERT with a word-level tokenizer."""
     return _export(tmp_path_factory, "bert", "bert", "word", seed=1)
 
 
 @pytest.fixture(scope="session")
-def tiny_modernbert(tmp_path_factory):
+def tiny_modernbert(tmp_path_factory, export_extras):
     """(hf folder, onnx folder) of a tiny ModernBERT whose LM head is 3 columns wider than its tokenizer."""
     return _export(tmp_path_factory, "modernbert", "modernbert", "word", seed=2, extra_columns=3)
 
 
 @pytest.fixture(scope="session")
-def tiny_roberta(tmp_path_factory):
+def tiny_roberta(tmp_path_factory, export_extras):
     """(hf folder, onnx folder) of a tiny RoBERTa with a word-level tokenizer."""
     return _export(tmp_path_factory, "roberta", "roberta", "word", seed=4)
 
 
 @pytest.fixture(scope="session")
-def tiny_char(tmp_path_factory):
+def tiny_char(tmp_path_factory, export_extras):
     """(hf folder, onnx folder) of a tiny BERT with a character-level tokenizer."""
     return _export(tmp_path_factory, "char", "bert", "char", seed=3)
 

@@ -13,6 +13,8 @@ import tie_lite
 from conftest import ROOT
 from tolerances import EPS32
 
+SHIPPED_B = ROOT / "models" / "b" / "onnx"  # a BERT, as the tiny_bert fixture (conftest.py) but needing no torch
+
 
 def test_import_pulls_in_no_torch_or_transformers():
     code = "import sys, tie_lite; print(sorted(m for m in ('torch', 'transformers', 'optimum') if m in sys.modules))"
@@ -23,6 +25,7 @@ def test_import_pulls_in_no_torch_or_transformers():
     assert "torch" not in timing.stderr and "transformers" not in timing.stderr
 
 
+@pytest.mark.torch
 def test_generate_returns_result_with_history(tiny_bert):
     model = tie_lite.Model.load(tiny_bert[1])
     config = tie_lite.DecodeConfig(gen_length=32, block_size=16, answer_length=16)
@@ -38,6 +41,7 @@ def test_generate_returns_result_with_history(tiny_bert):
     assert result.answer is not None and result.text.endswith(model.manifest.answer_marker + result.answer)
 
 
+@pytest.mark.torch
 def test_on_step_returning_false_stops_within_one_step(tiny_bert):
     model = tie_lite.Model.load(tiny_bert[1])
     seen = []
@@ -50,6 +54,7 @@ def test_on_step_returning_false_stops_within_one_step(tiny_bert):
     assert result.stopped and result.steps == 5 and seen == [1, 2, 3, 4, 5]
 
 
+@pytest.mark.torch
 def test_output_is_cut_at_the_first_eos(tiny_bert):
     model = tie_lite.Model.load(tiny_bert[1])
     m = model.manifest
@@ -61,6 +66,7 @@ def test_output_is_cut_at_the_first_eos(tiny_bert):
     assert text == model.detokenize(np.array([5, 6]))
 
 
+@pytest.mark.torch
 def test_stats_gather_only_the_asked_positions(tiny_modernbert):
     model = tie_lite.Model.load(tiny_modernbert[1])
     tokens = model.encode("the cat is big")
@@ -77,15 +83,15 @@ def test_stats_gather_only_the_asked_positions(tiny_modernbert):
     np.testing.assert_allclose(stats.top_probs[:, 0], tie_lite.softmax(stats.logits).max(-1), rtol=rtol)
 
 
-def test_load_errors_are_exceptions_naming_the_problem(tmp_path, tiny_bert):
+def test_load_errors_are_exceptions_naming_the_problem(tmp_path):
     with pytest.raises(tie_lite.ModelError, match="model folder not found"):
         tie_lite.Model.load(tmp_path / "nope")
     with pytest.raises(tie_lite.ConfigError, match="'tpu'"):
-        tie_lite.Model.load(tiny_bert[1], provider="tpu")
+        tie_lite.Model.load(SHIPPED_B, provider="tpu")
 
 
-def test_manifest_rejects_out_of_range_ids(tiny_bert):
-    data = json.loads((tiny_bert[1] / "tie_lite.json").read_text())
+def test_manifest_rejects_out_of_range_ids():
+    data = json.loads((SHIPPED_B / "tie_lite.json").read_text())
     data["mask_id"] = data["vocab_size"] + 5
     with pytest.raises(tie_lite.ModelError, match="mask_id"):
         tie_lite.Manifest.from_dict(data)
@@ -94,8 +100,15 @@ def test_manifest_rejects_out_of_range_ids(tiny_bert):
         tie_lite.Manifest.from_dict(data)
 
 
+@pytest.mark.torch
 def test_manifest_round_trips(tiny_bert):
     data = json.loads((tiny_bert[1] / "tie_lite.json").read_text())
+    assert tie_lite.Manifest.from_dict(data).to_dict() == data
+
+
+@pytest.mark.parametrize("name", ["a", "b", "c"])
+def test_shipped_manifests_round_trip(name):
+    data = json.loads((ROOT / "models" / name / "onnx" / "tie_lite.json").read_text())
     assert tie_lite.Manifest.from_dict(data).to_dict() == data
 
 
@@ -105,6 +118,7 @@ def test_runtime_reads_only_onnx_json_and_tokenizer_json():
         assert unsafe not in source, unsafe
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("rule", [dict(exit_threshold=0.2), dict(exit_patience=2)])
 def test_early_exit_fills_the_answer_and_stops(tiny_bert, rule):
     model = tie_lite.Model.load(tiny_bert[1])
@@ -119,6 +133,7 @@ def test_early_exit_fills_the_answer_and_stops(tiny_bert, rule):
     assert result.answer is not None and model.manifest.answer_marker in result.text
 
 
+@pytest.mark.torch
 def test_infill_reasoning_for_a_given_answer_reports_confidence(tiny_bert):
     model = tie_lite.Model.load(tiny_bert[1])
     config = tie_lite.DecodeConfig(gen_length=48, answer_length=16)
@@ -141,6 +156,7 @@ def test_infill_reasoning_for_a_given_answer_reports_confidence(tiny_bert):
     assert result.answer_confidence[-1] == pytest.approx(expected, rel=1e-12)
 
 
+@pytest.mark.torch
 def test_given_answer_errors(tiny_bert):
     model = tie_lite.Model.load(tiny_bert[1])
     with pytest.raises(tie_lite.ConfigError, match="reasoning-as-infilling"):

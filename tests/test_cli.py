@@ -9,6 +9,8 @@ import pytest
 
 from conftest import assert_one_line_error as _assert_one_line_error, run_cli
 
+pytestmark = pytest.mark.torch  # every test runs the CLI on the tiny exported models (conftest.py)
+
 
 def test_cli_prints_text(tiny_bert):
     result = run_cli("--model", str(tiny_bert[1]), "--prompt", "what is two plus two ?", "--gen-length", "16")
@@ -69,6 +71,11 @@ def test_cli_one_provider_per_model(tiny_bert, tiny_modernbert):
     base = ["--models", str(tiny_bert[1]), str(tiny_modernbert[1]), "--prompt", "the", "--answer-length", "16"]
     assert run_cli(*base, "--provider", "cpu,cpu").returncode == 0
     _assert_one_line_error(run_cli(*base, "--provider", "cpu,cpu,cpu"), "3 providers for 2 models")
+
+
+@pytest.mark.cuda_absent
+def test_cli_names_a_provider_it_does_not_have(tiny_bert, tiny_modernbert):
+    base = ["--models", str(tiny_bert[1]), str(tiny_modernbert[1]), "--prompt", "the", "--answer-length", "16"]
     _assert_one_line_error(run_cli(*base, "--provider", "cpu,cuda:1"), "provider 'cuda:1' is not available")
 
 

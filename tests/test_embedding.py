@@ -16,6 +16,8 @@ import pytest
 import tie_lite
 from conftest import ROOT, run_cli
 
+pytestmark = pytest.mark.torch  # every test decodes with the tiny exported models (conftest.py)
+
 INFILL = tie_lite.DecodeConfig(gen_length=48, answer_length=16, block_size=16)
 PROMPTS = ["what is two plus three ?", "the cat and the dog", "how many red sun ?", "is the moon big ?"]
 

@@ -1,4 +1,8 @@
-"""export/: the manifest it writes, its validation against PyTorch, its CLI."""
+"""export/: the manifest it writes, its validation against PyTorch, its CLI.
+
+Most tests need the export extras (marked torch); those that export a model or run python -m export are
+slow. What export_model and the CLI's parser check before loading a model, and the shipped manifests,
+need neither."""
 
 from __future__ import annotations
 
@@ -8,13 +12,12 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import AutoModelForMaskedLM
 
 from conftest import run_cli
 from tolerances import float32_reach, model_dims, near_ties
 
 
+@pytest.mark.torch
 def test_manifest_contents(tiny_modernbert):
     hf_dir, onnx_dir = tiny_modernbert
     manifest = json.loads((onnx_dir / "tie_lite.json").read_text())
@@ -57,6 +60,7 @@ def assert_validation_within_float32(report: dict, onnx_dir) -> None:
     assert report["max_entropy_diff"] <= entropy_bar, (report["max_entropy_diff"], entropy_bar)
 
 
+@pytest.mark.torch
 def test_manifest_records_the_source_relative_to_the_output_or_as_given(tiny_modernbert, tmp_path, monkeypatch):
     """A local folder is recorded relative to the output folder, a Hub id as given: never a machine path."""
     from export import recorded_source
@@ -81,7 +85,11 @@ def test_shipped_manifests_record_no_machine_path():
         assert not any(isinstance(v, str) and Path(v).is_absolute() for v in manifest.values()), manifest_path
 
 
+@pytest.mark.torch
 def test_validation_catches_a_graph_that_disagrees(tiny_bert, tiny_char):
+    import torch
+    from transformers import AutoModelForMaskedLM
+
     from export.families import family_for
     from export.graph import suppressed_columns
     from export.validate import ExportValidationError, validate
@@ -97,6 +105,7 @@ def test_validation_catches_a_graph_that_disagrees(tiny_bert, tiny_char):
                  manifest["vocab_size"], manifest["mask_id"], manifest["max_length"])
 
 
+@pytest.mark.torch
 def test_chat_template_renders_into_prompt_format(tiny_bert):
     from transformers import AutoTokenizer
 
@@ -108,6 +117,7 @@ def test_chat_template_renders_into_prompt_format(tiny_bert):
     assert chat_prompt_format(tok) == "[Question]\n{prompt}\n[/Question]\n[Answer]"
 
 
+@pytest.mark.torch
 def test_chat_template_renders_with_thinking_disabled(tiny_bert):
     """Qwen3-style templates (A2D-Qwen3) add an empty think block when enable_thinking is False."""
     from transformers import AutoTokenizer
@@ -122,6 +132,8 @@ def test_chat_template_renders_with_thinking_disabled(tiny_bert):
                                        "<think>\n\n</think>\n\n")
 
 
+@pytest.mark.slow
+@pytest.mark.torch
 def test_export_cli_writes_a_loadable_folder(tiny_char, tmp_path):
     result = run_cli(str(tiny_char[0]), str(tmp_path / "out"), "--name", "char", "--answer-marker", " = ",
                      module="export", timeout=300)
@@ -133,6 +145,8 @@ def test_export_cli_writes_a_loadable_folder(tiny_char, tmp_path):
     assert run.returncode == 0, run.stderr
 
 
+@pytest.mark.slow  # python -m export: torch's import alone takes seconds
+@pytest.mark.torch
 def test_export_cli_refuses_unsupported_family(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -142,17 +156,22 @@ def test_export_cli_refuses_unsupported_family(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
 
 
+@pytest.mark.slow  # python -m export: torch's import alone takes seconds
+@pytest.mark.torch
 def test_export_cli_missing_source(tmp_path):
     result = run_cli(str(tmp_path / "missing"), str(tmp_path / "out"), module="export", timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "error: " in result.stderr
 
 
+@pytest.mark.torch
 def test_roberta_max_length_excludes_its_position_offset(tiny_roberta):
     manifest = json.loads((tiny_roberta[1] / "tie_lite.json").read_text())
     assert manifest["family"] == "roberta" and manifest["max_length"] == 128
 
 
+@pytest.mark.slow  # python -m export: torch's import alone takes seconds
+@pytest.mark.torch
 def test_export_refuses_custom_code_without_trust_and_says_what_it_would_run(tmp_path):
     source = tmp_path / "custom"
     source.mkdir()
@@ -168,6 +187,8 @@ def test_export_refuses_custom_code_without_trust_and_says_what_it_would_run(tmp
     assert remote_code_notice(source) == f"--trust-remote-code: running configuration_mything.py from {source}"
 
 
+@pytest.mark.slow
+@pytest.mark.torch
 def test_int8_export_records_its_agreement_and_decodes(tiny_bert, tmp_path):
     import tie_lite
     from export import export_model
@@ -185,6 +206,8 @@ def test_int8_export_records_its_agreement_and_decodes(tiny_bert, tmp_path):
         check_agreement(ValidationReport(1, 10, 5, 0, 0.1, 0.1), 0.9)
 
 
+@pytest.mark.slow
+@pytest.mark.torch
 def test_graphs_stored_as_external_data_export_quantize_and_load(tmp_path, monkeypatch):
     """What a model over 2 GB gets (forced here on a tiny one through optimum's switch)."""
     import tie_lite
@@ -202,6 +225,8 @@ def test_graphs_stored_as_external_data_export_quantize_and_load(tmp_path, monke
         assert result.steps == 16
 
 
+@pytest.mark.slow
+@pytest.mark.torch
 def test_modernbert_chat_conventions(tiny_modernbert, tmp_path):
     """ModernBERT-chat: the chat format rendered at export, "[/Answer]" ending the output."""
     from transformers import AutoTokenizer
@@ -222,6 +247,8 @@ def test_modernbert_chat_conventions(tiny_modernbert, tmp_path):
     assert manifest.stop_texts == ("[/Answer]",)
 
 
+@pytest.mark.slow
+@pytest.mark.torch
 @pytest.mark.parametrize("int8", [False, True])
 def test_big_graphs_keep_their_weights_in_a_data_file(tiny_bert, tmp_path, int8):
     """Graphs over export's size bar (forced to 0 here) are stored as model.onnx + model.onnx.data,
@@ -245,6 +272,8 @@ def test_big_graphs_keep_their_weights_in_a_data_file(tiny_bert, tmp_path, int8)
     assert not (out / "model.onnx.data").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.torch
 def test_int8_keeps_the_first_layer_in_float32(tmp_path):
     """--int8 leaves exactly the first layer's weight matmuls unquantized, in both graphs."""
     import onnx
@@ -327,6 +356,7 @@ def test_every_export_option_is_a_cli_flag_and_every_flag_an_option():
         "block_size": 4}
 
 
+@pytest.mark.torch
 def test_export_takes_graph_names_from_tie_lite():
     """export writes the names the runtime checks: its Statistics are tie_lite.GRAPH_OUTPUTS, in order."""
     import tie_lite

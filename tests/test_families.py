@@ -1,4 +1,7 @@
-"""Real model families on tiny random models with their conventions: A2D-Qwen, Dream (shifted logits), LLaDA."""
+"""Real model families on tiny random models with their conventions: A2D-Qwen, Dream (shifted logits), LLaDA.
+
+Every test needs the export extras and is slow: the module exports four models of its own, and decodes with
+PyTorch or runs python -m export."""
 
 from __future__ import annotations
 
@@ -6,22 +9,21 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from transformers import AutoTokenizer
 
 import tie_lite
 from conftest import run_cli
-from reference import reference_decode
-from tiny import save_llada_code, save_llada_like, save_qwen_family
 from tolerances import float32_reach, live_columns, model_dims
+
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
 SETTINGS = [dict(gen_length=16, block_size=16), dict(gen_length=32, block_size=16, answer_length=16),
             dict(gen_length=32, block_size=8, steps=16)]
 
 
 @pytest.fixture(scope="module")
-def families(tmp_path_factory):
+def families(tmp_path_factory, export_extras):
     from export import export_model
+    from tiny import save_llada_like, save_qwen_family
 
     out = {}
     for family, extra in (("a2d-qwen3", 0), ("dream", 5), ("llada", 0)):
@@ -46,6 +48,8 @@ def _torch_model(hf, family):
 
 
 def test_manifests_carry_the_family_conventions(families):
+    from transformers import AutoTokenizer
+
     a2d = json.loads((families["a2d-qwen3"][1] / "tie_lite.json").read_text())
     dream = json.loads((families["dream"][1] / "tie_lite.json").read_text())
     tok = AutoTokenizer.from_pretrained(families["a2d-qwen3"][0])
@@ -82,6 +86,10 @@ def test_decoder_families_attend_bidirectionally(families, family):
 def test_family_decode_matches_pytorch(families, family, setting):
     """Exact tokens: no decision lies within float32's reach of a tie (tests/tolerances.py); the nearest,
     plain-a2d-qwen3's second step, ranks its pick 3.2 reaches ahead of the next position."""
+    from transformers import AutoTokenizer
+
+    from reference import reference_decode
+
     hf, onnx = families[family]
     model = tie_lite.Model.load(onnx)
     m = model.manifest
@@ -106,9 +114,10 @@ def test_tie_across_two_families_with_different_tokenizers(families, tiny_char):
 
 
 @pytest.fixture(scope="module")
-def llada_code(tmp_path_factory):
+def llada_code(tmp_path_factory, export_extras):
     """LLaDA's own checkpoint format: custom code run through trust_remote_code (a test stand-in)."""
     from export import export_model
+    from tiny import save_llada_code
 
     base = tmp_path_factory.mktemp("llada-code")
     hf = save_llada_code(base / "hf", seed=3, extra_columns=8)
@@ -117,6 +126,8 @@ def llada_code(tmp_path_factory):
 
 
 def test_llada_code_manifest(llada_code):
+    from transformers import AutoTokenizer
+
     hf, onnx = llada_code
     manifest = json.loads((onnx / "tie_lite.json").read_text())
     tok = AutoTokenizer.from_pretrained(hf)
@@ -129,7 +140,10 @@ def test_llada_code_manifest(llada_code):
 @pytest.mark.parametrize("setting", SETTINGS, ids=["plain", "infill", "two-per-step"])
 def test_llada_code_decode_matches_pytorch(llada_code, setting):
     """Hidden states after ln_f, the tied and scaled output layer: the same tokens as the model's own logits."""
+    from transformers import AutoTokenizer
+
     from export.families import family_for
+    from reference import reference_decode
 
     hf, onnx = llada_code
     model = tie_lite.Model.load(onnx)

@@ -10,7 +10,6 @@ import pytest
 
 import tie_lite
 from conftest import ROOT, assert_one_line_error, run_cli
-from tiny import save_tiny
 from tolerances import assert_statistics_agree, float32_reach, model_dims, near_ties
 
 PROMPTS = ["what is two plus three ?", "the cat and the dog"]
@@ -25,6 +24,7 @@ SETTINGS = [  # DecodeConfig options
 
 def _export(tmp_path_factory, name: str, arch: str, **model_options):
     from export import export_model
+    from tiny import save_tiny
 
     base = tmp_path_factory.mktemp(name)
     hf_dir = save_tiny(base / "hf", arch, seed=7, **model_options)
@@ -33,19 +33,20 @@ def _export(tmp_path_factory, name: str, arch: str, **model_options):
 
 
 @pytest.fixture(scope="module")
-def one_layer(tmp_path_factory):
+def one_layer(tmp_path_factory, export_extras):
     """One-layer exports, where reusing kept keys/values is exact: {arch: onnx folder}."""
     return {"bert": _export(tmp_path_factory, "bert1", "bert", layers=1, position_embedding_type="relative_key"),
             "modernbert": _export(tmp_path_factory, "mb1", "modernbert", layers=1)}
 
 
 @pytest.fixture(scope="module")
-def local_modernbert(tmp_path_factory):
+def local_modernbert(tmp_path_factory, export_extras):
     """Three ModernBERT layers, two of them with a 16-position sliding window."""
     return _export(tmp_path_factory, "mb3", "modernbert", layers=3, global_attn_every_n_layers=3,
                    local_attention=16)
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("mode", tie_lite.KV_CACHE_MODES)
 @pytest.mark.parametrize("arch", ["bert", "modernbert"])
 @pytest.mark.parametrize("options", SETTINGS)
@@ -60,6 +61,7 @@ def test_one_layer_cached_decode_is_token_identical(one_layer, arch, options, mo
         assert got.steps == want.steps
 
 
+@pytest.mark.torch
 def test_full_pass_of_the_cache_graph_matches_model_onnx(local_modernbert):
     """The same arithmetic in another graph: equal as far as float32 rounding reaches (tests/tolerances.py):
     logits within delta = 2 (N + 1) sqrt(K) EPS32 max|z| (N = 3 layers, K = 64, the MLP width),
@@ -102,6 +104,7 @@ def _recorded_decode(folder, mode, monkeypatch, window=None):
     return result, tie_lite.build_canvas(model, PROMPTS[0], config), primes, cached_rows
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("window", [None, 0, 3])
 @pytest.mark.parametrize("mode", tie_lite.KV_CACHE_MODES)
 def test_one_full_pass_per_block_and_the_modes_rows_otherwise(local_modernbert, monkeypatch, mode, window):
@@ -121,6 +124,7 @@ def test_one_full_pass_per_block_and_the_modes_rows_otherwise(local_modernbert, 
     assert sorted({tuple(r) for r in cached_rows}) == sorted(tuple(expected(b)) for b in blocks)
 
 
+@pytest.mark.torch
 def test_kept_keys_and_values_stay_onnxruntime_values_on_the_session_device(one_layer):
     import onnxruntime as ort
 
@@ -176,6 +180,7 @@ def test_cached_rows_follow_the_mode_and_window():
     assert tie_lite.KVCache.rows(block_idx, read, 12, "dual", 50).tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 9]
 
 
+@pytest.mark.torch
 def test_tie_ensemble_with_kv_cache_decodes(one_layer):
     plain = [tie_lite.Model.load(one_layer[a]) for a in ("bert", "modernbert")]
     cached = [tie_lite.Model.load(one_layer[a], kv_cache="dual") for a in ("bert", "modernbert")]
@@ -185,10 +190,13 @@ def test_tie_ensemble_with_kv_cache_decodes(one_layer):
     assert got.tokens.tolist() == want.tokens.tolist()
 
 
+@pytest.mark.slow
+@pytest.mark.torch
 def test_export_records_the_cache_graph_validation_and_int8_quantizes_it(tmp_path):
     import json
 
     from export import export_model
+    from tiny import save_tiny
 
     source = save_tiny(tmp_path / "hf", "bert", seed=8)
     export_model(source, tmp_path / "int8", kv_cache=True, int8=True, log=lambda m: None)
@@ -220,13 +228,16 @@ def _torch_near_ties(source, manifest: dict) -> int:
         length = tokens.size
         ref = torch_statistics(model, family_for(model.config.model_type), tokens, np.arange(length),
                                is_suppressed, m.top_k)
-        tied = near_ties(ref["top_probs"], float32_reach([ref["logits"]], *model_dims(source, length)).log_prob)
+        tied = near_ties(ref.top_probs, float32_reach([ref.logits], *model_dims(source, length)).log_prob)
         count += int(tied.sum() + tied[length // 4:length // 2].sum())
     return count
 
 
+@pytest.mark.slow
+@pytest.mark.torch
 def test_a_tied_embedding_is_stored_once_in_the_cache_graph(tmp_path):
     from export import export_model
+    from tiny import save_tiny
 
     source = save_tiny(tmp_path / "hf", "modernbert", seed=10, extra_columns=4000)  # the embedding dominates
     out = tmp_path / "out"
@@ -240,8 +251,10 @@ def test_a_tied_embedding_is_stored_once_in_the_cache_graph(tmp_path):
                             *model_dims(out, tokens.size))
 
 
+@pytest.mark.torch
 def test_export_refuses_kv_cache_for_a_family_without_the_cache_graph(tmp_path):
     from export import ExportError, export_model
+    from tiny import save_tiny
 
     source = save_tiny(tmp_path / "hf", "roberta", seed=9)
     with pytest.raises(ExportError, match="K/V-cache graph is written for modernbert, bert only"):
@@ -254,11 +267,12 @@ def test_export_refuses_kv_cache_for_a_family_without_the_cache_graph(tmp_path):
     (dict(kv_cache="dual", kv_window=-1), "kv_window must be an int >= 0, got -1"),
     (dict(kv_cache="dual", kv_window=2.5), "kv_window must be an int >= 0, got 2.5"),
 ])
-def test_bad_kv_options_are_named(one_layer, options, message):
+def test_bad_kv_options_are_named(options, message):
     with pytest.raises(tie_lite.ConfigError, match=re.escape(message)):
-        tie_lite.Model.load(one_layer["bert"], **options)
+        tie_lite.Model.load(ROOT / "models" / "b" / "onnx", **options)
 
 
+@pytest.mark.torch
 def test_cli_kv_cache(one_layer, tiny_bert):
     ok = run_cli("--model", str(one_layer["bert"]), "--prompt", "the cat", "--gen-length", "8", "--block-size", "4",
                  "--kv-cache")
@@ -269,4 +283,4 @@ def test_cli_kv_cache(one_layer, tiny_bert):
     assert_one_line_error(run_cli("--model", str(tiny_bert[1]), "--prompt", "the cat", "--kv-cache"),
                           "has no cache.onnx for --kv-cache")
     assert_one_line_error(run_cli("--model", str(one_layer["bert"]), "--prompt", "the cat", "--kv-window", "2"),
-                          "--kv-window needs --kv-cache")
+                          "kv_window (2) needs a kv_cache mode")

@@ -119,12 +119,14 @@ DREAM_EPS = (1e-3, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75)
 def _torch_with_fma_kernels():
     """torch, when its CPU kernels are the AVX2 / AVX512 builds (fused multiply-adds) that
     tie_lite follows; its build without them rounds linspace's products first."""
-    torch = pytest.importorskip("torch")
+    import torch
+
     if getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")() == "DEFAULT":
         pytest.skip("torch runs its non-vectorized CPU kernels here (ATEN_CPU_CAPABILITY=default)")
     return torch
 
 
+@pytest.mark.torch
 def test_torch_linspace_f32_equals_torch_linspace_bit_for_bit():
     torch = _torch_with_fma_kernels()
     rng = np.random.default_rng(0)
@@ -138,6 +140,7 @@ def test_torch_linspace_f32_equals_torch_linspace_bit_for_bit():
                 (start, end, steps)
 
 
+@pytest.mark.torch
 def test_dream_count_equals_dreams_float32_count_over_a_grid():
     """Every (eps, steps <= 64, step, masked <= 256), as Dream's _sample computes it in torch."""
     torch = _torch_with_fma_kernels()
@@ -153,6 +156,7 @@ def test_dream_count_equals_dreams_float32_count_over_a_grid():
                 assert np.array_equal(ours, theirs), (eps, steps, i, np.nonzero(ours != theirs)[0][:5])
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("masked,steps,eps", [(16, 16, 1e-3), (32, 8, 1e-3), (7, 5, 0.05), (64, 64, 1e-3),
                                               (22, 18, 0.1), (32, 19, 0.05), (32, 14, 0.3)])
 def test_dream_count_walks_dreams_float32_schedule(masked, steps, eps):

@@ -7,9 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
 import tie_lite
 from conftest import ROOT, assert_one_line_error, run_cli
@@ -23,7 +21,11 @@ F = len(tie_lite.POLICY_FEATURES)
 
 
 def write_policy(folder, weights, bias: float, features=tie_lite.POLICY_FEATURES, output="unmask_logits"):
-    """A linear policy logit = features @ weights + bias as policy.onnx + policy.json in folder."""
+    """A linear policy logit = features @ weights + bias as policy.onnx + policy.json in folder (needs the
+    onnx package: callers are marked torch)."""
+    import onnx
+    from onnx import TensorProto, helper
+
     folder.mkdir(parents=True, exist_ok=True)
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["features", "w"], ["z"]),
@@ -42,7 +44,7 @@ def write_policy(folder, weights, bias: float, features=tie_lite.POLICY_FEATURES
 
 
 @pytest.fixture(scope="module")
-def threshold_policy(tmp_path_factory):
+def threshold_policy(tmp_path_factory, export_extras):
     """logit = 10 * (top1 - 0.5): commits exactly what the threshold strategy at 0.5 commits."""
     return write_policy(tmp_path_factory.mktemp("policy"), [10.0] + [0.0] * (F - 1), -5.0)
 
@@ -65,6 +67,7 @@ def test_policy_features_by_hand():
     assert single[0, tie_lite.POLICY_FEATURES.index("position")] == 0.0  # one position: no division by zero
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("folder", [SHIPPED_A, pytest.param("tiny", id="tiny-random-bert")])
 def test_linear_threshold_policy_decodes_like_the_threshold_strategy(folder, threshold_policy, tiny_bert):
     """A policy is one more way to pick positions: a logit > 0 policy equal to top1 > 0.5 must give
@@ -86,6 +89,7 @@ def test_linear_threshold_policy_decodes_like_the_threshold_strategy(folder, thr
         assert a.steps < by_policy.gen_length or folder == "tiny"  # the shipped model commits several a step
 
 
+@pytest.mark.torch
 def test_policy_composes_with_tie_and_early_exit(threshold_policy):
     models = [tie_lite.Model.load(SHIPPED_A, threads=1), tie_lite.Model.load(SHIPPED_B, threads=1)]
     defaults = models[0].manifest.decode_defaults
@@ -100,15 +104,16 @@ def test_policy_composes_with_tie_and_early_exit(threshold_policy):
             assert a.relays  # the models did hand over
 
 
-def test_policy_config_errors(threshold_policy):
+def test_policy_config_errors():
     with pytest.raises(tie_lite.ConfigError, match="go together"):
         tie_lite.DecodeConfig(strategy="policy")
     with pytest.raises(tie_lite.ConfigError, match="go together"):
-        tie_lite.DecodeConfig(strategy="threshold", policy=str(threshold_policy))
+        tie_lite.DecodeConfig(strategy="threshold", policy=str(SHIPPED_POLICY))
     with pytest.raises(tie_lite.ConfigError, match="EOSER"):
-        tie_lite.DecodeConfig(strategy="policy", policy=str(threshold_policy), eos_gamma=(0.4, 1.0))
+        tie_lite.DecodeConfig(strategy="policy", policy=str(SHIPPED_POLICY), eos_gamma=(0.4, 1.0))
 
 
+@pytest.mark.torch  # write_policy needs the onnx package
 def test_bad_policy_folders_are_named(tmp_path):
     with pytest.raises(tie_lite.ModelError, match="policy folder not found"):
         tie_lite.Policy.load(tmp_path / "nowhere")
@@ -124,6 +129,7 @@ def test_bad_policy_folders_are_named(tmp_path):
         tie_lite.Policy.load(corrupt)
 
 
+@pytest.mark.torch
 def test_cli_policy(threshold_policy, tmp_path):
     base = ["--model", str(SHIPPED_A), "--prompt", PROMPTS[0], "--json"]
     by_policy = run_cli(*base, "--policy", str(threshold_policy))
@@ -146,6 +152,8 @@ def test_shipped_policy_loads_and_decodes():
     assert out["model_calls"] < 2 * 32  # fewer than one token a step for both models
 
 
+@pytest.mark.slow
+@pytest.mark.torch
 def test_policy_training_smoke_exports_a_loadable_policy(tmp_path):
     """A two-iteration GRPO run end to end: rollouts through tie_lite, a gradient step, ONNX export
     checked against torch by the script itself, then decoding with the result."""

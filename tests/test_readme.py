@@ -4,7 +4,8 @@ Python blocks run in a fresh interpreter; shell lines that call `python tie_lite
 `python -m tie_lite`, `tie-lite` or `python -m export` (also behind a pipe) run in bash. Both run
 in a scratch folder holding links to the checkout's models/ and tie_lite.py, so that what a
 block writes stays out of the checkout. The set-up commands (venvs, pip) are left to CI,
-which runs the test command itself.
+which runs the test command itself. Blocks that export need the export extras and take a while:
+they are marked torch and slow.
 """
 
 from __future__ import annotations
@@ -22,10 +23,18 @@ from conftest import ROOT, run_cli
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 RUNS = re.compile(r"(^|\|\s*)(python tie_lite\.py|python -m tie_lite|tie-lite|python -m export)\b")
 EXAMPLE = "Compute 7 - 6 + 8."
+EXPORTS = re.compile(r"python -m export\b|^\s*(from export\b|import export\b)", re.M)
 
 
 def _blocks(language: str) -> list[str]:
     return [code for lang, code in FENCE.findall((ROOT / "README.md").read_text()) if lang == language]
+
+
+def _cases(codes: list[str], ids=None) -> list:
+    """codes as parameters; those that export marked torch and slow."""
+    return [pytest.param(code, id=ids(code) if ids else None,
+                         marks=[pytest.mark.torch, pytest.mark.slow] if EXPORTS.search(code) else [])
+            for code in codes]
 
 
 def _shell_lines() -> list[str]:
@@ -53,7 +62,7 @@ def test_the_readme_has_runnable_blocks():
     assert _blocks("python") and _shell_lines()
 
 
-@pytest.mark.parametrize("code", _blocks("python"), ids=lambda code: code.splitlines()[0][:40])
+@pytest.mark.parametrize("code", _cases(_blocks("python"), ids=lambda code: code.splitlines()[0][:40]))
 def test_python_blocks_run_as_written(code, scratch):
     result = subprocess.run([sys.executable, "-c", code], cwd=scratch, env=_env(), capture_output=True, text=True,
                             timeout=600)
@@ -63,7 +72,7 @@ def test_python_blocks_run_as_written(code, scratch):
         assert result.stdout == cli.stdout  # the library's default decode is the CLI's
 
 
-@pytest.mark.parametrize("line", _shell_lines())
+@pytest.mark.parametrize("line", _cases(_shell_lines()))
 def test_shell_lines_run_as_written(line, scratch):
     result = subprocess.run(["bash", "-euo", "pipefail", "-c", line], cwd=scratch, env=_env(), capture_output=True,
                             text=True, timeout=600)

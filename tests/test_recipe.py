@@ -6,9 +6,13 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, run_cli
 
 
+@pytest.mark.slow
+@pytest.mark.torch
 def test_training_smoke_exports_and_decodes(tmp_path):
     ckpt = tmp_path / "ckpt" / "A"
     subprocess.run([sys.executable, str(ROOT / "train" / "train_mdlm.py"), "--smoke", "--out", str(ckpt)],

@@ -18,6 +18,7 @@ def test_the_default_models_are_shipped():
     assert set(tie_lite.DEFAULT_MODELS) <= set(SHIPPED)
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_model_loads_and_matches_its_checkpoint(name):
     """tie_lite's statistics from the ONNX graph against the PyTorch checkpoint's, on the sample canvases

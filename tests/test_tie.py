@@ -133,12 +133,14 @@ def make_run(model, prompt=PROMPT, config=INFILL, seed=0):
     return tie_lite.Run(model, state)
 
 
+@pytest.mark.torch
 def test_one_model_is_the_single_model_decode(bert):
     alone = tie_lite.generate(bert, PROMPT, INFILL)
     via_list = tie_lite.generate([bert], PROMPT, INFILL)
     assert via_list.tokens.tolist() == alone.tokens.tolist() and via_list.text == alone.text
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("score", ["tcc", "top1", "entropy", "margin"])
 def test_a_model_ensembled_with_itself_gives_its_single_output(bert, tiny_bert, score, tmp_path):
     # exact, not within float32's reach: the twin is the same graph at the same thread count, so its
@@ -156,6 +158,7 @@ def test_a_model_ensembled_with_itself_gives_its_single_output(bert, tiny_bert, 
     assert len(both.relays) == 48 // 8 - 1 and all(r.leader == 0 for r in both.relays)  # ties -> model 0
 
 
+@pytest.mark.torch
 def test_relay_replaces_states_and_resets_histories(bert, modernbert):
     runs = [make_run(bert), make_run(modernbert)]
     ensemble = EnsembleConfig(interval=5, score="top1")
@@ -173,6 +176,7 @@ def test_relay_replaces_states_and_resets_histories(bert, modernbert):
     assert runs[0].scoring_calls == 2 and runs[1].scoring_calls == 2  # cross-model: every model judges both
 
 
+@pytest.mark.torch
 def test_source_only_scoring_uses_only_the_source_model(bert, modernbert):
     runs = [make_run(bert), make_run(modernbert)]
     ensemble = EnsembleConfig(interval=3, score="margin", cross_model=False)
@@ -183,6 +187,7 @@ def test_source_only_scoring_uses_only_the_source_model(bert, modernbert):
     assert [r.scoring_calls for r in runs] == [1, 1]
 
 
+@pytest.mark.torch
 def test_two_models_ensemble_runs_and_reports(bert, modernbert):
     result = tie_lite.generate([bert, modernbert], PROMPT, INFILL, EnsembleConfig(interval=16))
     assert len(result.candidates) == 2 and result.candidates[result.chosen].text == result.text
@@ -191,6 +196,7 @@ def test_two_models_ensemble_runs_and_reports(bert, modernbert):
     assert not result.stopped
 
 
+@pytest.mark.torch
 def test_parallel_and_sequential_give_the_same_result(bert, modernbert):
     config = DecodeConfig(gen_length=48, answer_length=16, block_size=16, temperature=0.8, seed=3)
     runs = [tie_lite.generate([bert, modernbert], PROMPT, config, EnsembleConfig(interval=8, parallel=p))
@@ -199,6 +205,7 @@ def test_parallel_and_sequential_give_the_same_result(bert, modernbert):
     assert [r.leader for r in runs[0].relays] == [r.leader for r in runs[1].relays]
 
 
+@pytest.mark.torch
 def test_final_selection_rules(bert, modernbert):
     runs = [make_run(bert), make_run(modernbert), make_run(bert)]
     for run, (tcc, pairs, top1, wins) in zip(runs, [(2.0, 4, 0.5, 3), (1.0, 4, 0.4, 1), (1.0, 4, 0.6, 3)]):
@@ -208,6 +215,7 @@ def test_final_selection_rules(bert, modernbert):
     assert tie_lite.select_final(runs, EnsembleConfig(select=f"best-model:{modernbert.name}")) == 1
 
 
+@pytest.mark.torch
 def test_stop_from_callback_stops_every_model(bert, modernbert):
     seen = []
     result = tie_lite.generate([bert, modernbert], PROMPT, INFILL, EnsembleConfig(interval=16),
@@ -217,6 +225,7 @@ def test_stop_from_callback_stops_every_model(bert, modernbert):
     assert sum(c.steps for c in result.candidates) == len(seen)
 
 
+@pytest.mark.torch
 def test_stop_in_sequential_ensembles_starts_no_other_step(bert, modernbert):
     seen = []
     result = tie_lite.generate([bert, modernbert], PROMPT, INFILL, EnsembleConfig(interval=16, parallel=False),
@@ -225,6 +234,7 @@ def test_stop_in_sequential_ensembles_starts_no_other_step(bert, modernbert):
     assert [c.steps for c in result.candidates] == [3, 0]
 
 
+@pytest.mark.torch
 def test_ensemble_needs_infilling_and_known_best_model(bert, modernbert):
     with pytest.raises(tie_lite.ConfigError, match="answer_length"):
         tie_lite.generate([bert, modernbert], PROMPT, DecodeConfig(gen_length=32))
@@ -234,6 +244,7 @@ def test_ensemble_needs_infilling_and_known_best_model(bert, modernbert):
 
 # --- relay across tokenizers ---------------------------------------------------------------------
 
+@pytest.mark.torch
 def test_text_relay_round_trips_the_clean_prefix(bert, char):
     source = make_run(bert)
     words = bert.encode("the cat is big .")
@@ -247,6 +258,7 @@ def test_text_relay_round_trips_the_clean_prefix(bert, char):
     assert canvas.tokens[: canvas.prompt_length].tolist() == receiver.state.tokens[: canvas.prompt_length].tolist()
 
 
+@pytest.mark.torch
 def test_text_relay_carries_an_ended_reasoning(bert, char):
     source = make_run(bert)
     gen_idx = source.state.canvas.gen_idx
@@ -259,6 +271,7 @@ def test_text_relay_carries_an_ended_reasoning(bert, char):
     assert (canvas.tokens[canvas.answer_idx] == char.manifest.mask_id).all()
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("score", ["tcc", "entropy"])
 def test_cross_tokenizer_ensemble_completes(bert, char, score):
     result = tie_lite.generate([bert, char], PROMPT, INFILL, EnsembleConfig(interval=16, score=score))
@@ -267,6 +280,7 @@ def test_cross_tokenizer_ensemble_completes(bert, char, score):
     assert all(isinstance(c.answer, str) for c in result.candidates)
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("extra", [dict(strategy="threshold", threshold=0.3), dict(strategy="topk"),
                                    dict(strategy="med", entropy_budget=5.0), dict(strategy="dream", steps=24),
                                    dict(eos_gamma=(0.4, 1.0))])
