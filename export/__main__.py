@@ -28,6 +28,10 @@ def main(argv=None) -> int:
     except (ExportError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:  # the runtime alone is installed
+        print(f'error: python -m export needs the export extras, and {exc.name} is not installed: '
+              'pip install ".[export]"', file=sys.stderr)
+        return 2
     print(path)
     return 0
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from tolerances import float32_reach, model_dims, near_ties
 
 
@@ -365,3 +367,14 @@ def test_export_takes_graph_names_from_tie_lite():
     assert Statistics._fields == tie_lite.GRAPH_OUTPUTS == tie_lite.CACHE_OUTPUTS
     config = StatsOnnxConfig.__new__(StatsOnnxConfig)  # its inputs / outputs need no model config
     assert tuple(config.inputs) == tie_lite.GRAPH_INPUTS and tuple(config.outputs) == tie_lite.GRAPH_OUTPUTS
+
+
+def test_export_without_its_extras_says_what_to_install(tmp_path):
+    """In a runtime-only venv the export's imports fail: one error line naming the extras, exit 2."""
+    script = ("import sys; sys.modules['transformers'] = sys.modules['torch'] = None; "
+              "from export.__main__ import main; "
+              f"sys.exit(main([{str(ROOT / 'models' / 'a' / 'hf')!r}, {str(tmp_path / 'out')!r}]))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]  # after export's progress lines
+    assert last.startswith("error: python -m export needs the export extras") and 'pip install ".[export]"' in last
