@@ -1,6 +1,6 @@
 #!/bin/sh
-# Train tie-lite's three default models: A and B in parallel (one thread each), then B's second
-# stage and C in parallel (training times: models/README.md).
+# Train tie-lite's models: A and B in parallel (one thread each), then B's second stage and C in
+# parallel, then D and its second stage (training times: models/README.md).
 # Usage: sh train/run_defaults.sh [OUT_ROOT]   (default ckpt); logs in OUT_ROOT/<name>.log
 # PYTHON: interpreter (default python). Then: python train/export_defaults.py --ckpt OUT_ROOT
 #
@@ -8,6 +8,7 @@
 #   B  BERT with relative positions, char tokenizer, another train sample (data seed 1):
 #      4500 steps at lr 1e-3, then stage B2 from B: 3000 steps at lr 1e-3 (fresh optimizer)
 #   C  ModernBERT, byte-level BPE tokenizer, data seed 2, 4500 steps
+#   D  Qwen3 run bidirectionally (A2D), bpe-words tokenizer, data seed 3, then stage D2 from D
 # export_defaults.py ships A's step-3750 snapshot (chosen on validation, see there), B2 (as b) and C.
 set -e
 OUT=${1:-ckpt}
@@ -28,3 +29,14 @@ run B2 --init_from "$OUT/B" --data_seed 1 --seed 1 --steps 3000 --lr 1e-3 --warm
 run C --arch modernbert --tokenizer bpe --data_seed 2 --hidden 128 --layers 4 --heads 4 --intermediate 384 \
   --steps 4500 --lr 2e-3 --warmup 200 &
 wait
+# D: Qwen3 run bidirectionally (A2D), its own tokenizer; 6000 steps planned, stopped at 100 minutes,
+# then stage D2 from D at a lower peak learning rate.
+train() { # name, args... (without COMMON's time limit)
+  name=$1; shift
+  nice -n 5 $PY "$HERE/train_mdlm.py" --out "$OUT/$name" --batch 64 --n_train 40000 --keep_snapshots "$@" \
+    > "$OUT/$name.log" 2>&1
+}
+train D --arch a2d-qwen3 --tokenizer bpe-words --bpe_vocab 320 --data_seed 3 --hidden 160 --layers 5 --heads 4 \
+  --kv_heads 2 --intermediate 448 --steps 6000 --lr 2e-3 --warmup 200 --eval_every 750 --max_minutes 100
+train D2 --init_from "$OUT/D" --data_seed 3 --seed 1 --steps 3000 --lr 5e-4 --warmup 100 --eval_every 500 \
+  --max_minutes 48
