@@ -824,7 +824,7 @@ class Model:
         at the same memory alignment as in a call of its own. A model loaded with kv_cache, or a single
         canvas, makes one call per canvas.
         """
-        if self.kv_cache or len(canvases) == 1:
+        if self.kv_cache or len(canvases) <= 1:
             return [self.stats(t, p, with_logits) for t, p in zip(canvases, positions)]
         m = self.manifest
         longest = max(t.size for t in canvases)
