@@ -1845,6 +1845,7 @@ def tie_result(runs: Sequence[Run], relays: Sequence[Relay], stopped: bool, conf
 # ---------------------------------------------------------------------------
 
 DEFAULT_BATCH_SIZE = 16  # canvases a model steps in one call (bench/README.md, batched prompts)
+START_WINDOW = 8         # batches' worth of prompts started shortest canvas first (less padding)
 
 
 @dataclass
@@ -1877,6 +1878,16 @@ def check_prompts(models: Sequence[Model], prompts: Sequence[str], config: Decod
                 build_canvas(model, prompt, config)
         except ConfigError as exc:
             raise ConfigError(f"{name(i)}: {exc}") from None
+
+
+def start_order(model: Model, prompts: Sequence[str], config: DecodeConfig, batch_size: int) -> list:
+    """Indices of the prompts in the order their decodes start: within each window of START_WINDOW x
+    batch_size prompts, shortest canvas (on `model`) first, so that the canvases stepped together are
+    about as long and padding costs little (their results do not depend on it)."""
+    lengths = [build_canvas(model, prompt, config).tokens.size for prompt in prompts]
+    window = START_WINDOW * batch_size
+    return [i for start in range(0, len(prompts), window)
+            for i in sorted(range(start, min(start + window, len(prompts))), key=lengths.__getitem__)]
 
 
 def start_job(models: Sequence[Model], index: int, prompt: str, config: DecodeConfig, ensemble: EnsembleConfig,
@@ -1963,12 +1974,12 @@ def job_result(job: Job, config: DecodeConfig, ensemble: EnsembleConfig) -> Gene
 def generate_batches(models: Sequence[Model], prompts: Sequence[str], config: DecodeConfig,
                      ensemble: EnsembleConfig = EnsembleConfig(), on_step: Optional[OnStep] = None,
                      record_history: bool = False, batch_size: int = DEFAULT_BATCH_SIZE):
-    """Yield (index, GenerateResult) of each prompt as its decode ends (about in input order), each
-    token-identical to generate() of that prompt alone. Up to batch_size prompts decode at a time;
-    when one ends, the next starts. `config` must be resolved (DecodeConfig.for_model); prompts are
-    checked as they start (check_prompts checks them all first)."""
+    """Yield (index, GenerateResult) of each prompt as its decode ends, each token-identical to
+    generate() of that prompt alone. Up to batch_size prompts decode at a time; when one ends, the
+    next starts (start_order: input order, shortest first within a window). `config` must be resolved
+    (DecodeConfig.for_model); check_prompts first, to name a bad prompt before any decoding."""
     check_batch_size(batch_size)
-    active, pending = [], iter(enumerate(prompts))
+    active, pending = [], ((i, prompts[i]) for i in start_order(models[0], prompts, config, batch_size))
     pool = ThreadPoolExecutor(max_workers=len(models)) if len(models) > 1 and ensemble.parallel else None
     try:
         while True:

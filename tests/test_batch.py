@@ -246,3 +246,12 @@ def test_cli_prompts_file_line_errors(tiny_bert, tmp_path):
     ]:
         path.write_text(text, encoding="utf-8")
         assert_one_line_error(run_cli(*base), message)
+
+
+def test_prompts_start_shortest_first_within_a_window(bert, monkeypatch):
+    monkeypatch.setattr(tie_lite, "START_WINDOW", 2)
+    config = INFILL.for_model(bert)
+    order = tie_lite.start_order(bert, PROMPTS, config, batch_size=2)  # windows of 4 prompts
+    assert sorted(order) == list(range(len(PROMPTS))) and set(order[:4]) == {0, 1, 2, 3}
+    lengths = [tie_lite.build_canvas(bert, PROMPTS[i], config).tokens.size for i in order]
+    assert lengths[:4] == sorted(lengths[:4]) and lengths[4:] == sorted(lengths[4:])
