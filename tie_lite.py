@@ -1844,7 +1844,7 @@ def tie_result(runs: Sequence[Run], relays: Sequence[Relay], stopped: bool, conf
 # batched prompts
 # ---------------------------------------------------------------------------
 
-DEFAULT_BATCH_SIZE = 16  # canvases a model steps in one call (bench/README.md, batched prompts)
+DEFAULT_BATCH_SIZE = 8   # canvases a model steps in one call (bench/README.md, batched prompts)
 START_WINDOW = 8         # batches' worth of prompts started shortest canvas first (less padding)
 
 
@@ -1913,7 +1913,9 @@ def wants_step(job: Job, m: int, ensemble: EnsembleConfig) -> bool:
 
 def take_event(job: Job, m: int, event: StepEvent, ensemble: EnsembleConfig, on_step: Optional[OnStep]) -> None:
     """Record model m's step on this prompt (history, TIE's window and interval) and report it."""
-    run, event = job.runs[m], dataclasses.replace(event, prompt=job.index)
+    run = job.runs[m]
+    if on_step is not None or run.history is not None:
+        event = dataclasses.replace(event, prompt=job.index)
     if len(job.runs) > 1:
         run.record(event.signals)
         job.progress[m] += event.committed_idx.size if ensemble.interval_unit == "positions" else 1

@@ -15,6 +15,10 @@ First it checks the statistics themselves: canvases from the separate decodes (e
 step), gathered where decoding reads them, run through Model.batch_stats in one call against
 Model.stats one canvas at a time: max |difference| of top-1 probabilities and entropies, and
 how many canvases are bit-identical, with the runtime's row alignment and without it.
+
+--sweep only times one call of model a's graph at batch sizes B and canvas lengths L (best of
+5 x 20 calls, 1 and 2 threads): what a call costs per token, and how much of it is fixed per
+call, which is all that batching can save.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ def parse_args():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="thread budget (default: every core, as the CLI)")
     p.add_argument("--skip-stats", action="store_true", help="skip the statistics check")
+    p.add_argument("--sweep", action="store_true", help="only time single graph calls over B and L")
     return p.parse_args()
 
 
@@ -91,6 +96,27 @@ def stats_check(model: tie_lite.Model, prompts: list, config: tie_lite.DecodeCon
               f"bit-identical {bitwise}/{len(pairs)}")
 
 
+def sweep() -> None:
+    """Per-token time of one call of model a's graph at several B and L, relative to B = 1, L = 64."""
+    print("| threads | B | L | time per token / (B = 1, L = 64)'s | time per call / (B = 1, L = 64)'s |")
+    print("|---|---|---|---|---|")
+    for threads in (1, 2):
+        model = tie_lite.Model.load(tie_lite.DEFAULT_MODELS_DIR / "a" / "onnx", threads=threads)
+        shapes = ((1, 64), (1, 8), (1, 32), (1, 128), (4, 64), (8, 64), (16, 64), (64, 64))
+        times = {shape: call_time(model, *shape) for shape in shapes}
+        for (batch, length), seconds in times.items():
+            per_token = seconds / (batch * length) / (times[1, 64] / 64)
+            print(f"| {threads} | {batch} | {length} | {per_token:.2f} | {seconds / times[1, 64]:.2f} |")
+
+
+def call_time(model: tie_lite.Model, batch: int, length: int) -> float:
+    """Best of 5 x 20 calls: seconds per call on B canvases of L tokens, 4 positions each."""
+    feed = {"input_ids": np.full((batch, length), 5, np.int64), "attention_mask": np.ones((batch, length), np.int64),
+            "positions": np.zeros((batch, 4), np.int64)}
+    model.session.run(None, feed)
+    return min(timed(lambda: [model.session.run(None, feed) for _ in range(20)])[0] / 20 for _ in range(5))
+
+
 def bench(name: str, models: list, prompts: list, config, args) -> None:
     wall = {size: [] for size in ["separate", *args.batch_sizes]}
     cpu = {size: [] for size in wall}
@@ -116,6 +142,9 @@ def bench(name: str, models: list, prompts: list, config, args) -> None:
 
 def main() -> int:
     args = parse_args()
+    if args.sweep:
+        sweep()
+        return 0
     prompts = [ex["prompt"] for ex in task.make_split("test", args.prompts, seed=0)]
     dirs = [tie_lite.DEFAULT_MODELS_DIR / name / "onnx" for name in tie_lite.DEFAULT_MODELS]
     pair = tie_lite.load_models(dirs, "cpu", args.threads)
