@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 
@@ -200,7 +201,8 @@ def shipped():
     DecodeConfig(),
     DecodeConfig(strategy="threshold", threshold=0.8, exit_threshold=0.9),
     DecodeConfig(temperature=1.0, seed=11),
-], ids=["defaults", "threshold+exit", "sampling"])
+    DecodeConfig(policy=str(ROOT / "models" / "policy")),
+], ids=["defaults", "threshold+exit", "sampling", "policy"])
 def test_shipped_models_batched_are_token_identical(shipped, config):
     prompts = [ex["prompt"] for ex in _task().make_split("test", 16, seed=0)]
     check_batched(shipped[:1], prompts, config, batch_sizes=(16,))
@@ -255,3 +257,16 @@ def test_prompts_start_shortest_first_within_a_window(bert, monkeypatch):
     assert sorted(order) == list(range(len(PROMPTS))) and set(order[:4]) == {0, 1, 2, 3}
     lengths = [tie_lite.build_canvas(bert, PROMPTS[i], config).tokens.size for i in order]
     assert lengths[:4] == sorted(lengths[:4]) and lengths[4:] == sorted(lengths[4:])
+
+
+def test_cli_progress_line_only_on_a_terminal(tiny_bert, tmp_path, monkeypatch, capsys):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS[:3]), encoding="utf-8")
+    argv = ["--model", str(tiny_bert[1]), "--gen-length", "16", "--prompts-file", str(tmp_path / "prompts.txt")]
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert tie_lite.main(argv) == 0
+    assert "3/3 prompts" in sys.stderr.getvalue() and sys.stderr.getvalue().endswith("\r\x1b[K")
+    assert len(capsys.readouterr().out.splitlines()) == 3
