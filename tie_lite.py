@@ -814,6 +814,32 @@ class Model:
         logits = outputs[3][0] if with_logits else None
         return Stats(outputs[0][0], outputs[1][0], outputs[2][0], logits)
 
+    def batch_stats(self, canvases: Sequence[np.ndarray], positions: Sequence[np.ndarray],
+                    with_logits: bool = False) -> list:
+        """stats() of B canvases (L_b,) at their positions (K_b,), in one call of model.onnx: a list of B Stats,
+        each equal bit for bit to the canvas's own stats() (tests/test_batch.py).
+
+        Canvases are right-padded to the longest with pad_id, the padding masked out (attention_mask 0);
+        positions are padded with position 0 up to batch_rows, so that each canvas's statistics start
+        at the same memory alignment as in a call of its own. A model loaded with kv_cache, or a single
+        canvas, makes one call per canvas.
+        """
+        if self.kv_cache or len(canvases) <= 1:
+            return [self.stats(t, p, with_logits) for t, p in zip(canvases, positions)]
+        m = self.manifest
+        longest = max(t.size for t in canvases)
+        rows = batch_rows(max(p.size for p in positions), m.graph_vocab_size)
+        input_ids = np.full((len(canvases), longest), m.pad_id, np.int64)  # (B, L)
+        attention_mask = np.zeros((len(canvases), longest), np.int64)      # (B, L)
+        read_at = np.zeros((len(canvases), rows), np.int64)                # (B, K)
+        for b, (tokens, wanted) in enumerate(zip(canvases, positions)):
+            input_ids[b, :tokens.size], attention_mask[b, :tokens.size] = tokens, 1
+            read_at[b, :wanted.size] = np.maximum(wanted - m.logits_shift, 0)
+        feed = {"input_ids": input_ids, "attention_mask": attention_mask, "positions": read_at}
+        outputs = self.session.run(list(GRAPH_OUTPUTS if with_logits else GRAPH_OUTPUTS[:3]), feed)
+        return [Stats(outputs[0][b, :p.size], outputs[1][b, :p.size], outputs[2][b, :p.size],
+                      outputs[3][b, :p.size] if with_logits else None) for b, p in enumerate(positions)]
+
     def prime(self, tokens: np.ndarray, positions: np.ndarray, block: int, with_logits: bool = False) -> tuple:
         """(Stats at positions (K,), KVCache for `block`): a full pass of cache.onnx over the canvas (L,)."""
         every = np.arange(tokens.size, dtype=np.int64)  # (L,) every row recomputed
@@ -875,6 +901,18 @@ class Model:
         logits = rest[0][0] if with_logits else None
         kept = outputs[len(stats):]
         return Stats(top_ids[0], top_probs[0], entropy[0], logits), kept[:layers], kept[layers:]
+
+
+ROW_ALIGNMENT = 64  # bytes: where each canvas's gathered rows start in a batched call (Model.batch_stats)
+
+
+def batch_rows(positions: int, vocab: int) -> int:
+    """Gathered rows per canvas in a batched call: `positions` rounded up so that the rows of one canvas,
+    `vocab` float32 logits each, span a multiple of ROW_ALIGNMENT bytes. Then every canvas's rows start
+    64-byte aligned, as a call of its own does; the graph's entropy (a sum over the vocabulary) depends
+    on that alignment in its last bit (measured: docs/decoding.md, batched prompts)."""
+    per = ROW_ALIGNMENT // int(np.gcd(ROW_ALIGNMENT, 4 * vocab))
+    return -(-positions // per) * per
 
 
 THREADS_PER_CORE = 4  # thread counts above this many per core are refused (they only add overhead)
@@ -1117,6 +1155,7 @@ class StepEvent:
     model: str                 # name of the model that decoded
     signals: Optional[AnswerSignals] = None  # answer-position signals before the commit (when tracking)
     answer_confidence: Optional[float] = None  # given an answer: the model's confidence in it after the step
+    prompt: int = 0            # a batched call: index of the prompt in its list
 
 
 # Called after every step with its StepEvent and, in an ensemble, after every relay with the Relay;
@@ -1269,9 +1308,22 @@ def track_answer(model: Model, tokens: np.ndarray, answer_idx: np.ndarray, stats
 
 def read_stats(model: Model, state: DecodeState, config: DecodeConfig, masked_idx: np.ndarray) -> Reading:
     """Stage 1, read: one forward pass, gathered at the positions to rank and at the answer."""
+    read_idx, answer_idx = read_positions(state, config, masked_idx)
+    stats = step_stats(model, state, config, np.concatenate([read_idx, answer_idx]), config.temperature > 0)
+    return split_reading(model, state, read_idx, answer_idx, stats)
+
+
+def read_positions(state: DecodeState, config: DecodeConfig, masked_idx: np.ndarray) -> tuple:
+    """Where stage 1 reads: the positions to rank (r,) and the answer positions (A,), empty unless the
+    state tracks the answer or exits early."""
     read_idx = current_block_idx(state, config) if config.strategy == "policy" else masked_idx
     answer_idx = state.canvas.answer_idx if state.track or config.early_exit else np.zeros(0, np.int64)
-    stats = step_stats(model, state, config, np.concatenate([read_idx, answer_idx]), config.temperature > 0)
+    return read_idx, answer_idx
+
+
+def split_reading(model: Model, state: DecodeState, read_idx: np.ndarray, answer_idx: np.ndarray,
+                  stats: Stats) -> Reading:
+    """The Reading of statistics gathered at read_idx then answer_idx ((r + A) rows)."""
     answer = stats.take(slice(read_idx.size, None))
     signals = track_answer(model, state.tokens, answer_idx, answer, state.first_k) if state.track else None
     is_masked = state.tokens[read_idx] == model.manifest.mask_id  # (r,)
@@ -1347,7 +1399,12 @@ def decode_step(model: Model, state: DecodeState, config: DecodeConfig) -> Optio
     masked_idx = advance_block(state, config, model.manifest.mask_id)
     if masked_idx.size == 0:
         return None
-    reading = read_stats(model, state, config, masked_idx)
+    return finish_step(model, state, config, masked_idx, read_stats(model, state, config, masked_idx))
+
+
+def finish_step(model: Model, state: DecodeState, config: DecodeConfig, masked_idx: np.ndarray,
+                reading: Reading) -> StepEvent:
+    """Stages 2-5 of a step whose statistics are read: propose, rank, pick, commit."""
     masked = reading.masked
     proposed, proposed_prob = propose(masked, config, state.rng)
     score = rank(model, state, config, reading, proposed, proposed_prob)
@@ -1371,6 +1428,25 @@ def decode(model: Model, state: DecodeState, config: DecodeConfig, max_steps: Op
         if on_step is not None and on_step(event) is False:
             return False
     return True
+
+
+def decode_steps(model: Model, states: Sequence[DecodeState], config: DecodeConfig) -> list:
+    """decode_step of each state, with one forward pass over every canvas that needs a step
+    (Model.batch_stats): a list of StepEvents, None where a state had no block left."""
+    masked = [advance_block(state, config, model.manifest.mask_id) for state in states]
+    live = [i for i, masked_idx in enumerate(masked) if masked_idx.size]
+    where = [read_positions(states[i], config, masked[i]) for i in live]  # ((r,), (A,)) per canvas
+    if model.kv_cache:  # kept keys and values are per canvas: one call each (step_stats)
+        stats = [step_stats(model, states[i], config, np.concatenate(w), config.temperature > 0)
+                 for i, w in zip(live, where)]
+    else:
+        stats = model.batch_stats([states[i].tokens for i in live], [np.concatenate(w) for w in where],
+                                  config.temperature > 0)
+    events = [None] * len(states)
+    for i, (read_idx, answer_idx), read in zip(live, where, stats):
+        reading = split_reading(model, states[i], read_idx, answer_idx, read)
+        events[i] = finish_step(model, states[i], config, masked[i], reading)
+    return events
 
 
 def recording(on_step: Optional[OnStep], history: Optional[list]) -> Optional[OnStep]:
@@ -1531,6 +1607,7 @@ class Relay:
     scores: tuple        # (M,) each model's trajectory score, higher = more reliable
     leader: int          # index of the model whose trajectory every model continues
     changed: bool        # the leader differs from the previous relay's
+    prompt: int = 0      # a batched call: index of the prompt in its list
 
 
 def leader_changes(relays: Sequence[Relay], chosen: Optional[int] = None) -> tuple[int, int]:
@@ -1736,10 +1813,22 @@ def generate_tie(models: Sequence[Model], prompt: str, config: DecodeConfig, ens
                  on_step: Optional[OnStep] = None, record_history: bool = False) -> GenerateResult:
     """Decode `prompt` with M >= 2 models ensembled by TIE."""
     _check_ensemble(models, config, ensemble)
-    runs = [Run(model, DecodeState(build_canvas(model, prompt, config), np.random.default_rng([config.seed, m]),
+    runs = tie_runs(models, prompt, config, ensemble, record_history)
+    relays, stopped = run_intervals(runs, prompt, config, ensemble, on_step)
+    return tie_result(runs, relays, stopped, config, ensemble)
+
+
+def tie_runs(models: Sequence[Model], prompt: str, config: DecodeConfig, ensemble: EnsembleConfig,
+             record_history: bool) -> list:
+    """Each model's Run on `prompt`: its canvas, tracking the answer, its own rng stream (seed, m)."""
+    return [Run(model, DecodeState(build_canvas(model, prompt, config), np.random.default_rng([config.seed, m]),
                                    track=True, first_k=ensemble.first_k), [] if record_history else None)
             for m, model in enumerate(models)]
-    relays, stopped = run_intervals(runs, prompt, config, ensemble, on_step)
+
+
+def tie_result(runs: Sequence[Run], relays: Sequence[Relay], stopped: bool, config: DecodeConfig,
+               ensemble: EnsembleConfig) -> GenerateResult:
+    """The ensemble's result: every model's own, and the one select_final picks."""
     candidates = []
     for run in runs:
         text, tokens, answer = finish(run.model, run.state.canvas, config)
@@ -1751,9 +1840,169 @@ def generate_tie(models: Sequence[Model], prompt: str, config: DecodeConfig, ens
                                relays=tuple(relays), model_calls=calls)
 
 
-def generate(models, prompt: str, config: DecodeConfig = DecodeConfig(),
+# ---------------------------------------------------------------------------
+# batched prompts
+# ---------------------------------------------------------------------------
+
+DEFAULT_BATCH_SIZE = 8   # canvases a model steps in one call (bench/README.md, batched prompts)
+START_WINDOW = 8         # batches' worth of prompts started shortest canvas first (less padding)
+
+
+@dataclass
+class Job:
+    """One prompt of a batched call: a Run per model and, in an ensemble, the interval under way."""
+
+    index: int                # the prompt's index in the caller's list
+    prompt: str
+    runs: list                # (M,) Run, in model order; one untracked Run for a single model
+    progress: list            # (M,) positions (or steps) each Run has decoded in the current interval
+    relays: list = field(default_factory=list)
+    stopped: bool = False     # on_step returned False for one of this prompt's events
+
+    def finished(self, m: int) -> bool:
+        run = self.runs[m]
+        return is_finished(run.state, run.model.manifest.mask_id)
+
+
+def check_batch_size(batch_size) -> None:
+    _require(isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool) and batch_size > 0,
+             f"batch_size must be a positive integer, got {batch_size!r}")
+
+
+def check_prompts(models: Sequence[Model], prompts: Sequence[str], config: DecodeConfig,
+                  name: Callable[[int], str] = lambda i: f"prompts[{i}]") -> None:
+    """ConfigError, naming the prompt (`name(i)`), unless every prompt fits every model's canvas."""
+    for i, prompt in enumerate(prompts):
+        try:
+            for model in models:
+                build_canvas(model, prompt, config)
+        except ConfigError as exc:
+            raise ConfigError(f"{name(i)}: {exc}") from None
+
+
+def start_order(model: Model, prompts: Sequence[str], config: DecodeConfig, batch_size: int) -> list:
+    """Indices of the prompts in the order their decodes start: within each window of START_WINDOW x
+    batch_size prompts, shortest canvas (on `model`) first, so that the canvases stepped together are
+    about as long and padding costs little (their results do not depend on it)."""
+    lengths = [build_canvas(model, prompt, config).tokens.size for prompt in prompts]
+    window = START_WINDOW * batch_size
+    return [i for start in range(0, len(prompts), window)
+            for i in sorted(range(start, min(start + window, len(prompts))), key=lengths.__getitem__)]
+
+
+def start_job(models: Sequence[Model], index: int, prompt: str, config: DecodeConfig, ensemble: EnsembleConfig,
+              record_history: bool) -> Job:
+    """A prompt's runs, seeded as generate() seeds them for that prompt alone."""
+    if len(models) > 1:
+        runs = tie_runs(models, prompt, config, ensemble, record_history)
+    else:
+        state = DecodeState(build_canvas(models[0], prompt, config), np.random.default_rng(config.seed))
+        runs = [Run(models[0], state, [] if record_history else None)]
+    return Job(index, prompt, runs, [0] * len(runs))
+
+
+def wants_step(job: Job, m: int, ensemble: EnsembleConfig) -> bool:
+    """Whether model m steps this prompt now: not done, and in an ensemble its interval not done (or,
+    once another model has finished, decoding to its own end, as run_intervals does)."""
+    if job.stopped or job.finished(m):
+        return False
+    if len(job.runs) == 1 or job.progress[m] < ensemble.interval:
+        return True
+    return any(job.finished(other) for other in range(len(job.runs)))
+
+
+def take_event(job: Job, m: int, event: StepEvent, ensemble: EnsembleConfig, on_step: Optional[OnStep]) -> None:
+    """Record model m's step on this prompt (history, TIE's window and interval) and report it."""
+    run = job.runs[m]
+    if on_step is not None or run.history is not None:
+        event = dataclasses.replace(event, prompt=job.index)
+    if len(job.runs) > 1:
+        run.record(event.signals)
+        job.progress[m] += event.committed_idx.size if ensemble.interval_unit == "positions" else 1
+    if run.history is not None:
+        run.history.append(event)
+    if on_step is not None and on_step(event) is False:
+        job.stopped = True
+
+
+def step_jobs(jobs: Sequence[Job], models: Sequence[Model], config: DecodeConfig, ensemble: EnsembleConfig,
+              on_step: Optional[OnStep], pool: Optional[ThreadPoolExecutor]) -> None:
+    """One step of every prompt that wants one: each model steps all of its canvases in one call
+    (decode_steps), the models in parallel threads when `pool` is given; then the events are reported."""
+    wanting = [[job for job in jobs if wants_step(job, m, ensemble)] for m in range(len(models))]
+
+    def step(m: int) -> list:
+        return decode_steps(models[m], [job.runs[m].state for job in wanting[m]], config)
+
+    if pool:
+        for m, events in enumerate(list(pool.map(step, range(len(models))))):
+            for job, event in zip(wanting[m], events):
+                take_event(job, m, event, ensemble, on_step)
+        return
+    for m in range(len(models)):  # sequentially: no step of a prompt starts once it is stopped
+        wanting[m] = [job for job in wanting[m] if not job.stopped]
+        for job, event in zip(wanting[m], step(m)):
+            take_event(job, m, event, ensemble, on_step)
+
+
+def settle_job(job: Job, config: DecodeConfig, ensemble: EnsembleConfig, on_step: Optional[OnStep]) -> bool:
+    """After a step: relay when every model has decoded its interval (run_intervals' cycle, per prompt);
+    True when the prompt's decode is over."""
+    finished = [job.finished(m) for m in range(len(job.runs))]
+    if job.stopped or all(finished):
+        return True
+    if len(job.runs) == 1 or any(finished) or min(job.progress) < ensemble.interval:
+        return False
+    previous = job.relays[-1] if job.relays else None
+    job.relays.append(dataclasses.replace(relay(job.runs, job.prompt, config, ensemble, previous), prompt=job.index))
+    job.progress = [0] * len(job.runs)
+    if on_step is not None and on_step(job.relays[-1]) is False:
+        job.stopped = True
+    return job.stopped
+
+
+def job_result(job: Job, config: DecodeConfig, ensemble: EnsembleConfig) -> GenerateResult:
+    """The prompt's GenerateResult, as generate() returns it for that prompt alone."""
+    if len(job.runs) > 1:
+        for run in job.runs:
+            run.close_window()
+        return tie_result(job.runs, job.relays, job.stopped, config, ensemble)
+    run = job.runs[0]
+    text, tokens, answer = finish(run.model, run.state.canvas, config)
+    return GenerateResult(text, tokens, answer, run.state.steps, job.stopped, run.model.name, run.history,
+                          model_calls=run.state.steps)
+
+
+def generate_batches(models: Sequence[Model], prompts: Sequence[str], config: DecodeConfig,
+                     ensemble: EnsembleConfig = EnsembleConfig(), on_step: Optional[OnStep] = None,
+                     record_history: bool = False, batch_size: int = DEFAULT_BATCH_SIZE):
+    """Yield (index, GenerateResult) of each prompt as its decode ends, each token-identical to
+    generate() of that prompt alone. Up to batch_size prompts decode at a time; when one ends, the
+    next starts (start_order: input order, shortest first within a window). `config` must be resolved
+    (DecodeConfig.for_model); check_prompts first, to name a bad prompt before any decoding."""
+    check_batch_size(batch_size)
+    active, pending = [], ((i, prompts[i]) for i in start_order(models[0], prompts, config, batch_size))
+    pool = ThreadPoolExecutor(max_workers=len(models)) if len(models) > 1 and ensemble.parallel else None
+    try:
+        while True:
+            active += [start_job(models, i, prompt, config, ensemble, record_history)
+                       for i, prompt in itertools.islice(pending, batch_size - len(active))]
+            if not active:
+                return
+            step_jobs(active, models, config, ensemble, on_step, pool)
+            over = [settle_job(job, config, ensemble, on_step) for job in active]
+            for job in [job for job, done in zip(active, over) if done]:
+                yield job.index, job_result(job, config, ensemble)
+            active = [job for job, done in zip(active, over) if not done]
+    finally:
+        if pool:
+            pool.shutdown()
+
+
+def generate(models, prompt: str | Sequence[str], config: DecodeConfig = DecodeConfig(),
              ensemble: EnsembleConfig = EnsembleConfig(), on_step: Optional[OnStep] = None,
-             record_history: bool = False, answer: Optional[str] = None) -> GenerateResult:
+             record_history: bool = False, answer: Optional[str] = None,
+             batch_size: int = DEFAULT_BATCH_SIZE) -> GenerateResult | list:
     """Decode `prompt` with one Model, or ensemble a sequence of Models with TIE.
 
     Lengths left unset in `config` (gen_length, answer_length, block_size) are the first
@@ -1764,11 +2013,22 @@ def generate(models, prompt: str, config: DecodeConfig = DecodeConfig(),
     threads); returning False stops the decode. An exception it raises stops every
     model and propagates. answer: decode only the reasoning for this given answer,
     reporting the model's confidence in it after every step (result.answer_confidence).
+
+    A list of prompts decodes them together and returns a list of GenerateResults in
+    their order, each token-identical to generating that prompt alone (same seed):
+    up to batch_size prompts at a time, each model stepping all of their canvases in
+    one onnxruntime call per step (right-padded, masked). Each prompt keeps its own
+    blocks, schedule, early exit and relays; its events carry its index (event.prompt),
+    and on_step returning False stops that prompt only. A model loaded with kv_cache
+    still steps one canvas per call, as do TIE's scoring passes (scores other than tcc)
+    and a learned policy; a given answer needs a single prompt.
     """
     models = [models] if isinstance(models, Model) else list(models)
     if not models:
         raise ConfigError("no model given")
     config = config.for_model(models[0])
+    if isinstance(prompt, (list, tuple)):
+        return generate_list(models, list(prompt), config, ensemble, on_step, record_history, answer, batch_size)
     if answer is not None:
         if len(models) != 1:
             raise ConfigError("a given answer is decoded with one model, not an ensemble")
@@ -1776,6 +2036,22 @@ def generate(models, prompt: str, config: DecodeConfig = DecodeConfig(),
     if len(models) == 1:
         return generate_one(models[0], prompt, config, on_step, record_history)
     return generate_tie(models, prompt, config, ensemble, on_step, record_history)
+
+
+def generate_list(models: Sequence[Model], prompts: list, config: DecodeConfig, ensemble: EnsembleConfig,
+                  on_step: Optional[OnStep], record_history: bool, answer: Optional[str],
+                  batch_size: int) -> list:
+    """generate() of a list of prompts: every prompt checked first, then decoded in batches."""
+    if answer is not None:
+        raise ConfigError("a given answer is decoded for one prompt: pass a str prompt, not a list")
+    if len(models) > 1:
+        _check_ensemble(models, config, ensemble)
+    check_batch_size(batch_size)
+    check_prompts(models, prompts, config)
+    results = [None] * len(prompts)
+    for i, result in generate_batches(models, prompts, config, ensemble, on_step, record_history, batch_size):
+        results[i] = result
+    return results
 
 
 # ---------------------------------------------------------------------------
@@ -1848,6 +2124,9 @@ def _add_prompt_options(p: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="the user's text; - reads it from standard input")
     source.add_argument("--prompt-file", type=Path, metavar="PATH", help="read the prompt from this UTF-8 file")
+    source.add_argument("--prompts-file", type=Path, metavar="PATH",
+                        help="decode many prompts together: one a line, or JSON lines with a \"prompt\" field "
+                             "(- reads standard input); prints a JSON line per prompt, in their order")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--model", type=Path, help="one exported model folder (python -m export)")
     which.add_argument("--models", type=Path, nargs="+", help="two or more model folders, ensembled with TIE")
@@ -1865,6 +2144,9 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--kv-window", type=int,
                    help="with --kv-cache: also recompute this many positions before the block (default: the "
                         "block's size)")
+    r.add_argument("--batch-size", type=int, metavar="N",
+                   help="with --prompts-file: prompts decoded together, each model stepping all their canvases "
+                        f"in one call (default: {DEFAULT_BATCH_SIZE})")
     r.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     r.add_argument("--history", action="store_true", help="with --json: include every step")
     live = r.add_mutually_exclusive_group()
@@ -1902,9 +2184,23 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     _add_runtime_options(p)
     _refuse_repeats(argv, p)
     args = p.parse_args(argv)
-    if args.history and not args.json:
+    if args.history and not args.json and args.prompts_file is None:
         p.error("--history needs --json")
+    _check_batch_args(args, p)
     return args
+
+
+def _check_batch_args(args: argparse.Namespace, p: argparse.ArgumentParser) -> None:
+    """--batch-size goes with --prompts-file, which writes JSON lines: no live view, no given answer."""
+    if args.prompts_file is None:
+        if args.batch_size is not None:
+            p.error("--batch-size needs --prompts-file")
+        return
+    for flag, given in (("--answer", args.answer is not None), ("--show", args.show), ("--stream", args.stream)):
+        if given:
+            p.error(f"{flag} applies to one --prompt, not to --prompts-file")
+    if args.batch_size is not None and args.batch_size < 1:
+        p.error(f"--batch-size must be a positive integer, got {args.batch_size}")
 
 
 def read_prompt(args: argparse.Namespace, stdin=None) -> str:
@@ -1936,6 +2232,60 @@ def _read_text(path: Path, what: str) -> str:
         raise ConfigError(f"{what} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     except OSError as exc:
         raise ConfigError(f"{what}: cannot read it: {exc.strerror}") from None
+
+
+def read_prompts(args: argparse.Namespace, stdin=None) -> list:
+    """--prompts-file's prompts, in order. A file whose first line is a JSON object is JSON lines: each
+    line an object whose "prompt" is the prompt (other fields ignored); otherwise each line is a prompt as
+    it stands. Lines end at \\n (a \\r before it is dropped, as is the file's final line ending). An empty
+    or blank line is an error naming it, as is a bad JSON line: output line N is input line N."""
+    what = f"--prompts-file {args.prompts_file}"
+    if str(args.prompts_file) == "-":
+        text = _read_stdin(stdin or sys.stdin, what)
+    else:
+        text = _read_text(args.prompts_file, what)
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the final line ending
+    if not lines:
+        raise ConfigError(f"{what} holds no prompts")
+    as_json = isinstance(_json_or_none(lines[0].removesuffix("\r")), dict)
+    return [_prompt_line(line.removesuffix("\r"), f"{what} line {n}", as_json) for n, line in enumerate(lines, 1)]
+
+
+def _read_stdin(stdin, what: str) -> str:
+    if stdin is None or stdin.isatty():
+        raise ConfigError(f"{what} reads the prompts from standard input, which is a terminal: pipe them in")
+    try:
+        return stdin.read()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"standard input is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+
+
+def _json_or_none(line: str):
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
+
+
+def _prompt_line(line: str, where: str, as_json: bool) -> str:
+    """The prompt on one line of a prompts file; ConfigError naming the line if there is none."""
+    if not line.strip():
+        raise ConfigError(f"{where} is empty: every line holds a prompt")
+    if as_json:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{where} is not valid JSON ({exc.msg}, column {exc.colno}); the file is JSON lines, "
+                              "as its first line is") from None
+        if not isinstance(record, dict) or "prompt" not in record:
+            raise ConfigError(f'{where}: a JSON line must be an object with a "prompt" field')
+        line = record["prompt"]
+        if not isinstance(line, str):
+            raise ConfigError(f'{where}: "prompt" must be a string, got {type(line).__name__} {line!r:.40}')
+    check_text(line, f"{where}: the prompt")
+    return line
 
 
 def model_dirs(args: argparse.Namespace) -> list[Path]:
@@ -2105,12 +2455,66 @@ def run_cli(args: argparse.Namespace) -> GenerateResult:
             view.close()
 
 
+class BatchProgress:
+    """--prompts-file's progress line on stderr (a terminal): prompts done of all, and their rate."""
+
+    def __init__(self, total: int, out=None):
+        self.total, self.done, self.out, self.start = total, 0, out or sys.stderr, time.perf_counter()
+
+    def advance(self) -> None:
+        self.done += 1
+        rate = self.done / max(time.perf_counter() - self.start, 1e-9)
+        self.out.write(f"\r\x1b[K{self.done}/{self.total} prompts, {rate:.1f} prompts/s")
+        self.out.flush()
+
+    def clear(self) -> None:
+        self.out.write("\r\x1b[K")
+        self.out.flush()
+
+
+def batch_lines(args: argparse.Namespace):
+    """--prompts-file: yield (JSON line, trace lines) per prompt, in input order, each as soon as it and
+    the prompts before it are decoded; a progress line on stderr when it is a terminal."""
+    prompts = read_prompts(args)
+    ensemble = config_from_args(args, EnsembleConfig)
+    models = load_models(model_dirs(args), args.provider, args.threads, args.kv_cache, args.kv_window)
+    config = decode_config(args, models[0])
+    if config.policy is not None:
+        load_policy(config.policy)
+    if len(models) > 1:
+        _check_ensemble(models, config, ensemble)
+    check_prompts(models, prompts, config, name=lambda i: f"--prompts-file {args.prompts_file} line {i + 1}")
+    progress = BatchProgress(len(prompts)) if sys.stderr.isatty() else None
+    done, first = {}, 0
+    for i, result in generate_batches(models, prompts, config, ensemble, None, args.history,
+                                      args.batch_size or DEFAULT_BATCH_SIZE):
+        done[i] = result
+        if progress:
+            progress.advance()
+        while first in done:
+            result = done.pop(first)
+            traced = args.trace and result.candidates
+            trace = [f"line {first + 1}: {line}" for line in trace_lines(result)] if traced else []
+            if progress:
+                progress.clear()
+            yield json.dumps(result_json(result, args.history), ensure_ascii=False), trace
+            first += 1
+    if progress:
+        progress.clear()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The CLI: 0 on success, 2 with one `error:` line on bad input, 130 on Ctrl-C."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on, Ctrl-C is handled below
     try:
         args = parse_args(argv)
+        if args.prompts_file is not None:
+            for line, trace in batch_lines(args):
+                if trace:
+                    print("\n".join(trace), file=sys.stderr)
+                print(line, flush=True)
+            return 0
         result = run_cli(args)
         if args.trace and result.candidates:
             print("\n".join(trace_lines(result)), file=sys.stderr)

@@ -71,10 +71,15 @@ def _prompt_file(text: str):
     return lambda folder: (folder / "prompt.txt").write_text(text, encoding="utf-8")
 
 
+def _prompts_file(text: str):
+    return lambda folder: (folder / "prompts.txt").write_text(text, encoding="utf-8")
+
+
 LONG_PROMPT = "the cat " * 250_000  # 2,000,000 characters
 
 
 M = ["--answer-length", "16", "--gen-length", "32"]  # ensemble rows: a valid infilling layout
+P = ["--prompts-file", "{folder}/prompts.txt"]        # prompts-file rows
 
 CATALOGUE = [
     # model folders, manifests, graphs, tokenizers
@@ -105,7 +110,8 @@ CATALOGUE = [
     ("prompt not valid Unicode", None, ["--prompt", "caf\udce9"], "not valid Unicode text"),
     ("prompt given twice", None, ["--prompt", "the cat", "--prompt", "the dog"], "--prompt is given twice"),
     ("prompt and prompt file", None, ["--prompt", "a", "--prompt-file", "x"], "not allowed with argument"),
-    ("no prompt", "no prompt", ["--gen-length", "16"], "one of the arguments --prompt --prompt-file is required"),
+    ("no prompt", "no prompt", ["--gen-length", "16"],
+     "one of the arguments --prompt --prompt-file --prompts-file is required"),
     ("prompt file missing", None, ["--prompt-file", "/nonexistent/prompt.txt"], "no such file"),
     ("prompt file is a folder", None, ["--prompt-file", "/"], "not a file"),
     ("prompt file not UTF-8", _write("prompt.txt", b"caf\xe9"), ["--prompt-file", "{folder}/prompt.txt"],
@@ -115,6 +121,25 @@ CATALOGUE = [
     ("prompt of 2,000,000 characters", _prompt_file(LONG_PROMPT), ["--prompt-file", "{folder}/prompt.txt"],
      "characters; more than"),
     ("abbreviated option", None, ["--prom", "the cat"], "unrecognized arguments"),
+    # prompts files (--prompts-file)
+    ("prompts file missing", None, ["--prompts-file", "/nonexistent/prompts.txt"], "no such file"),
+    ("prompts file empty", _prompts_file(""), P, "holds no prompts"),
+    ("prompts file with an empty line", _prompts_file("the cat\n\nthe dog\n"), P, "prompts.txt line 2 is empty"),
+    ("prompts file line not JSON", _prompts_file('{"prompt": "the cat"}\n{"prompt": oops}\n'), P,
+     "line 2 is not valid JSON (Expecting value, column 12)"),
+    ("prompts file line without prompt", _prompts_file('{"prompt": "the cat"}\n{"text": "the dog"}\n'), P,
+     'line 2: a JSON line must be an object with a "prompt" field'),
+    ("prompts file prompt not a string", _prompts_file('{"prompt": "the cat"}\n{"prompt": 7}\n'), P,
+     'line 2: "prompt" must be a string, got int 7'),
+    ("prompts file prompt over max length", _prompts_file("the cat\n" + " ".join(["cat"] * 120)), P,
+     "line 2: prompt (480 tokens) + gen_length 32 + marker (9) = 521 tokens exceeds b's max length 128"),
+    ("prompts file not UTF-8", _write("prompts.txt", b"the cat\ncaf\xe9\n"), P, "is not UTF-8 text"),
+    ("prompt and prompts file", None, ["--prompt", "a", "--prompts-file", "x"], "not allowed with argument"),
+    ("prompts file with --stream", _prompts_file("the cat\n"), [*P, "--stream"],
+     "--stream applies to one --prompt, not to --prompts-file"),
+    ("batch size zero", _prompts_file("the cat\n"), [*P, "--batch-size", "0"],
+     "--batch-size must be a positive integer, got 0"),
+    ("batch size without prompts file", None, ["--batch-size", "4"], "--batch-size needs --prompts-file"),
     # decoding options
     ("gen length not divisible by block size", None, ["--gen-length", "18"], "gen_length 18 is not divisible"),
     ("gen length not a number", None, ["--gen-length", "lots"], "invalid int value: 'lots'"),
@@ -171,7 +196,7 @@ def _cases() -> list:
 
 
 def _argv(setup, extra, tmp_path):
-    given = "--prompt" in extra or "--prompt-file" in extra or setup == "no prompt"
+    given = "--prompt" in extra or "--prompt-file" in extra or "--prompts-file" in extra or setup == "no prompt"
     prompt = [] if given else ["--prompt", "the cat"]
     setup = None if setup == "no prompt" else setup
     if setup == "gone":
