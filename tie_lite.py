@@ -37,7 +37,8 @@ def _quiet_interrupt(signum, frame) -> None:
     os._exit(130)
 
 
-if __name__ == "__main__" or os.path.basename(sys.argv[0]) == "tie-lite":
+if ((__name__ == "__main__" or os.path.basename(sys.argv[0]) == "tie-lite")
+        and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN):
     # Run as the CLI: a Ctrl-C during the imports below exits 130 with one line, as main() does later.
     signal.signal(signal.SIGINT, _quiet_interrupt)
 
@@ -271,6 +272,8 @@ class DecodeConfig:
 
     @property
     def infill(self) -> bool:
+        _require(self.answer_length is not None, "this DecodeConfig has unset lengths: resolve it with "
+                                                 "for_model(model)")
         return self.answer_length > 0
 
 
@@ -658,9 +661,10 @@ class Manifest:
 
     def _check_decode_defaults(self, where: str) -> None:
         defaults = self.decode_defaults
-        if not isinstance(defaults, dict) or set(defaults) - set(DECODE_OPTIONS):
-            raise ModelError(f"{where}: decode_defaults must be an object with keys from {DECODE_OPTIONS}, "
-                             f"got {defaults!r}")
+        if (not isinstance(defaults, dict) or set(defaults) - set(DECODE_OPTIONS)
+                or any(value is None for value in defaults.values())):
+            raise ModelError(f"{where}: decode_defaults must be an object with integer values for keys from "
+                             f"{DECODE_OPTIONS}, got {defaults!r}")
         try:
             DecodeConfig().with_defaults(defaults)
         except (ConfigError, TypeError) as exc:
@@ -1252,9 +1256,9 @@ def choose_positions(state: DecodeState, config: DecodeConfig, confidence: np.nd
 class Reading:
     """Stage 1's output: the forward pass's statistics where the step looks."""
 
-    read_idx: np.ndarray             # (r,) canvas positions ranked: the block's masks (the policy: the whole block)
-    is_masked: np.ndarray            # (r,) bool which of them are still masked
-    stats: Stats                     # (r rows) at read_idx
+    is_masked: np.ndarray            # (r,) bool which of the r positions read are still masked (r: the block's
+                                     # masks, or for the learned policy the whole block)
+    stats: Stats                     # (r rows) at the positions read
     answer: Stats                    # (A rows) at the answer positions, when tracked or exiting early, else 0 rows
     signals: Optional[AnswerSignals]  # before this step's commit, when the state tracks the answer
 
@@ -1327,7 +1331,7 @@ def split_reading(model: Model, state: DecodeState, read_idx: np.ndarray, answer
     answer = stats.take(slice(read_idx.size, None))
     signals = track_answer(model, state.tokens, answer_idx, answer, state.first_k) if state.track else None
     is_masked = state.tokens[read_idx] == model.manifest.mask_id  # (r,)
-    return Reading(read_idx, is_masked, stats.take(slice(0, read_idx.size)), answer, signals)
+    return Reading(is_masked, stats.take(slice(0, read_idx.size)), answer, signals)
 
 
 def propose(stats: Stats, config: DecodeConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -1540,6 +1544,8 @@ def infill_reasoning(model: Model, prompt: str, answer: str, config: DecodeConfi
                      on_step: Optional[OnStep] = None, record_history: bool = False) -> GenerateResult:
     """Decode the reasoning for a given answer (reasoning as infilling), reporting after every step the
     model's confidence in that answer given the reasoning so far: scoring reasoning without rollouts."""
+    check_text(answer, "the given answer")
+    config = config.for_model(model)
     if not config.infill or config.early_exit:
         raise ConfigError("a given answer needs reasoning-as-infilling (answer_length > 0) and no early exit")
     state = DecodeState(build_canvas(model, prompt, config), np.random.default_rng(config.seed))
@@ -1603,7 +1609,7 @@ class Run:
 class Relay:
     """One trajectory assessment and relay."""
 
-    steps: int           # steps every model had decoded when it happened
+    steps: int           # steps the leading model had decoded when it happened
     scores: tuple        # (M,) each model's trajectory score, higher = more reliable
     leader: int          # index of the model whose trajectory every model continues
     changed: bool        # the leader differs from the previous relay's
@@ -2010,8 +2016,10 @@ def generate(models, prompt: str | Sequence[str], config: DecodeConfig = DecodeC
 
     on_step(event) is called after every step of every model with a StepEvent and
     after every relay with a Relay (one call at a time, also when the models run in
-    threads); returning False stops the decode. An exception it raises stops every
-    model and propagates. answer: decode only the reasoning for this given answer,
+    threads); returning False stops the decode: no model begins another step after it,
+    though in a parallel ensemble a step another thread had already begun completes and
+    is reported too, so every step in the result was seen. An exception it raises stops
+    every model and propagates. answer: decode only the reasoning for this given answer,
     reporting the model's confidence in it after every step (result.answer_confidence).
 
     A list of prompts decodes them together and returns a list of GenerateResults in
@@ -2320,6 +2328,12 @@ def decode_config(args: argparse.Namespace, model: Model) -> DecodeConfig:
     return config_from_args(args, DecodeConfig).for_model(model)
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """The options' own rules, before any model loads (the lengths' rules need the model's)."""
+    config_from_args(args, DecodeConfig)
+    config_from_args(args, EnsembleConfig)
+
+
 def result_json(result: GenerateResult, with_history: bool) -> dict:
     out = {"text": result.text, "answer": result.answer, "tokens": result.tokens.tolist(),
            "steps": result.steps, "stopped": result.stopped, "model": result.model,
@@ -2350,7 +2364,7 @@ def trace_lines(result: GenerateResult) -> list[str]:
     lines = [f"relay at step {r.steps}: " + "  ".join(f"{n}={s:.4f}" for n, s in zip(names, r.scores))
              + f"  -> {names[r.leader]}" + (" (leader changed)" if r.changed else "") for r in result.relays]
     if not result.relays:
-        lines.append("no relay: every model finished within one interval, so TIE was a final pick "
+        lines.append("no relay: a model finished within the first interval, so TIE was a final pick "
                      "between independent decodes")
     rate = leader_change_rate(result.relays, result.chosen)
     lines.append(f"leader change rate: {'n/a' if rate is None else f'{rate:.2f}'}; "
@@ -2399,8 +2413,9 @@ class LiveView:
                 self._emit({"event": "relay", **relay_json(event, self.names)})
             return
         self.steps += 1
-        model = self.models[event.model]
-        self.texts[event.model] = partial_text(model, event.tokens, event.gen_idx, self.answer_length)
+        if self.mode != "progress":  # the progress line shows no text
+            model = self.models[event.model]
+            self.texts[event.model] = partial_text(model, event.tokens, event.gen_idx, self.answer_length)
         if self.mode == "stream":
             self._emit({"event": "step", "model": event.model, "step": event.step, "block": event.block,
                         "positions": event.committed_idx.tolist(), "ids": event.committed_ids.tolist(),
@@ -2441,6 +2456,7 @@ def run_cli(args: argparse.Namespace) -> GenerateResult:
     prompt = read_prompt(args)
     if args.answer is not None:
         check_text(args.answer, "--answer")
+    check_options(args)
     ensemble = config_from_args(args, EnsembleConfig)
     models = load_models(model_dirs(args), args.provider, args.threads, args.kv_cache, args.kv_window)
     config = decode_config(args, models[0])
@@ -2476,6 +2492,7 @@ def batch_lines(args: argparse.Namespace):
     """--prompts-file: yield (JSON line, trace lines) per prompt, in input order, each as soon as it and
     the prompts before it are decoded; a progress line on stderr when it is a terminal."""
     prompts = read_prompts(args)
+    check_options(args)
     ensemble = config_from_args(args, EnsembleConfig)
     models = load_models(model_dirs(args), args.provider, args.threads, args.kv_cache, args.kv_window)
     config = decode_config(args, models[0])
@@ -2504,9 +2521,21 @@ def batch_lines(args: argparse.Namespace):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """The CLI: 0 on success, 2 with one `error:` line on bad input, 130 on Ctrl-C."""
-    if threading.current_thread() is threading.main_thread():
+    """The CLI: 0 on success, 2 with one `error:` line on bad input, 130 on Ctrl-C. An ignored SIGINT
+    (a background job) stays ignored, and the caller's handler is restored on return."""
+    handles_sigint = (threading.current_thread() is threading.main_thread()
+                      and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN)
+    previous = signal.getsignal(signal.SIGINT) if handles_sigint else None
+    if handles_sigint:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on, Ctrl-C is handled below
+    try:
+        return _run_main(argv)
+    finally:
+        if handles_sigint:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _run_main(argv: Optional[Sequence[str]]) -> int:
     try:
         args = parse_args(argv)
         if args.prompts_file is not None:
@@ -2525,6 +2554,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 0
 
 

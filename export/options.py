@@ -17,19 +17,13 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import tie_lite
+from tie_lite import ARG_TYPES, option  # a field that is also a CLI flag, as tie_lite's configs are
 
 DEFAULT_TOP_K = 4                 # top ids/probs per position in the graph (>= 2 for margins)
 DEFAULT_ANSWER_MARKER = "Answer:"  # reasoning-as-infilling marker (paper, section 1)
 DEFAULT_INT8_MIN_AGREEMENT = 0.9  # int8 export: least share of positions whose top-1 id equals PyTorch's
 EXTERNAL_DATA_MIN_BYTES = 64 * 2 ** 20  # graphs at least this big keep their weights in model.onnx.data:
                                         # onnxruntime then maps them instead of parsing a copy (peak RSS)
-
-
-def option(default, help: str, flag: Optional[str] = None, shown: Optional[str] = None, **argparse_extras):
-    """An ExportOptions field that is also a CLI flag: its --help text, its flag (default: --field-name;
-    a bool field's flag turns it to the opposite of its default), how --help shows its default, and
-    extras for argparse (type, action, metavar; keys: one flag per key of a dict field)."""
-    return field(default=default, metadata={"help": help, "flag": flag, "shown": shown, **argparse_extras})
 
 
 @dataclass(frozen=True)
@@ -87,6 +81,12 @@ class ExportOptions:
         if unknown:
             raise ExportError(f"decode_defaults has unknown keys {', '.join(map(repr, unknown))}; "
                               f"known: {', '.join(tie_lite.DECODE_OPTIONS)}")
+        try:  # the runtime's own rules, checked before anything is exported
+            tie_lite.DecodeConfig().with_defaults(self.decode_defaults)
+        except tie_lite.ConfigError as exc:
+            raise ExportError(f"decode_defaults {self.decode_defaults!r} are invalid: {exc}") from None
+        if not 0 <= self.int8_min_agreement <= 1:
+            raise ExportError(f"int8_min_agreement must be in [0, 1], got {self.int8_min_agreement}")
 
 
 def resolve(options: Optional[ExportOptions], overrides: dict, caller: str = "export_model") -> ExportOptions:
@@ -97,9 +97,6 @@ def resolve(options: Optional[ExportOptions], overrides: dict, caller: str = "ex
         raise TypeError(f"{caller}() got unknown option(s) {', '.join(map(repr, unknown))}; "
                         f"ExportOptions has {', '.join(known)}")
     return dataclasses.replace(options or ExportOptions(), **overrides)
-
-
-ARG_TYPES = {"int": int, "float": float, "str": str}  # a field's type -> its flag's (others name theirs)
 
 
 def add_export_options(parser: argparse.ArgumentParser) -> None:
@@ -120,6 +117,7 @@ def add_export_options(parser: argparse.ArgumentParser) -> None:
             default = shown if shown is not None else f.default
             parser.add_argument(flag or _flag(f.name), dest=f.name, default=argparse.SUPPRESS, type=kind,
                                 help=f"{help_text} (default: {default})", **meta)
+
 
 def options_from_args(args: argparse.Namespace) -> ExportOptions:
     """The ExportOptions the parsed flags (add_export_options) set; the rest keep their defaults."""
