@@ -322,7 +322,7 @@ def test_export_model_rejects_an_unknown_option_by_name(tmp_path):
 # a value other than the default for every ExportOptions field: a new field needs one here, and a flag
 NON_DEFAULT_OPTIONS = {
     "top_k": 7, "prompt_format": "Q: {prompt}\n", "answer_marker": " = ", "name": "n", "opset": 18,
-    "decode_defaults": {"gen_length": 8, "answer_length": 2, "block_size": 4}, "stop_texts": ("[/A]", "END"),
+    "decode_defaults": {"gen_length": 8, "answer_length": 4, "block_size": 4}, "stop_texts": ("[/A]", "END"),
     "family": "dream", "int8": True, "int8_first_layer_fp32": False, "int8_min_agreement": 0.5,
     "external_data_min_bytes": 0, "kv_cache": True, "trust_remote_code": True,
 }
