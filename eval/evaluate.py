@@ -49,7 +49,10 @@ def variants(interval: int = tie_lite.EnsembleConfig.interval) -> list[Variant]:
             Variant("TIE A+B top1", ("a", "b"), E(score="top1")),
             Variant("TIE A+B entropy", ("a", "b"), E(score="entropy")),
             Variant("TIE A+B margin", ("a", "b"), E(score="margin")),
-            Variant("TIE A+C tcc (text relay)", ("a", "c"), E(score="tcc"))]
+            Variant("TIE A+C tcc (text relay)", ("a", "c"), E(score="tcc")),
+            Variant("D alone", ("d",)),
+            Variant("TIE A+D tcc (text relay)", ("a", "d"), E(score="tcc")),
+            Variant("TIE B+D tcc (text relay)", ("b", "d"), E(score="tcc"))]
 
 
 def parse_args():

@@ -2,12 +2,13 @@
 into models/NAME/hf and export it with export/ into models/NAME/onnx, exactly as a
 user exports a Hub model.
 
-    python train/export_defaults.py [--ckpt ckpt] [--models-dir models] [--only A B C] [--kv-cache]
+    python train/export_defaults.py [--ckpt ckpt] [--models-dir models] [--only A B C D] [--kv-cache]
     python train/export_defaults.py --from-shipped --int8 --kv-cache --models-dir DIR --only A B
 
 Reads each checkpoint's training_args.json for the layout it was trained on (prompt
 suffix, answer marker, reasoning and answer budgets) and records it in the manifest,
-so `python tie_lite.py --prompt "..."` decodes with that layout by default.
+so `python tie_lite.py --prompt "..."` decodes with that layout by default. --kv-cache
+writes cache.onnx for the families the cache graph covers (ModernBERT, BERT: not D's A2D Qwen).
 """
 
 from __future__ import annotations
@@ -23,13 +24,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from export import export_model  # noqa: E402
+from export.cache import CACHED_LAYERS  # noqa: E402
+from export.families import family_for, read_config  # noqa: E402
 
 HF_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
             "special_tokens_map.json", "training_args.json")
 # shipped model -> checkpoint (train/run_defaults.sh). A is its step-3750 snapshot, chosen on validation:
 # the final A was further ahead of B than the 15 points the pair may differ by, the snapshot was not
 # (the scores are in models/README.md).
-CHECKPOINTS = {"A": "A_steps/step03750", "B": "B2", "C": "C"}
+CHECKPOINTS = {"A": "A_steps/step03750", "B": "B2", "C": "C", "D": "D2"}
 BLOCK_SIZE = 4  # divides R = 28 and A = 4, so the answer starts a block of its own
 
 
@@ -61,6 +64,7 @@ def ship(ckpt: Path, dest: Path, name: str, int8: bool = False, kv_cache: bool =
         if (ckpt / file).is_file():
             shutil.copy(ckpt / file, dest / "hf" / file)
     gen_length = layout["R"] + layout["A"]
+    kv_cache = kv_cache and family_for(read_config(dest / "hf")["model_type"]).name in CACHED_LAYERS
     return export_model(dest / "hf", dest / "onnx", name=name,
                         prompt_format=layout["prompt_prefix"] + "{prompt}" + layout["prompt_suffix"],
                         answer_marker=layout["marker"],
