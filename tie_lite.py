@@ -2313,13 +2313,17 @@ def model_dirs(args: argparse.Namespace) -> list[Path]:
 
 def load_models(dirs: Sequence[Path], provider: str, threads: Optional[int],
                 kv_cache: Optional[str] = None, kv_window: Optional[int] = None) -> list[Model]:
-    """Load every model, splitting the thread budget between them; provider is one, or one per model."""
+    """Load every model, splitting the thread budget between them (the first ones take the remainder);
+    provider is one, or one per model."""
     check_threads(threads)
     providers = provider.split(",")
     if len(providers) not in (1, len(dirs)):
         raise ConfigError(f"--provider lists {len(providers)} providers for {len(dirs)} models")
-    per_model = max(1, (threads or os.cpu_count() or 1) // len(dirs))
-    return [Model.load(d, provider=providers[i % len(providers)], threads=per_model, kv_cache=kv_cache,
+    if threads is not None and threads < len(dirs):
+        raise ConfigError(f"threads {threads} is fewer than the {len(dirs)} models, which take one each")
+    budget = threads or max(os.cpu_count() or 1, len(dirs))
+    shares = [budget // len(dirs) + (i < budget % len(dirs)) for i in range(len(dirs))]
+    return [Model.load(d, provider=providers[i % len(providers)], threads=shares[i], kv_cache=kv_cache,
                        kv_window=kv_window) for i, d in enumerate(dirs)]
 
 
@@ -2377,7 +2381,7 @@ MASK_GLYPH = "_"  # how --show and --stream draw a still-masked position
 
 def region_glyphs(model: Model, ids: np.ndarray) -> str:
     """A region's ids (n,) as its final text will read, one MASK_GLYPH per still-masked position."""
-    kept = ids[: first_index(ids, model.manifest.stop_ids)]
+    kept = trim_at_stop(ids, model.manifest.stop_ids)
     pieces = []
     for masked, run in itertools.groupby(kept.tolist(), key=lambda t: t == model.manifest.mask_id):
         run = list(run)

@@ -164,6 +164,7 @@ CATALOGUE = [
     ("threads zero", None, ["--threads", "0"], "threads must be an integer in [1, "),
     ("threads 10000", None, ["--threads", "10000"], "got 10000"),
     ("threads 100000", None, ["--threads", "100000"], "got 100000"),
+    ("fewer threads than models", "pair", [*M, "--threads", "1"], "threads 1 is fewer than the 2 models"),
     ("kv window past any canvas", None, ["--kv-cache", "--kv-window", "100000"], "kv_window 100000 exceeds"),
     ("given answer empty", None, ["--answer-length", "16", "--gen-length", "32", "--answer", ""],
      "--answer is empty"),
