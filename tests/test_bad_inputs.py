@@ -272,6 +272,7 @@ def _interrupt_during_import(module: str, argv0: str) -> subprocess.CompletedPro
     """Run the CLI with a Ctrl-C (SIGINT) delivered while `module` is being imported."""
     script = f"""
 import os, runpy, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_DFL)  # as at a terminal (a background job, e.g. under CI, ignores it)
 class Interrupt:
     def find_spec(self, name, path=None, target=None):
         if name == {module!r}:

@@ -107,6 +107,12 @@ def test_show_redraws_in_place_on_a_terminal(tiny_bert, tiny_modernbert):
     assert len(frames) == 64 and all(frame.count("bert: ") == 2 for frame in frames)
 
 
+def _sigint_as_at_a_terminal() -> None:
+    """The child takes Ctrl-C's default disposition: a background job (e.g. under CI) ignores SIGINT,
+    and tie-lite leaves an ignored SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_exits_cleanly_with_130(tiny_bert, tiny_modernbert):
     driver = textwrap.dedent(f"""
         import sys, time, tie_lite
@@ -120,7 +126,7 @@ def test_ctrl_c_exits_cleanly_with_130(tiny_bert, tiny_modernbert):
                                 "--stream"]))
     """)
     proc = subprocess.Popen([sys.executable, "-c", driver], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_as_at_a_terminal)
     assert json.loads(proc.stdout.readline())["event"] == "step"
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
