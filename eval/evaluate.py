@@ -126,7 +126,8 @@ def run_variant(variant: Variant, models: dict, problems: list) -> dict:
             print(f"  {variant.name}: {i + 1}/{len(problems)}, accuracy so far {np.mean(correct):.3f}, "
                   f"{time.perf_counter() - t0:.0f}s", file=sys.stderr)
     return {"correct": np.array(correct), "calls": float(np.mean(calls)), "changes": changes, "relays": relays,
-            "relay_count": relay_count, "relays_per_problem": relay_count / max(1, len(problems)), "change_rate": changes / relays if relays else None, "seconds": time.perf_counter() - t0}
+            "relay_count": relay_count, "relays_per_problem": relay_count / max(1, len(problems)),
+            "change_rate": changes / relays if relays else None, "seconds": time.perf_counter() - t0}
 
 
 def bootstrap_ci(a: np.ndarray, b: np.ndarray, rounds: int = 10_000, seed: int = 0) -> tuple[float, float]:
