@@ -277,6 +277,11 @@ class DecodeConfig:
         return self.answer_length > 0
 
 
+def is_int(value) -> bool:
+    """An integer option's value: a Python or numpy int, never a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -285,7 +290,7 @@ def _require(ok: bool, message: str) -> None:
 def _require_ints(config, names: Sequence[str]) -> None:
     for name in names:
         value = getattr(config, name)
-        _require(isinstance(value, (int, np.integer)) and not isinstance(value, bool),
+        _require(is_int(value),
                  f"{name} must be an integer, got {value!r}")
 
 
@@ -927,7 +932,7 @@ def check_threads(threads: Optional[int]) -> None:
     if threads is None:
         return
     most = THREADS_PER_CORE * (os.cpu_count() or 1)
-    _require(isinstance(threads, int) and not isinstance(threads, bool) and 0 < threads <= most,
+    _require(is_int(threads) and 0 < threads <= most,
              f"threads must be an integer in [1, {most}] ({THREADS_PER_CORE} per core), got {threads!r}")
 
 
@@ -948,7 +953,7 @@ def _check_kv_options(kv_cache: Optional[str], kv_window: Optional[int]) -> None
         raise ConfigError(f"kv_cache must be one of {', '.join(KV_CACHE_MODES)}, got {kv_cache!r}")
     if kv_window is not None:
         _require(kv_cache is not None, f"kv_window ({kv_window}) needs a kv_cache mode")
-        _require(isinstance(kv_window, int) and not isinstance(kv_window, bool) and kv_window >= 0,
+        _require(is_int(kv_window) and kv_window >= 0,
                  f"kv_window must be an int >= 0, got {kv_window!r}")
 
 
@@ -1871,7 +1876,7 @@ class Job:
 
 
 def check_batch_size(batch_size) -> None:
-    _require(isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool) and batch_size > 0,
+    _require(is_int(batch_size) and batch_size > 0,
              f"batch_size must be a positive integer, got {batch_size!r}")
 
 
