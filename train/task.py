@@ -9,6 +9,14 @@ Splits are disjoint by construction: every expression is assigned to exactly one
 of its canonical form (5% test, 5% validation, 90% train), so two calls with any seeds never
 share a problem across splits; within a split, problems are deduplicated by expression.
 
+Two variants share the generator (`TASKS`): "short", the 2-3-operation problems above (the
+layout the first shipped models were trained on), and "long", 2-6 operations whose reasoning
+labels its steps, "Step 1: 7+5=12. Step 2: 12*3=36. ...", so that 4-6-operation problems take
+64-101 reasoning positions: decodes long enough for several TIE relays at interval 16. "hard"
+is the long variant's 4-6-operation problems alone, the evaluation set for that setting.
+Every split is still assigned by the hash of the canonical expression, whatever the variant,
+so a problem never changes split.
+
 Length limits (in characters, which bound the token count of both shipped tokenizers: one is
 character-level and the other a byte-level BPE over ASCII) are checked at generation time;
 problems that do not fit are rejected, never truncated.
@@ -17,17 +25,42 @@ problems that do not fit are rejected, never truncated.
 import hashlib
 import random
 
+from dataclasses import dataclass
+
 # Layout contract with the runtime (see train/README.md). Lengths are in tokens.
 PROMPT_PREFIX = ""
 PROMPT_SUFFIX = "\n"
 MARKER = "\nAnswer: "
-R = 28            # reasoning positions (EOS-padded); the longest reasoning is 26 characters
-A = 4             # answer positions (EOS-padded); answers have at most 2 digits
-MAX_LENGTH = 128  # max_position_embeddings of the models
-MAX_PROMPT_CHARS = MAX_LENGTH - R - A - len(MARKER) - len(PROMPT_PREFIX) - len(PROMPT_SUFFIX)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One variant of the task: which chains it draws and the layout its models are trained on."""
+    name: str
+    n_ops: tuple         # number of operations, drawn uniformly
+    R: int               # reasoning positions (EOS-padded)
+    A: int               # answer positions (EOS-padded); answers have at most 2 digits
+    max_length: int      # max_position_embeddings of the models
+    step_labels: bool    # reasoning written "Step 1: 7+5=12. Step 2: ..."
+
+    @property
+    def max_prompt_chars(self) -> int:
+        return self.max_length - self.R - self.A - len(MARKER) - len(PROMPT_PREFIX) - len(PROMPT_SUFFIX)
+
+
+# short: the longest reasoning is 26 characters; long: 101 (six 16-character labelled steps);
+# R + A is a multiple of 16, the block of the training-time evaluation (quick_eval.py).
+TASKS = {t.name: t for t in (
+    Task("short", (2, 3), R=28, A=4, max_length=128, step_labels=False),
+    Task("long", (2, 3, 4, 5, 6), R=108, A=4, max_length=192, step_labels=True),
+    Task("hard", (4, 5, 6), R=108, A=4, max_length=192, step_labels=True),
+)}
+SHORT = TASKS["short"]
+R, A, MAX_LENGTH = SHORT.R, SHORT.A, SHORT.max_length  # the short layout, the default
+MAX_PROMPT_CHARS = SHORT.max_prompt_chars
 
 # Difficulty knobs.
-N_OPS = (2, 3)          # number of operations, drawn uniformly
+N_OPS = SHORT.n_ops     # number of operations of the short variant
 FIRST_RANGE = (2, 20)   # first operand
 ADD_RANGE = (2, 9)      # operand range for + and -
 MUL_RANGE = (2, 5)      # multiplier range for *
@@ -66,12 +99,12 @@ def _split_of(key: str) -> str:
     raise AssertionError(h)
 
 
-def _sample_chain(rng: random.Random):
+def _sample_chain(rng: random.Random, n_ops: tuple):
     """Return (first operand, [(op, operand, result), ...]) or None if a constraint fails."""
     value = rng.randint(*FIRST_RANGE)
     first = value
     steps = []
-    for _ in range(rng.choice(N_OPS)):
+    for _ in range(rng.choice(n_ops)):
         op = rng.choice("+-*")
         if op == "*":
             if value > MUL_MAX_VALUE:  # keep products small
@@ -113,38 +146,43 @@ def _render(first, steps, spaced: bool) -> str:
     return s
 
 
-def _example(rng: random.Random):
-    chain = _sample_chain(rng)
+def _example(rng: random.Random, variant: Task):
+    chain = _sample_chain(rng, variant.n_ops)
     if chain is None:
         return None
     first, steps = chain
     expr = _render(first, steps, spaced=rng.random() < 0.8)
     prompt = rng.choice(TEMPLATES).format(e=expr)
     parts, value = [], first
-    for op, n, result in steps:
-        parts.append(f"{value}{op}{n}={result}.")
+    for k, (op, n, result) in enumerate(steps, 1):
+        label = f"Step {k}: " if variant.step_labels else ""
+        parts.append(f"{label}{value}{op}{n}={result}.")
         value = result
     reasoning = " ".join(parts)
     answer = str(value)
-    if len(prompt) > MAX_PROMPT_CHARS or len(reasoning) > R or len(answer) > A:
+    if len(prompt) > variant.max_prompt_chars or len(reasoning) > variant.R or len(answer) > variant.A:
         return None  # rejected, never truncated
     return {"prompt": prompt, "reasoning": reasoning, "answer": answer, "key": _canonical(first, steps)}
 
 
-def make_split(name: str, n: int, seed: int = 0) -> list:
-    """`n` distinct problems of split `name` ("train", "validation" or "test"), reproducible from `seed`.
+def make_split(name: str, n: int, seed: int = 0, variant: str = "short") -> list:
+    """`n` distinct problems of split `name` ("train", "validation" or "test") of task `variant`
+    (a key of TASKS), reproducible from `seed`.
 
     Each item is {"prompt", "reasoning", "answer", "key"}; "key" is the canonical expression.
     """
     if name not in SPLIT_BUCKETS:
         raise ValueError(f"unknown split {name!r}; expected one of {sorted(SPLIT_BUCKETS)}")
-    rng = random.Random(f"tie-lite-arith/{name}/{seed}")
+    if variant not in TASKS:
+        raise ValueError(f"unknown task variant {variant!r}; expected one of {sorted(TASKS)}")
+    salt = "" if variant == "short" else f"/{variant}"  # the short splits stay as they were
+    rng = random.Random(f"tie-lite-arith/{name}/{seed}{salt}")
     out, seen, tries = [], set(), 0
     while len(out) < n:
         tries += 1
         if tries > 200 * n + 10000:
             raise RuntimeError(f"could only generate {len(out)} of {n} distinct {name} problems")
-        ex = _example(rng)
+        ex = _example(rng, TASKS[variant])
         if ex is None or ex["key"] in seen or _split_of(ex["key"]) != name:
             continue
         seen.add(ex["key"])
@@ -158,6 +196,6 @@ def is_correct(answer_text: str, example: dict) -> bool:
 
 
 if __name__ == "__main__":
-    for split in ("train", "validation", "test"):
-        for ex in make_split(split, 3, seed=0):
-            print(split, repr(ex["prompt"]), "|", ex["reasoning"], "|", ex["answer"])
+    for variant in TASKS:
+        for ex in make_split("validation", 2, seed=0, variant=variant):
+            print(variant, repr(ex["prompt"]), "|", ex["reasoning"], "|", ex["answer"])

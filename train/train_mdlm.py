@@ -38,8 +38,8 @@ def make_model(args, tok):
         cfg = ModernBertConfig(
             vocab_size=len(tok), hidden_size=args.hidden, intermediate_size=args.intermediate,
             num_hidden_layers=args.layers, num_attention_heads=args.heads,
-            max_position_embeddings=task.MAX_LENGTH, global_attn_every_n_layers=1,
-            local_attention=2 * task.MAX_LENGTH, global_rope_theta=10000.0, local_rope_theta=10000.0,
+            max_position_embeddings=args.max_length, global_attn_every_n_layers=1,
+            local_attention=2 * args.max_length, global_rope_theta=10000.0, local_rope_theta=10000.0,
             attention_dropout=0.0, mlp_dropout=0.0, embedding_dropout=0.0,
             bos_token_id=tok.eos_token_id, cls_token_id=tok.eos_token_id, sep_token_id=tok.eos_token_id,
             reference_compile=False, tie_word_embeddings=True, **ids)
@@ -48,7 +48,7 @@ def make_model(args, tok):
         cfg = BertConfig(
             vocab_size=len(tok), hidden_size=args.hidden, intermediate_size=args.intermediate,
             num_hidden_layers=args.layers, num_attention_heads=args.heads,
-            max_position_embeddings=task.MAX_LENGTH, hidden_dropout_prob=0.0,
+            max_position_embeddings=args.max_length, hidden_dropout_prob=0.0,
             attention_probs_dropout_prob=0.0, tie_word_embeddings=True,
             position_embedding_type=args.bert_positions, **ids)
         model = BertForMaskedLM(cfg)
@@ -57,12 +57,39 @@ def make_model(args, tok):
         cfg = Qwen3Config(
             vocab_size=len(tok), hidden_size=args.hidden, intermediate_size=args.intermediate,
             num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-            head_dim=args.hidden // args.heads, max_position_embeddings=task.MAX_LENGTH, rope_theta=10000.0,
+            head_dim=args.hidden // args.heads, max_position_embeddings=args.max_length, rope_theta=10000.0,
             attention_dropout=0.0, tie_word_embeddings=True, bos_token_id=tok.eos_token_id, **ids)
         model = Qwen3ForCausalLM(cfg)
     else:
         raise ValueError(args.arch)
     return model
+
+
+def extend_positions(model, max_length):
+    """Let a loaded model take sequences of max_length (a longer task variant). Rotary models only
+    record the new length; BERT's relative-position table gains rows for the new distances, each a
+    copy of the farthest distance it had (the table's edge), and its unused absolute table grows
+    the same way."""
+    c = model.config
+    old = c.max_position_embeddings
+    if max_length <= old:
+        return
+    c.max_position_embeddings = max_length
+    if c.model_type != "bert":
+        return
+    for layer in model.bert.encoder.layer:
+        attention = layer.attention.self
+        table = attention.distance_embedding.weight.data  # (2 old - 1, head size)
+        grown = torch.cat([table[:1].expand(max_length - old, -1), table,
+                           table[-1:].expand(max_length - old, -1)])  # (2 max_length - 1, head size)
+        attention.distance_embedding = torch.nn.Embedding.from_pretrained(grown, freeze=False)
+        attention.max_position_embeddings = max_length
+    positions = model.bert.embeddings.position_embeddings.weight.data  # (old, hidden)
+    grown = torch.cat([positions, positions[-1:].expand(max_length - old, -1)])
+    model.bert.embeddings.position_embeddings = torch.nn.Embedding.from_pretrained(grown, freeze=False)
+    model.bert.embeddings.register_buffer("position_ids", torch.arange(max_length)[None], persistent=False)
+    model.bert.embeddings.register_buffer("token_type_ids", torch.zeros(1, max_length, dtype=torch.long),
+                                          persistent=False)
 
 
 def lr_at(step, args):
@@ -83,8 +110,8 @@ def save(model, tok, layout, args, out, extra):
         config["model_type"] = "a2d-qwen3"
         with open(path, "w") as f:
             json.dump(config, f, indent=2)
-    info = {"task": "tie-lite arithmetic (train/task.py)", "layout": layout.to_dict(),
-            "difficulty": {"N_OPS": task.N_OPS, "FIRST_RANGE": task.FIRST_RANGE, "ADD_RANGE": task.ADD_RANGE, "MUL_RANGE": task.MUL_RANGE,
+    info = {"task": f"tie-lite arithmetic (train/task.py), variant {args.task}", "layout": layout.to_dict(),
+            "difficulty": {"N_OPS": task.TASKS[args.task].n_ops, "FIRST_RANGE": task.FIRST_RANGE, "ADD_RANGE": task.ADD_RANGE, "MUL_RANGE": task.MUL_RANGE,
                            "MAX_VALUE": task.MAX_VALUE, "MUL_MAX_VALUE": task.MUL_MAX_VALUE},
             "args": vars(args), **extra}
     with open(os.path.join(out, "training_args.json"), "w") as f:
@@ -94,6 +121,8 @@ def save(model, tok, layout, args, out, extra):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--task", default="short", choices=["short", "long"],
+                    help="task variant (train/task.py): its problems and its layout")
     ap.add_argument("--arch", default="modernbert", choices=["modernbert", "bert", "a2d-qwen3"])
     ap.add_argument("--tokenizer", default="char", choices=["char", "bpe", "bpe-words"])
     ap.add_argument("--bpe_vocab", type=int, default=300)
@@ -136,21 +165,24 @@ def main(argv=None):
     rng = np.random.default_rng(args.seed)
 
     t0 = time.time()
-    train = task.make_split("train", args.n_train, seed=args.data_seed)
-    val = task.make_split("validation", args.eval_n, seed=0)
+    variant = task.TASKS[args.task]
+    args.max_length = variant.max_length
+    train = task.make_split("train", args.n_train, seed=args.data_seed, variant=args.task)
+    val = task.make_split("validation", args.eval_n, seed=0, variant=args.task)
     if args.init_from:
         from transformers import AutoTokenizer
         tok = AutoTokenizer.from_pretrained(args.init_from)
         args.tokenizer = tokenizer_kind(tok)
     else:
         tok = build_tokenizer(args.tokenizer, train, bpe_vocab=args.bpe_vocab)
-    layout = Layout(tok)
+    layout = Layout(tok, R=variant.R, A=variant.A, max_length=variant.max_length)
     buckets = bucket_by_prompt_length(layout, train)
     keys = sorted(buckets)
     weights = np.array([len(buckets[k]) for k in keys], dtype=np.float64)
     weights /= weights.sum()
     if args.init_from:
         model = load_model(args.init_from)
+        extend_positions(model, args.max_length)
         c = model.config  # record the loaded model's shape, not the command-line defaults
         args.hidden, args.layers = c.hidden_size, c.num_hidden_layers
         args.heads, args.intermediate = c.num_attention_heads, c.intermediate_size
