@@ -1,13 +1,16 @@
 """Exact-match accuracy of the shipped models alone and ensembled with TIE, through tie_lite.
 
-    python eval/evaluate.py --split test --n 1000 [--models-dir models] [--only NAME ...] [--interval N]
-                            [--kv-cache prefix|dual [--kv-window N]]
+    python eval/evaluate.py --split test --n 1000 [--task short|hard] [--phrasings trained|held-out]
+                            [--models-dir models]
+                            [--only NAME ...] [--interval N] [--kv-cache prefix|dual [--kv-window N]]
 
-Prints one table: each model alone, post-generation ensembling, TIE with every
-score, TIE across tokenizers (A + C); for each, accuracy, the paired-bootstrap 95%
-interval of its accuracy minus the best single model's, the leader change rate and
-the mean model calls per problem. Tune on --split validation; report on test.
-Decoding settings come from the models' manifests (the layout they were trained on).
+Prints one table: each model alone, post-generation selection and TIE (tcc) for
+every pair, TIE with every score for A+B, and TIE over the trios; for each,
+accuracy, the paired-bootstrap 95% interval of its accuracy minus the best single
+model's and minus the best of its own models alone, the leader change rate, relays
+per problem and mean model calls per problem. Rows whose models are missing from
+--models-dir are skipped. Tune on --split validation; report on test. Decoding
+settings come from the models' manifests (the layout they were trained on).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import itertools
 import json
 import sys
 import time
@@ -41,18 +45,24 @@ class Variant:
     kv_window: int | None = None  # and recompute this many positions before the block (--kv-window)
 
 
+MODELS = ("a", "b", "c", "d")
+
+
+def label(names) -> str:
+    return "+".join(n.upper() for n in names)
+
+
 def variants(interval: int = tie_lite.EnsembleConfig.interval) -> list[Variant]:
+    """Every model alone, then for each pair post-generation selection (no relay: the interval is
+    past any decode) and TIE tcc, the other scores on A+B, and TIE tcc over each trio."""
     E = functools.partial(tie_lite.EnsembleConfig, interval=interval)
-    return [Variant("A alone", ("a",)), Variant("B alone", ("b",)), Variant("C alone", ("c",)),
-            Variant("post-generation A+B", ("a", "b"), tie_lite.EnsembleConfig(interval=10_000)),
-            Variant("TIE A+B tcc", ("a", "b"), E(score="tcc")),
-            Variant("TIE A+B top1", ("a", "b"), E(score="top1")),
-            Variant("TIE A+B entropy", ("a", "b"), E(score="entropy")),
-            Variant("TIE A+B margin", ("a", "b"), E(score="margin")),
-            Variant("TIE A+C tcc (text relay)", ("a", "c"), E(score="tcc")),
-            Variant("D alone", ("d",)),
-            Variant("TIE A+D tcc (text relay)", ("a", "d"), E(score="tcc")),
-            Variant("TIE B+D tcc (text relay)", ("b", "d"), E(score="tcc"))]
+    rows = [Variant(f"{label([m])} alone", (m,)) for m in MODELS]
+    for pair in itertools.combinations(MODELS, 2):
+        rows += [Variant(f"post-generation {label(pair)}", pair, tie_lite.EnsembleConfig(interval=10_000)),
+                 Variant(f"TIE {label(pair)} tcc", pair, E(score="tcc"))]
+    rows += [Variant(f"TIE A+B {score}", ("a", "b"), E(score=score)) for score in ("top1", "entropy", "margin")]
+    rows += [Variant(f"TIE {label(trio)} tcc", trio, E(score="tcc")) for trio in itertools.combinations(MODELS, 3)]
+    return rows
 
 
 def parse_args():
@@ -60,6 +70,10 @@ def parse_args():
     p.add_argument("--split", choices=("validation", "test"), default="validation")
     p.add_argument("--n", type=int, default=1000, help="problems")
     p.add_argument("--seed", type=int, default=0, help="split seed (the problems drawn)")
+    p.add_argument("--task", choices=("short", "hard"), default="short",
+                   help="problems: short (2-3 operations) or hard (4-6, train/task.py)")
+    p.add_argument("--phrasings", choices=("trained", "held-out"), default="trained",
+                   help="the prompts' templates: those the models are trained on, or held-out ones")
     p.add_argument("--models-dir", type=Path, default=ROOT / "models")
     p.add_argument("--only", nargs="+", help="row names to run (default: all)")
     p.add_argument("--interval", type=int, default=tie_lite.EnsembleConfig.interval,
@@ -138,38 +152,51 @@ def bootstrap_ci(a: np.ndarray, b: np.ndarray, rounds: int = 10_000, seed: int =
     return float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))
 
 
-def table(rows: dict) -> str:
-    singles = {k: v for k, v in rows.items() if k.endswith("alone") and not k.startswith("C")}
-    best = max(singles, key=lambda k: singles[k]["correct"].mean()) if singles else None
-    lines = ["| variant | accuracy | minus best single (95% CI) | leader change rate | model calls / problem |",
-             "|---|---|---|---|---|"]
+def difference(r: dict, best: dict | None) -> str:
+    """r's accuracy minus best's, in points, with the paired-bootstrap 95% interval ("" without best)."""
+    if best is None or r is best:
+        return ""
+    lo, hi = bootstrap_ci(r["correct"], best["correct"])
+    return f"{100 * (r['correct'].mean() - best['correct'].mean()):+.1f} ({lo:+.1f}, {hi:+.1f})"
+
+
+def table(rows: dict, models: dict) -> str:
+    """rows: name -> run result; models: name -> the model names the row decodes with."""
+    def best_alone(names):
+        singles = [rows[f"{label([m])} alone"] for m in names if f"{label([m])} alone" in rows]
+        return max(singles, key=lambda r: r["correct"].mean()) if len(singles) == len(names) else None
+
+    best = best_alone([m for m in MODELS if f"{label([m])} alone" in rows])
+    lines = ["| variant | accuracy | minus best single (95% CI) | minus its best single (95% CI) "
+             "| leader change rate | relays / problem | model calls / problem |", "|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
-        acc = 100 * r["correct"].mean()
-        diff = ""
-        if best and name != best and r["correct"].size == rows[best]["correct"].size:
-            lo, hi = bootstrap_ci(r["correct"], rows[best]["correct"])
-            diff = f"{acc - 100 * rows[best]['correct'].mean():+.1f} ({lo:+.1f}, {hi:+.1f})"
+        own = difference(r, best_alone(models[name])) if len(models[name]) > 1 else ""
         rate = "" if r["change_rate"] is None else f"{100 * r['change_rate']:.0f}%"
-        lines.append(f"| {name} | {acc:.1f} | {diff} | {rate} | {r['calls']:.0f} |")
-    return "\n".join(lines) + (f"\n\nbest single model (A or B): {best}" if best else "")
+        relays = f"{r['relays_per_problem']:.2f}" if len(models[name]) > 1 else ""
+        lines.append(f"| {name} | {100 * r['correct'].mean():.1f} | {difference(r, best)} | {own} | {rate} "
+                     f"| {relays} | {r['calls']:.0f} |")
+    return "\n".join(lines)
 
 
 def main() -> int:
     args = parse_args()
-    chosen = [dataclasses.replace(v, kv_cache=args.kv_cache, kv_window=args.kv_window) for v in variants(args.interval)
-              if not args.only or v.name in args.only]
     unknown = set(args.only or ()) - {v.name for v in variants()}
     if unknown:
         raise SystemExit(f"error: unknown row(s) {sorted(unknown)}; rows: {[v.name for v in variants()]}")
-    problems = task.make_split(args.split, args.n, seed=args.seed)
+    present = {m for m in MODELS if (args.models_dir / m / "onnx").is_dir()}
+    chosen = [dataclasses.replace(v, kv_cache=args.kv_cache, kv_window=args.kv_window) for v in variants(args.interval)
+              if (not args.only or v.name in args.only) and set(v.models) <= present]
+    problems = task.make_split(args.split, args.n, seed=args.seed, variant=args.task,
+                               phrasings=args.phrasings)
     rows = {}
     for variant in chosen:
         t0 = time.perf_counter()
         rows[variant.name] = run_parallel(variant, args.models_dir, problems, args.workers)
         print(f"{variant.name}: {100 * rows[variant.name]['correct'].mean():.1f}% "
               f"({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
-    print(f"split {args.split}, {len(problems)} problems (seed {args.seed}), TIE interval {args.interval}\n")
-    print(table(rows))
+    print(f"split {args.split}, task {args.task}, {args.phrasings} phrasings, {len(problems)} problems (seed {args.seed}), "
+          f"TIE interval {args.interval}\n")
+    print(table(rows, {v.name: v.models for v in chosen}))
     if args.json:
         args.json.write_text(json.dumps({k: {**v, "correct": v["correct"].tolist()} for k, v in rows.items()}))
     return 0

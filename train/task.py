@@ -87,6 +87,19 @@ TEMPLATES = [
     "How much is {e}?",
 ]
 
+# Phrasings no model is trained on, to check that what lands holds beyond the templates above.
+HELD_OUT_TEMPLATES = [
+    "Determine {e}.",
+    "Tell me the result of {e}.",
+    "What do you get from {e}?",
+    "Give the value of {e}",
+    "Simplify {e}.",
+    "{e} equals what?",
+    "Quick question: what is {e}?",
+    "Result of {e}?",
+]
+PHRASINGS = {"trained": TEMPLATES, "held-out": HELD_OUT_TEMPLATES}
+
 _SYM = {"+": "+", "-": "-", "*": "*"}
 _APPLY = {"+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y: x * y}
 
@@ -146,13 +159,13 @@ def _render(first, steps, spaced: bool) -> str:
     return s
 
 
-def _example(rng: random.Random, variant: Task):
+def _example(rng: random.Random, variant: Task, templates: list):
     chain = _sample_chain(rng, variant.n_ops)
     if chain is None:
         return None
     first, steps = chain
     expr = _render(first, steps, spaced=rng.random() < 0.8)
-    prompt = rng.choice(TEMPLATES).format(e=expr)
+    prompt = rng.choice(templates).format(e=expr)
     parts, value = [], first
     for k, (op, n, result) in enumerate(steps, 1):
         label = f"Step {k}: " if variant.step_labels else ""
@@ -165,9 +178,9 @@ def _example(rng: random.Random, variant: Task):
     return {"prompt": prompt, "reasoning": reasoning, "answer": answer, "key": _canonical(first, steps)}
 
 
-def make_split(name: str, n: int, seed: int = 0, variant: str = "short") -> list:
+def make_split(name: str, n: int, seed: int = 0, variant: str = "short", phrasings: str = "trained") -> list:
     """`n` distinct problems of split `name` ("train", "validation" or "test") of task `variant`
-    (a key of TASKS), reproducible from `seed`.
+    (a key of TASKS) in `phrasings` (a key of PHRASINGS), reproducible from `seed`.
 
     Each item is {"prompt", "reasoning", "answer", "key"}; "key" is the canonical expression.
     """
@@ -175,14 +188,19 @@ def make_split(name: str, n: int, seed: int = 0, variant: str = "short") -> list
         raise ValueError(f"unknown split {name!r}; expected one of {sorted(SPLIT_BUCKETS)}")
     if variant not in TASKS:
         raise ValueError(f"unknown task variant {variant!r}; expected one of {sorted(TASKS)}")
+    if phrasings not in PHRASINGS:
+        raise ValueError(f"unknown phrasings {phrasings!r}; expected one of {sorted(PHRASINGS)}")
+    if name == "train" and phrasings != "trained":
+        raise ValueError("the held-out phrasings are for evaluation splits only")
     salt = "" if variant == "short" else f"/{variant}"  # the short splits stay as they were
+    salt += "" if phrasings == "trained" else f"/{phrasings}"
     rng = random.Random(f"tie-lite-arith/{name}/{seed}{salt}")
     out, seen, tries = [], set(), 0
     while len(out) < n:
         tries += 1
         if tries > 200 * n + 10000:
             raise RuntimeError(f"could only generate {len(out)} of {n} distinct {name} problems")
-        ex = _example(rng, TASKS[variant])
+        ex = _example(rng, TASKS[variant], PHRASINGS[phrasings])
         if ex is None or ex["key"] in seen or _split_of(ex["key"]) != name:
             continue
         seen.add(ex["key"])
