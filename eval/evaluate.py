@@ -43,6 +43,7 @@ class Variant:
     decode: tuple = ()         # (option, value) pairs over the manifest's decode defaults
     kv_cache: str | None = None  # load the models' cache.onnx in this mode (tie_lite --kv-cache)
     kv_window: int | None = None  # and recompute this many positions before the block (--kv-window)
+    text_relay: bool = False   # relay through text even between models of one tokenizer (--text-relay)
 
 
 MODELS = ("a", "b", "c", "d")
@@ -82,6 +83,8 @@ def parse_args():
                    "in this mode (approximate)")
     p.add_argument("--kv-window", type=int, help="with --kv-cache: positions before the block also recomputed "
                    "(default: the block's size)")
+    p.add_argument("--text-relay", action="store_true",
+                   help="relay through text also between models of one tokenizer (what a text relay costs)")
     p.add_argument("--workers", type=int, default=2, help="processes, each decoding a share of the problems")
     p.add_argument("--json", type=Path, help="also write per-problem results here")
     return p.parse_args()
@@ -95,6 +98,8 @@ def load_models(models_dir: Path, names, kv_cache: str | None = None, kv_window:
 def run_share(args: tuple) -> dict:
     """One worker's share: (variant, models_dir, problems) -> run_variant's result."""
     variant, models_dir, problems = args
+    if variant.text_relay:  # this worker process only: decode, re-encode and lay out again at every relay
+        tie_lite.same_tokenizer = lambda a, b: False
     return run_variant(variant, load_models(models_dir, variant.models, variant.kv_cache, variant.kv_window),
                        problems)
 
@@ -164,7 +169,8 @@ def table(rows: dict, models: dict) -> str:
     """rows: name -> run result; models: name -> the model names the row decodes with."""
     def best_alone(names):
         singles = [rows[f"{label([m])} alone"] for m in names if f"{label([m])} alone" in rows]
-        return max(singles, key=lambda r: r["correct"].mean()) if len(singles) == len(names) else None
+        complete = singles and len(singles) == len(names)
+        return max(singles, key=lambda r: r["correct"].mean()) if complete else None
 
     best = best_alone([m for m in MODELS if f"{label([m])} alone" in rows])
     lines = ["| variant | accuracy | minus best single (95% CI) | minus its best single (95% CI) "
@@ -184,7 +190,8 @@ def main() -> int:
     if unknown:
         raise SystemExit(f"error: unknown row(s) {sorted(unknown)}; rows: {[v.name for v in variants()]}")
     present = {m for m in MODELS if (args.models_dir / m / "onnx").is_dir()}
-    chosen = [dataclasses.replace(v, kv_cache=args.kv_cache, kv_window=args.kv_window) for v in variants(args.interval)
+    chosen = [dataclasses.replace(v, kv_cache=args.kv_cache, kv_window=args.kv_window, text_relay=args.text_relay)
+              for v in variants(args.interval)
               if (not args.only or v.name in args.only) and set(v.models) <= present]
     problems = task.make_split(args.split, args.n, seed=args.seed, variant=args.task,
                                phrasings=args.phrasings)
@@ -195,7 +202,7 @@ def main() -> int:
         print(f"{variant.name}: {100 * rows[variant.name]['correct'].mean():.1f}% "
               f"({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
     print(f"split {args.split}, task {args.task}, {args.phrasings} phrasings, {len(problems)} problems (seed {args.seed}), "
-          f"TIE interval {args.interval}\n")
+          f"TIE interval {args.interval}{', relays through text' if args.text_relay else ''}\n")
     print(table(rows, {v.name: v.models for v in chosen}))
     if args.json:
         args.json.write_text(json.dumps({k: {**v, "correct": v["correct"].tolist()} for k, v in rows.items()}))

@@ -55,6 +55,7 @@ def parse_args():
     p.add_argument("--interval-unit", choices=tie_lite.INTERVAL_UNITS, default=tie_lite.EnsembleConfig.interval_unit)
     p.add_argument("--rows", nargs="+", choices=("A", "B", "TIE A+B"), default=["A", "B", "TIE A+B"])
     p.add_argument("--only", nargs="+", choices=list(STRATEGIES), help="strategies to run (default: all)")
+    p.add_argument("--text-relay", action="store_true", help="TIE relays through text (evaluate.py --text-relay)")
     return p.parse_args()
 
 
@@ -72,7 +73,8 @@ def main() -> int:
     for name in names:
         cells, results = [], {}
         for row, models in rows.items():
-            variant = evaluate.Variant(f"{row} {name}", models, ensemble, STRATEGIES[name])
+            variant = evaluate.Variant(f"{row} {name}", models, ensemble, STRATEGIES[name],
+                                       text_relay=args.text_relay)
             r = results[row] = evaluate.run_parallel(variant, args.models_dir, problems, args.workers)
             base.setdefault(row, r)
             ratio = r["seconds"] / base[row]["seconds"]
