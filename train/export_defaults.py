@@ -29,11 +29,10 @@ from export.families import family_for, read_config  # noqa: E402
 
 HF_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
             "special_tokens_map.json", "training_args.json")
-# shipped model -> checkpoint (train/run_defaults.sh). A is its step-3750 snapshot, chosen on validation:
-# the final A was further ahead of B than the 15 points the pair may differ by, the snapshot was not
-# (the scores are in models/README.md).
-CHECKPOINTS = {"A": "A_steps/step03750", "B": "B2", "C": "C", "D": "D2"}
-BLOCK_SIZE = 4  # divides R = 28 and A = 4, so the answer starts a block of its own
+# shipped model -> checkpoint (train/run_defaults.sh): a, b and d are the long-task stages LA, LB and LD
+# (fine-tuned from A's step-3750 snapshot, B2 and D2); c stays on the short task.
+CHECKPOINTS = {"A": "LA", "B": "LB", "C": "C", "D": "LD"}
+BLOCK_SIZE = 4  # divides both tasks' R (28, 108) and A (4), so the answer starts a block of its own
 
 
 def parse_args():
@@ -50,6 +49,8 @@ def parse_args():
     p.add_argument("--kv-cache", action="store_true", help="also write cache.onnx (tie_lite --kv-cache)")
     p.add_argument("--int8-all-layers", action="store_true", help="with --int8: quantize the first layer too")
     p.add_argument("--only", nargs="+", default=list(CHECKPOINTS), choices=list(CHECKPOINTS))
+    p.add_argument("--checkpoint", nargs=2, action="append", default=[], metavar=("NAME", "DIR"),
+                   help="ship NAME from CKPT/DIR instead (e.g. a snapshot: --checkpoint A LA_steps/step01800)")
     return p.parse_args()
 
 
@@ -77,7 +78,8 @@ def main() -> int:
     args = parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only:
-            ckpt = args.ckpt / (name if args.plain_names else CHECKPOINTS[name])
+            chosen = {**CHECKPOINTS, **dict(args.checkpoint)}
+            ckpt = args.ckpt / (name if args.plain_names else chosen[name])
             if args.from_shipped:  # copied first: ship() replaces its destination, which may be models/
                 ckpt = Path(shutil.copytree(ROOT / "models" / name.lower() / "hf", Path(tmp) / name))
             manifest = ship(ckpt, args.models_dir / name.lower(), name.lower(), args.int8, args.kv_cache,

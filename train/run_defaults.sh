@@ -45,8 +45,8 @@ train D2 --init_from "$OUT/D" --data_seed 3 --seed 1 --steps 3000 --lr 5e-4 --wa
 # The long task: every stage starts from a short-task model, with a data seed of its own.
 run_long() { # name, init checkpoint, data seed
   nice -n 3 $PY "$HERE/train_mdlm.py" --out "$OUT/$1" --task long --init_from "$OUT/$2" --data_seed $3 --seed 2 \
-    --steps 2400 --lr 1e-3 --warmup 100 --eval_every 600 --eval_n 200 --batch 64 --n_train 40000 \
-    --keep_snapshots --max_minutes 80 > "$OUT/$1.log" 2>&1
+    --steps 1500 --lr 1e-3 --warmup 100 --eval_every 500 --eval_n 200 --batch 32 --n_train 40000 \
+    --keep_snapshots --max_minutes 85 > "$OUT/$1.log" 2>&1
 }
 run_long LA A_steps/step03750 4 &
 run_long LB B2 5 &
