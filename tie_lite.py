@@ -727,8 +727,9 @@ class KVCache:
 
     @staticmethod
     def rows(block_idx: np.ndarray, positions: np.ndarray, length: int, mode: str, window: Optional[int]) -> np.ndarray:
-        """Canvas rows (Q,) sorted, a cached step recomputes: the block's, the positions read, `window`
-        rows before the block (None: the block's size) and, with mode "prefix", every row after it."""
+        """Canvas rows (Q,) sorted, a cached step recomputes: the block's, the rows read (`positions`,
+        Model.read_rows), `window` rows before the block (None: the block's size) and, with mode
+        "prefix", every row after it."""
         rows = np.union1d(block_idx, positions)
         window = block_idx.size if window is None else window
         rows = np.union1d(rows, np.arange(max(0, block_idx.min() - window), block_idx.min()))
@@ -788,8 +789,6 @@ class Model:
         if not (folder / CACHE_GRAPH).is_file():
             raise ModelError(f"{folder} has no {CACHE_GRAPH} for --kv-cache: export it with "
                              "`python -m export SOURCE OUT_DIR --kv-cache`")
-        if manifest.logits_shift:
-            raise ModelError(f"{folder}: --kv-cache needs a model whose logits are not shifted")
         session = _open_session(folder / CACHE_GRAPH, provider, threads, check=_check_cache_io)
         _check_widths(session, manifest, folder / CACHE_GRAPH)
         return cls(folder, manifest, tokenizer, session, kv_cache=kv_cache, kv_window=kv_window)
@@ -807,12 +806,17 @@ class Model:
         """Characters in the vocabulary's longest token (>= the text characters any one token covers)."""
         return max(len(token) for token in self.tokenizer.get_vocab(with_added_tokens=True))
 
+    def read_rows(self, positions: np.ndarray) -> np.ndarray:
+        """The canvas rows (K,) whose logits predict `positions` (K,): the positions themselves, or with
+        the manifest's logits_shift the rows before them (Dream-style; position 0 reads itself)."""
+        return np.maximum(positions - self.manifest.logits_shift, 0)
+
     def stats(self, tokens: np.ndarray, positions: np.ndarray, with_logits: bool = False) -> Stats:
         """Predictions at `positions` (K,) of the canvas `tokens` (L,); honours the manifest's shift."""
+        read_at = self.read_rows(positions)  # (K,)
         if self.kv_cache:  # a full pass of cache.onnx, its keys and values not kept
-            return self._run_cache(tokens, np.arange(tokens.size), self._empty_cache(), positions,
+            return self._run_cache(tokens, np.arange(tokens.size), self._empty_cache(), read_at,
                                    with_logits, keep=False)[0]
-        read_at = np.maximum(positions - self.manifest.logits_shift, 0)  # (K,) position 0 reads itself
         feed = {
             "input_ids": tokens[None, :],                           # (1, L) int64
             "attention_mask": np.ones((1, tokens.size), np.int64),  # (1, L)
@@ -843,7 +847,7 @@ class Model:
         read_at = np.zeros((len(canvases), rows), np.int64)                # (B, K)
         for b, (tokens, wanted) in enumerate(zip(canvases, positions)):
             input_ids[b, :tokens.size], attention_mask[b, :tokens.size] = tokens, 1
-            read_at[b, :wanted.size] = np.maximum(wanted - m.logits_shift, 0)
+            read_at[b, :wanted.size] = self.read_rows(wanted)
         feed = {"input_ids": input_ids, "attention_mask": attention_mask, "positions": read_at}
         outputs = self.session.run(list(GRAPH_OUTPUTS if with_logits else GRAPH_OUTPUTS[:3]), feed)
         return [Stats(outputs[0][b, :p.size], outputs[1][b, :p.size], outputs[2][b, :p.size],
@@ -852,7 +856,8 @@ class Model:
     def prime(self, tokens: np.ndarray, positions: np.ndarray, block: int, with_logits: bool = False) -> tuple:
         """(Stats at positions (K,), KVCache for `block`): a full pass of cache.onnx over the canvas (L,)."""
         every = np.arange(tokens.size, dtype=np.int64)  # (L,) every row recomputed
-        stats, keys, values = self._run_cache(tokens, every, self._empty_cache(), positions, with_logits)
+        stats, keys, values = self._run_cache(tokens, every, self._empty_cache(), self.read_rows(positions),
+                                              with_logits)
         return stats, KVCache(keys, values, tokens.copy(), block)
 
     def _empty_cache(self) -> KVCache:
@@ -866,7 +871,8 @@ class Model:
 
     def cached_stats(self, tokens: np.ndarray, cache: KVCache, rows: np.ndarray, gather: np.ndarray,
                      with_logits: bool = False) -> Stats:
-        """Predictions at rows[gather] (K,), recomputing only the canvas `rows` (Q,) over the kept cache."""
+        """Predictions read from rows[gather] (K,) (read_rows), recomputing only the canvas `rows` (Q,)
+        over the kept cache."""
         return self._run_cache(tokens, rows, cache, gather, with_logits, keep=False)[0]
 
     @functools.cached_property
@@ -1303,8 +1309,9 @@ def step_stats(model: Model, state: DecodeState, config: DecodeConfig, positions
     if state.kv is None or not state.kv.serves(state.tokens, block_idx, state.block):
         stats, state.kv = model.prime(state.tokens, positions, state.block, with_logits)
         return stats
-    rows = KVCache.rows(block_idx, positions, state.tokens.size, model.kv_cache, model.kv_window)  # (Q,)
-    return model.cached_stats(state.tokens, state.kv, rows, np.searchsorted(rows, positions), with_logits)
+    read_at = model.read_rows(positions)  # (K,)
+    rows = KVCache.rows(block_idx, read_at, state.tokens.size, model.kv_cache, model.kv_window)  # (Q,)
+    return model.cached_stats(state.tokens, state.kv, rows, np.searchsorted(rows, read_at), with_logits)
 
 
 def track_answer(model: Model, tokens: np.ndarray, answer_idx: np.ndarray, stats: Stats,

@@ -34,7 +34,16 @@ current block's rows and P = L, those rows attend to their own fresh keys and
 values and to the kept ones everywhere else (the kept ones at the rows' own
 positions masked, none copied): the approximation. In a one-layer
 model the kept keys and values depend only on their own unchanged tokens, so the
-approximation is exact there (tests/test_kv_cache.py holds the runtime to that).
+approximation is exact there (tests/test_kv_cache.py and tests/test_kv_cache_decoders.py hold the
+runtime to that).
+
+h is the key/value head count: with grouped-query attention (the Qwen, Llama and
+LLaDA decoders) fewer than the query heads, which share them inside `attend`, so the
+kept keys and values are that many times smaller. Keys are kept with rotary applied,
+at their canvas positions; a recomputed row's are rotated at its `rows` entry. The
+statistics are those of the gathered rows' own logits: for Dream, whose position i is
+read from the logits at i - 1, the runtime gathers (and recomputes) row i - 1
+(tie_lite.Model.read_rows), as it gathers `positions` from model.onnx.
 
 The layers are written here per family, from the transformers modules' own
 weights and submodules, because the cache changes what attention reads.
@@ -42,6 +51,8 @@ weights and submodules, because the cache changes what attention reads.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 
 import torch
@@ -49,6 +60,7 @@ from torch import Tensor
 
 from tie_lite import CACHE_GRAPH, CACHE_INPUTS, CACHE_OUTPUTS, layer_names
 
+from .families import is_llada_code
 from .graph import confidence_statistics
 
 
@@ -68,20 +80,25 @@ def attend(query: Tensor, key: Tensor, value: Tensor, past_key: Tensor, past_val
     """Attention of the Q recomputed rows over the canvas: over the kept keys/values of canvas
     positions 0..P-1 (P = L on a cached step, 0 on a full pass) and over the rows' own fresh ones,
     which stand in for the kept ones at the rows' positions (allowed_past is False there). Nothing
-    kept is copied. query/key/value (B, h, Q, d); past (B, h, P, d); allowed_past (B, 1, 1|Q, P) and
-    allowed_fresh (B, 1, 1|Q, Q) bool; extra_* (B, h, Q, P|Q) added before scaling (relative
-    positions). Returns (B, Q, h*d)."""
-    scores = torch.cat([torch.matmul(query, past_key.transpose(-1, -2)),   # (B, h, Q, P)
-                        torch.matmul(query, key.transpose(-1, -2))], -1)   # (B, h, Q, Q)
+    kept is copied. query (B, h, Q, d); key/value (B, g, Q, d) and past (B, g, P, d), g key/value
+    heads (grouped-query attention: g divides h, and query head i reads key/value head i // (h / g),
+    as transformers' repeat_kv and LLaDA's repeat_interleave pair them; g = h without it);
+    allowed_past (B, 1, 1|Q, P) and allowed_fresh (B, 1, 1|Q, Q) bool; extra_* (B, h, Q, P|Q) added
+    before scaling (relative positions). Returns (B, Q, h*d)."""
+    batch, heads, count, dim = query.shape
+    groups = key.shape[1]
+    grouped = query.reshape(batch, groups, heads // groups * count, dim)  # (B, g, h/g * Q, d): a group's heads
+    scores = torch.cat([torch.matmul(grouped, past_key.transpose(-1, -2)),    # (B, g, h/g * Q, P)
+                        torch.matmul(grouped, key.transpose(-1, -2))], -1)    # (B, g, h/g * Q, Q)
+    scores = scores.reshape(batch, heads, count, -1)  # (B, h, Q, P + Q)
     if extra_past is not None:
         scores = scores + torch.cat([extra_past, extra_fresh], -1)
     allowed = torch.cat([allowed_past, allowed_fresh], -1)  # (B, 1, 1|Q, P + Q)
     scores = (scores * scale).masked_fill(~allowed, torch.finfo(scores.dtype).min)
-    probs = torch.softmax(scores, dim=-1)  # (B, h, Q, P + Q)
+    probs = torch.softmax(scores, dim=-1).reshape(batch, groups, heads // groups * count, -1)  # (B, g, h/g * Q, P + Q)
     kept = past_key.shape[2]
-    context = torch.matmul(probs[..., :kept], past_value) + torch.matmul(probs[..., kept:], value)  # (B, h, Q, d)
-    batch, heads, count, dim = context.shape
-    return context.transpose(1, 2).reshape(batch, count, heads * dim)
+    context = torch.matmul(probs[..., :kept], past_value) + torch.matmul(probs[..., kept:], value)  # (B, g, h/g * Q, d)
+    return context.reshape(batch, heads, count, dim).transpose(1, 2).reshape(batch, count, heads * dim)
 
 
 def visible(rows: Tensor, attention_mask: Tensor, kept: int) -> tuple[Tensor, Tensor]:
@@ -157,7 +174,80 @@ def _bert_layers(model, input_ids: Tensor, rows: Tensor, past_keys: list, past_v
     return hidden, keys, values
 
 
-CACHED_LAYERS = {"modernbert": _modernbert_layers, "bert": _bert_layers}
+def _split_heads(x: Tensor, dim: int, norm=None) -> Tensor:
+    """(B, Q, n*d) -> (B, n, Q, d), with `norm` (Qwen3's q_norm / k_norm, over each head's d) before."""
+    heads = x.view(*x.shape[:2], -1, dim)  # (B, Q, n, d)
+    return (heads if norm is None else norm(heads)).transpose(1, 2)
+
+
+def _decoder_layers(model, input_ids: Tensor, rows: Tensor, past_keys: list, past_values: list,
+                    attention_mask: Tensor) -> tuple[Tensor, list, list]:
+    """A Llama-layout decoder (transformers' Qwen3, Qwen2 and Llama classes; Dream's code has their
+    layout) run bidirectionally over the Q rows: rotary at the rows' canvas positions, computed by the
+    model's own rotary module and applied by its own apply_rotary_pos_emb; Qwen3's q_norm / k_norm per
+    head before it; keys and values with the key/value heads (grouped-query attention in `attend`).
+    Sliding windows are not applied, as the plain graph's bidirectional 4D mask does not apply them."""
+    base = model.model
+    hidden = base.embed_tokens(input_ids)  # (B, Q, H)
+    cos, sin = base.rotary_emb(hidden, position_ids=rows)  # (B, Q, d) each
+    see_past, see_fresh = visible(rows, attention_mask, past_keys[0].shape[2])  # (B, P), (B, Q)
+    allowed = see_past[:, None, None, :], see_fresh[:, None, None, :]  # (B, 1, 1, P), (B, 1, 1, Q)
+    rotary = sys.modules[type(base.layers[0].self_attn).__module__].apply_rotary_pos_emb  # the model's own
+    keys, values = [], []
+    for i, layer in enumerate(base.layers):
+        attn = layer.self_attn
+        normed = layer.input_layernorm(hidden)
+        query = _split_heads(attn.q_proj(normed), attn.head_dim, getattr(attn, "q_norm", None))  # (B, h, Q, d)
+        key = _split_heads(attn.k_proj(normed), attn.head_dim, getattr(attn, "k_norm", None))    # (B, g, Q, d)
+        value = _split_heads(attn.v_proj(normed), attn.head_dim)                                  # (B, g, Q, d)
+        query, key = rotary(query, key, cos, sin)
+        scale = getattr(attn, "scaling", attn.head_dim ** -0.5)
+        context = attend(query, key, value, past_keys[i], past_values[i], *allowed, scale)
+        hidden = hidden + attn.o_proj(context)
+        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        keys.append(key), values.append(value)
+    return base.norm(hidden), keys, values
+
+
+def _llada_code_layers(model, input_ids: Tensor, rows: Tensor, past_keys: list, past_values: list,
+                       attention_mask: Tensor) -> tuple[Tensor, list, list]:
+    """LLaDA's own code (LLaDAModelLM; its LLaDALlamaBlock layout: attn_norm, q/k/v_proj, optional
+    full-width q_norm / k_norm, attn_out, ff_norm, ff_proj * up_proj, ff_out) over the Q rows: rotary
+    from each block's rotary_emb table read at the rows' canvas positions. Hidden states after ln_f."""
+    transformer, config = model.model.transformer, model.config
+    hidden = transformer.wte(input_ids)  # (B, Q, H)
+    if getattr(config, "input_emb_norm", False):
+        hidden = hidden * config.d_model ** 0.5
+    see_past, see_fresh = visible(rows, attention_mask, past_keys[0].shape[2])  # (B, P), (B, Q)
+    allowed = see_past[:, None, None, :], see_fresh[:, None, None, :]  # (B, 1, 1, P), (B, 1, 1, Q)
+    dim = config.d_model // config.n_heads
+    rotary = transformer.blocks[0].rotary_emb  # the blocks share one table (LLaDA's BufferCache)
+    sin, cos = rotary.get_rotary_embedding(config.max_sequence_length, hidden.device)  # (1, 1, Lmax, d) each
+    at_rows = sin[0, 0][rows][:, None], cos[0, 0][rows][:, None]  # (B, 1, Q, d) each
+    keys, values = [], []
+    for i, block in enumerate(transformer.blocks):
+        normed = block.attn_norm(hidden)
+        query, key, value = block.q_proj(normed), block.k_proj(normed), block.v_proj(normed)
+        if getattr(block, "q_norm", None) is not None:
+            query, key = block.q_norm(query), block.k_norm(key)
+        query, key, value = (_split_heads(x, dim) for x in (query, key, value))  # (B, h|g, Q, d)
+        query, key = (block.rotary_emb.apply_rotary_pos_emb(*at_rows, x) for x in (query, key))
+        context = attend(query, key, value, past_keys[i], past_values[i], *allowed, dim ** -0.5)
+        hidden = hidden + block.attn_out(context)
+        normed = block.ff_norm(hidden)
+        hidden = hidden + block.ff_out(block.act(block.ff_proj(normed)) * block.up_proj(normed))
+        keys.append(key), values.append(value)
+    return transformer.ln_f(hidden), keys, values
+
+
+def _llada_layers(model, *args) -> tuple[Tensor, list, list]:
+    """LLaDA's own code, or a Llama checkpoint exported with --family llada (transformers' classes)."""
+    layers = _llada_code_layers if is_llada_code(model) else _decoder_layers
+    return layers(model, *args)
+
+
+CACHED_LAYERS = {"modernbert": _modernbert_layers, "bert": _bert_layers, "a2d-qwen": _decoder_layers,
+                 "dream": _decoder_layers, "llada": _llada_layers}
 
 
 def unsupported_reason(family, config) -> str | None:
@@ -168,13 +258,31 @@ def unsupported_reason(family, config) -> str | None:
     kind = getattr(config, "position_embedding_type", "absolute")
     if family.name == "bert" and kind not in ("absolute", "relative_key"):
         return f"the K/V-cache graph does not handle BERT position_embedding_type {kind!r}"
+    if family.name == "llada" and getattr(config, "model_type", "") == "llada":
+        kind = getattr(config, "block_type", "llama")
+        if kind != "llama" or not getattr(config, "rope", True) or getattr(config, "block_group_size", 1) != 1:
+            return ("the K/V-cache graph handles LLaDA's llama blocks with rotary positions, ungrouped, only "
+                    f"(block_type {kind!r}, rope {getattr(config, 'rope', None)}, "
+                    f"block_group_size {getattr(config, 'block_group_size', None)})")
     return None
 
 
 def cache_shape(config) -> tuple[int, int, int]:
-    """(layers N, heads h, head dim d) of the kept keys and values."""
-    heads = config.num_attention_heads
-    return config.num_hidden_layers, heads, config.hidden_size // heads
+    """(layers N, key/value heads g, head dim d) of the kept keys and values; LLaDA names them
+    n_layers, n_kv_heads (None: one per query head, or one in all with multi_query_attention), d_model."""
+    layers = _field(config, "num_hidden_layers", "n_layers")
+    heads = _field(config, "num_attention_heads", "n_heads")
+    kv_heads = _field(config, "num_key_value_heads", "n_kv_heads")
+    if kv_heads is None:
+        kv_heads = 1 if getattr(config, "multi_query_attention", False) else heads
+    dim = getattr(config, "head_dim", None) or _field(config, "hidden_size", "d_model") // heads
+    return layers, kv_heads, dim
+
+
+def _field(config, name: str, llada_name: str):
+    """A config field under its transformers name, else under LLaDA's (None if neither is set)."""
+    value = getattr(config, name, None)
+    return value if value is not None else getattr(config, llada_name, None)
 
 
 class CachedStep(torch.nn.Module):
@@ -197,9 +305,9 @@ class CachedStep(torch.nn.Module):
         return (*confidence_statistics(logits, self.is_suppressed, self.top_k), *keys, *values)
 
 
-def dummy_inputs(config, length: int = 24, count: int = 8) -> tuple[Tensor, ...]:
-    """Tracing inputs: Q < L rows so the two axes stay distinct, L within the model's positions."""
-    length = min(length, config.max_position_embeddings)
+def dummy_inputs(config, max_length: int, length: int = 24, count: int = 8) -> tuple[Tensor, ...]:
+    """Tracing inputs: Q < L rows so the two axes stay distinct, L within the model's max_length positions."""
+    length = min(length, max_length)
     count = min(count, length - 1)
     layers, heads, dim = cache_shape(config)
     generator = torch.Generator().manual_seed(0)
@@ -217,12 +325,32 @@ def export_cache_graph(model, out_dir: Path, family, is_suppressed: Tensor, top_
     step = CachedStep(model, family, is_suppressed, top_k).eval()
     layers = cache_shape(model.config)[0]
     past, fresh = past_names(layers), fresh_names(layers)
-    with torch.no_grad():
-        torch.onnx.export(step, dummy_inputs(model.config), str(path), input_names=[*CACHE_INPUTS, *past],
+    inputs = dummy_inputs(model.config, family.max_length(model.config))
+    with torch.no_grad(), _onnx_compatible_ops():
+        torch.onnx.export(step, inputs, str(path), input_names=[*CACHE_INPUTS, *past],
                           output_names=[*CACHE_OUTPUTS, *fresh], dynamic_axes=_dynamic_axes(past, fresh),
                           opset_version=opset or 17, dynamo=False, do_constant_folding=True)
     _tie_shared_weights(path)
     return path
+
+
+@contextlib.contextmanager
+def _onnx_compatible_ops():
+    """Trace with the torch ops optimum replaces while it traces model.onnx (torch.rms_norm, which
+    nn.RMSNorm calls and opset 17 lacks, tril, ...) replaced as it replaces them."""
+    from optimum.exporters.onnx.model_patcher import UNSUPPORTED_OPS_PATCHING_SPEC
+
+    def wrapped(spec, op):
+        return op if spec.op_wrapper is None else spec.op_wrapper(op)
+
+    originals = [(spec, spec.orig_op or getattr(spec.o, spec.name)) for spec in UNSUPPORTED_OPS_PATCHING_SPEC]
+    for spec, _ in originals:
+        setattr(spec.o, spec.name, wrapped(spec, spec.custom_op))
+    try:
+        yield
+    finally:
+        for spec, original in originals:
+            setattr(spec.o, spec.name, wrapped(spec, original))
 
 
 def _dynamic_axes(past: list, fresh: list) -> dict:

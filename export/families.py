@@ -73,7 +73,7 @@ def _load_a2d(source: str, trust_remote_code: bool):
                                        attn_implementation="sdpa")
 
 
-def _is_llada_code(model) -> bool:
+def is_llada_code(model) -> bool:
     """True for LLaDA's own modeling code (LLaDAModelLM: model.model.transformer holds wte, blocks, ln_f)."""
     return hasattr(getattr(model, "model", None), "transformer")
 
@@ -81,7 +81,7 @@ def _is_llada_code(model) -> bool:
 def _llada_hidden(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     """LLaDA's code attends bidirectionally by itself and lists the final, normed hidden states last;
     a Llama-class stand-in gets the bidirectional mask."""
-    if not _is_llada_code(model):
+    if not is_llada_code(model):
         return _decoder_hidden(model, input_ids, attention_mask)
     out = model.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
     return out.hidden_states[-1]
@@ -89,7 +89,7 @@ def _llada_hidden(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
 
 def _llada_head(model, hidden: Tensor) -> Tensor:
     """LLaDA's output layer: the tied embedding or ff_out, scaled by 1/sqrt(d_model) when scale_logits."""
-    if not _is_llada_code(model):
+    if not is_llada_code(model):
         return _lm_head(model, hidden)
     config, transformer = model.config, model.model.transformer
     if getattr(config, "weight_tying", False):
@@ -102,7 +102,7 @@ def _llada_head(model, hidden: Tensor) -> Tensor:
 
 
 def _llada_full_logits(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    if not _is_llada_code(model):
+    if not is_llada_code(model):
         return _decoder_full_logits(model, input_ids, attention_mask)
     return model(input_ids=input_ids, attention_mask=attention_mask).logits
 

@@ -104,7 +104,9 @@ def measure_cache(cache_path: Path, model, family, is_suppressed, top_k: int, vo
                   max_length: int) -> ValidationReport:
     """Compare the K/V-cache graph with PyTorch on sample canvases, twice per canvas: the full pass
     (every row recomputed), and a cached pass over the middle rows with nothing changed since, which
-    must reproduce the full pass because every kept key and value is still current."""
+    must reproduce the full pass because every kept key and value is still current. The graph predicts
+    from the rows it gathers, so each row is compared with PyTorch's logits at that row (with Dream's
+    shift, those of the position after it)."""
     import onnxruntime as ort
 
     from .cache import cache_shape, fresh_names, past_names
@@ -116,7 +118,7 @@ def measure_cache(cache_path: Path, model, family, is_suppressed, top_k: int, vo
     for tokens in sample_canvases(vocab_size, mask_id, max_length):
         length = tokens.size
         every = np.arange(length, dtype=np.int64)  # (L,)
-        ref = torch_statistics(model, family, tokens, every, is_suppressed, top_k)
+        ref = torch_statistics(model, family, tokens, every + family.logits_shift, is_suppressed, top_k)  # at rows
         nothing = np.zeros((1, heads, 0, dim), np.float32)  # (1, h, P = 0, d): nothing kept, every layer
         canvas = np.ones((1, length), np.int64)
         feed = {**dict(zip(CACHE_INPUTS, (tokens[None], every[None], canvas, every[None]))),

@@ -257,7 +257,8 @@ def test_export_refuses_kv_cache_for_a_family_without_the_cache_graph(tmp_path):
     from tiny import save_tiny
 
     source = save_tiny(tmp_path / "hf", "roberta", seed=9)
-    with pytest.raises(ExportError, match="K/V-cache graph is written for modernbert, bert only"):
+    with pytest.raises(ExportError, match="K/V-cache graph is written for modernbert, bert, a2d-qwen, dream, "
+                                          "llada only, not roberta"):
         export_model(source, tmp_path / "out", kv_cache=True, log=lambda m: None)
 
 

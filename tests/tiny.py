@@ -67,9 +67,10 @@ def qwen_tokenizer(with_mask_token: bool) -> PreTrainedTokenizerFast:
                                    unk_token="[UNK]", additional_special_tokens=specials[:3], **named)
 
 
-def save_qwen_family(folder: Path, family: str, seed: int = 0, extra_columns: int = 0) -> Path:
+def save_qwen_family(folder: Path, family: str, seed: int = 0, extra_columns: int = 0, **config) -> Path:
     """A tiny Qwen checkpoint with a family's conventions: "a2d-qwen3" (model_type rewritten, as dllm
-    saves it) or "dream" (plain Qwen2 weights, a graph vocabulary wider than the tokenizer)."""
+    saves it) or "dream" (plain Qwen2 weights, a graph vocabulary wider than the tokenizer);
+    config: config fields that replace the defaults (num_hidden_layers, num_key_value_heads, ...)."""
     import json
 
     from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
@@ -79,8 +80,9 @@ def save_qwen_family(folder: Path, family: str, seed: int = 0, extra_columns: in
     common = dict(vocab_size=len(tok) + extra_columns, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                   num_key_value_heads=1, intermediate_size=64, max_position_embeddings=128, initializer_range=0.3,
                   tie_word_embeddings=False)
+    common.update(config)
     if family == "a2d-qwen3":
-        model = Qwen3ForCausalLM(Qwen3Config(**common, head_dim=16))
+        model = Qwen3ForCausalLM(Qwen3Config(**{"head_dim": 16, **common}))
     else:
         model = Qwen2ForCausalLM(Qwen2Config(**common))
     model.eval().save_pretrained(folder)
@@ -106,24 +108,26 @@ def llada_tokenizer() -> PreTrainedTokenizerFast:
                                    unk_token="[UNK]", additional_special_tokens=LLADA_SPECIALS[:3])
 
 
-def save_llada_like(folder: Path, seed: int = 0) -> Path:
-    """A tiny Llama checkpoint with LLaDA's conventions (exported with family="llada")."""
+def save_llada_like(folder: Path, seed: int = 0, **config) -> Path:
+    """A tiny Llama checkpoint with LLaDA's conventions (exported with family="llada"); config: config
+    fields that replace the defaults."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     tok = llada_tokenizer()
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128,
-                         initializer_range=0.3, tie_word_embeddings=False)
-    LlamaForCausalLM(config).eval().save_pretrained(folder)
+    fields = dict(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128,
+                  initializer_range=0.3, tie_word_embeddings=False)
+    LlamaForCausalLM(LlamaConfig(**{**fields, **config})).eval().save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
 
 
-def save_llada_code(folder: Path, seed: int = 0, extra_columns: int = 8) -> Path:
+def save_llada_code(folder: Path, seed: int = 0, extra_columns: int = 8, **config) -> Path:
     """A tiny checkpoint in LLaDA's own format: model_type llada, custom code (tests/llada_standin, with
     LLaDA's module layout) named by config.json's auto_map, tied embedding, scaled logits, and an
-    embedding wider than vocab_size as LLaDA pads it."""
+    embedding wider than vocab_size as LLaDA pads it; config: more LLaDAConfig fields (n_layers,
+    n_heads, n_kv_heads, ...)."""
     import json
     import shutil
 
@@ -132,9 +136,9 @@ def save_llada_code(folder: Path, seed: int = 0, extra_columns: int = 8) -> Path
 
     torch.manual_seed(seed)
     tok = llada_tokenizer()
-    config = LLaDAConfig(vocab_size=len(tok), embedding_size=len(tok) + extra_columns, weight_tying=True,
-                         scale_logits=True, mask_token_id=tok.convert_tokens_to_ids("<|mdm_mask|>"))
-    LLaDAModelLM(config).eval().save_pretrained(folder)
+    fields = dict(vocab_size=len(tok), embedding_size=len(tok) + extra_columns, weight_tying=True,
+                  scale_logits=True, mask_token_id=tok.convert_tokens_to_ids("<|mdm_mask|>"))
+    LLaDAModelLM(LLaDAConfig(**{**fields, **config})).eval().save_pretrained(folder)
     tok.save_pretrained(folder)
     for name in ("configuration_llada.py", "modeling_llada.py"):
         shutil.copy(Path(__file__).parent / "llada_standin" / name, folder / name)

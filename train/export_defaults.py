@@ -8,7 +8,8 @@ user exports a Hub model.
 Reads each checkpoint's training_args.json for the layout it was trained on (prompt
 suffix, answer marker, reasoning and answer budgets) and records it in the manifest,
 so `python tie_lite.py --prompt "..."` decodes with that layout by default. --kv-cache
-writes cache.onnx for the families the cache graph covers (ModernBERT, BERT: not D's A2D Qwen).
+writes cache.onnx for the families the cache graph covers (export/cache.py's CACHED_LAYERS:
+every shipped one, D's A2D Qwen included).
 """
 
 from __future__ import annotations

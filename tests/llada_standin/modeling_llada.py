@@ -3,7 +3,8 @@
 LLaDAModelLM.model is a LLaDAModel whose `transformer` holds wte, blocks, ln_f and (without
 weight tying) ff_out; attention is bidirectional; output_hidden_states lists the final hidden
 states after ln_f last; logits are scaled by 1/sqrt(d_model) when scale_logits. The blocks
-are a small pre-norm RoPE / SwiGLU transformer written for these tests.
+(LLaDALlamaBlock) have the submodule names, rotary methods and grouped-query attention of LLaDA's own,
+which export/cache.py's K/V-cache graph reads; their code is written for these tests.
 """
 
 import math
@@ -25,35 +26,68 @@ class LLaDAOutput(ModelOutput):
     hidden_states: Optional[tuple] = None
 
 
-def rotate(x: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotary position embedding over the last axis of x (B, heads, L, d)."""
-    d, length = x.shape[-1], x.shape[-2]
-    freqs = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d)  # (d/2,)
-    angles = torch.arange(length, dtype=torch.float32)[:, None] * freqs  # (L, d/2)
-    cos, sin = angles.cos().repeat(1, 2), angles.sin().repeat(1, 2)  # (L, d)
-    half = torch.cat([-x[..., d // 2:], x[..., :d // 2]], dim=-1)
-    return x * cos + half * sin
+class RotaryEmbedding(nn.Module):
+    """LLaDA's rotary table and its application, under LLaDA's method names: get_rotary_embedding gives
+    (sin, cos) of positions 0..L-1, (1, 1, L, d) each; forward(q, k) rotates both at the key positions."""
 
-
-class Block(nn.Module):
     def __init__(self, config: LLaDAConfig):
         super().__init__()
-        self.heads, self.theta = config.n_heads, config.rope_theta
-        self.attn_norm = nn.RMSNorm(config.d_model)
-        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
+        self.dim, self.theta = config.d_model // config.n_heads, config.rope_theta
+
+    def get_rotary_embedding(self, length: int, device: torch.device) -> tuple:
+        inv_freq = 1.0 / self.theta ** (torch.arange(0, self.dim, 2, device=device, dtype=torch.float) / self.dim)
+        freqs = torch.arange(length, device=device, dtype=torch.float)[:, None] * inv_freq  # (L, d/2)
+        positions = torch.cat((freqs, freqs), dim=-1)  # (L, d)
+        return positions.sin()[None, None], positions.cos()[None, None]
+
+    @staticmethod
+    def rotate_half(x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x.view(*x.shape[:-1], 2, x.shape[-1] // 2).unbind(dim=-2)
+        return torch.cat((-x2, x1), dim=-1)
+
+    def apply_rotary_pos_emb(self, pos_sin: torch.Tensor, pos_cos: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return (t * pos_cos) + (self.rotate_half(t) * pos_sin)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple:
+        sin, cos = self.get_rotary_embedding(k.shape[-2], k.device)
+        return self.apply_rotary_pos_emb(sin, cos, q), self.apply_rotary_pos_emb(sin, cos, k)
+
+
+class LLaDALlamaBlock(nn.Module):
+    """LLaDA's llama block: its submodule names, grouped-query attention (n_kv_heads key/value heads,
+    each repeated for n_heads / n_kv_heads query heads), SwiGLU as act(ff_proj(x)) * up_proj(x)."""
+
+    def __init__(self, config: LLaDAConfig):
+        super().__init__()
+        self.config = config
+        dim = config.d_model // config.n_heads
+        kv_width = (config.n_kv_heads or config.n_heads) * dim
+        self.attn_norm, self.ff_norm = nn.RMSNorm(config.d_model), nn.RMSNorm(config.d_model)
+        self.q_proj = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.k_proj = nn.Linear(config.d_model, kv_width, bias=False)
+        self.v_proj = nn.Linear(config.d_model, kv_width, bias=False)
         self.attn_out = nn.Linear(config.d_model, config.d_model, bias=False)
-        self.ff_norm = nn.RMSNorm(config.d_model)
-        self.gate_up = nn.Linear(config.d_model, 2 * config.mlp_hidden_size, bias=False)
-        self.down = nn.Linear(config.mlp_hidden_size, config.d_model, bias=False)
+        self.ff_proj = nn.Linear(config.d_model, config.mlp_hidden_size, bias=False)
+        self.up_proj = nn.Linear(config.d_model, config.mlp_hidden_size, bias=False)
+        self.ff_out = nn.Linear(config.mlp_hidden_size, config.d_model, bias=False)
+        self.act = nn.SiLU()
+        self.q_norm = self.k_norm = None
+        self.rotary_emb = RotaryEmbedding(config)
+
+    def attention(self, q, k, v, attention_bias: Optional[torch.Tensor]) -> torch.Tensor:
+        batch, length, width = q.shape
+        heads = self.config.n_heads
+        q, k, v = (x.view(batch, length, -1, width // heads).transpose(1, 2) for x in (q, k, v))  # (B, n, L, d)
+        q, k = self.rotary_emb(q, k)
+        k, v = (x.repeat_interleave(heads // k.shape[1], dim=1) for x in (k, v))
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_bias, is_causal=False)
+        return self.attn_out(att.transpose(1, 2).reshape(batch, length, width))
 
     def forward(self, x: torch.Tensor, attention_bias: Optional[torch.Tensor]) -> torch.Tensor:
-        batch, length, width = x.shape
-        q, k, v = self.qkv(self.attn_norm(x)).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        att = F.scaled_dot_product_attention(rotate(q, self.theta), rotate(k, self.theta), v,
-                                             attn_mask=attention_bias, is_causal=False)
-        x = x + self.attn_out(att.transpose(1, 2).reshape(batch, length, width))
-        gate, up = self.gate_up(self.ff_norm(x)).chunk(2, dim=-1)
-        return x + self.down(F.silu(gate) * up)
+        x_normed = self.attn_norm(x)
+        x = x + self.attention(self.q_proj(x_normed), self.k_proj(x_normed), self.v_proj(x_normed), attention_bias)
+        x_normed = self.ff_norm(x)
+        return x + self.ff_out(self.act(self.ff_proj(x_normed)) * self.up_proj(x_normed))
 
 
 class LLaDAModel(nn.Module):
@@ -63,7 +97,7 @@ class LLaDAModel(nn.Module):
         width = config.embedding_size or config.vocab_size
         self.transformer = nn.ModuleDict({
             "wte": nn.Embedding(width, config.d_model),
-            "blocks": nn.ModuleList(Block(config) for _ in range(config.n_layers)),
+            "blocks": nn.ModuleList(LLaDALlamaBlock(config) for _ in range(config.n_layers)),
             "ln_f": nn.RMSNorm(config.d_model)})
         if not config.weight_tying:
             self.transformer["ff_out"] = nn.Linear(config.d_model, width, bias=False)
