@@ -1,8 +1,9 @@
 #!/bin/sh
 # Train tie-lite's models: A and B in parallel (one thread each), then B's second stage and C in
-# parallel, then D and its second stage, all on the short task; then LA, LB and LD in parallel:
-# A's chosen snapshot, B2 and D2 fine-tuned into the long task variant (2-6 operations, labelled
-# steps; train/task.py), which are the shipped a, b and d (training times: models/README.md).
+# parallel, then D and its second stage, all on the short task (training times: models/README.md);
+# then LA, LB and LD in parallel: A's chosen snapshot, B2 and D2 fine-tuned into the long task
+# variant (2-6 operations, each step restating what is left; train/task.py). Not shipped yet:
+# train/README.md says where they stand.
 # Usage: sh train/run_defaults.sh [OUT_ROOT]   (default ckpt); logs in OUT_ROOT/<name>.log
 # PYTHON: interpreter (default python). Then: python train/export_defaults.py --ckpt OUT_ROOT
 #
@@ -11,7 +12,7 @@
 #      4500 steps at lr 1e-3, then stage B2 from B: 3000 steps at lr 1e-3 (fresh optimizer)
 #   C  ModernBERT, byte-level BPE tokenizer, data seed 2, 4500 steps
 #   D  Qwen3 run bidirectionally (A2D), bpe-words tokenizer, data seed 3, then stage D2 from D
-# export_defaults.py ships LA, LB, LD (as a, b, d) and C.
+# export_defaults.py ships A's step-3750 snapshot (chosen on validation, see there), B2 (as b), C and D2.
 set -e
 OUT=${1:-ckpt}
 HERE=$(dirname "$0")
@@ -45,8 +46,8 @@ train D2 --init_from "$OUT/D" --data_seed 3 --seed 1 --steps 3000 --lr 5e-4 --wa
 # The long task: every stage starts from a short-task model, with a data seed of its own.
 run_long() { # name, init checkpoint, data seed
   nice -n 3 $PY "$HERE/train_mdlm.py" --out "$OUT/$1" --task long --init_from "$OUT/$2" --data_seed $3 --seed 2 \
-    --steps 1500 --lr 1e-3 --warmup 100 --eval_every 500 --eval_n 200 --batch 32 --n_train 40000 \
-    --keep_snapshots --max_minutes 85 > "$OUT/$1.log" 2>&1
+    --steps 3000 --lr 1e-3 --warmup 100 --eval_every 500 --eval_n 200 --batch 32 --n_train 40000 \
+    --keep_snapshots --max_minutes 600 > "$OUT/$1.log" 2>&1
 }
 run_long LA A_steps/step03750 4 &
 run_long LB B2 5 &

@@ -11,9 +11,13 @@ share a problem across splits; within a split, problems are deduplicated by expr
 
 Two variants share the generator (`TASKS`): "short", the 2-3-operation problems above (the
 layout the first shipped models were trained on), and "long", 2-6 operations whose reasoning
-labels its steps, "Step 1: 7+5=12. Step 2: 12*3=36. ...", so that 4-6-operation problems take
-64-101 reasoning positions: decodes long enough for several TIE relays at interval 16. "hard"
-is the long variant's 4-6-operation problems alone, the evaluation set for that setting.
+restates, after each operation, what is left of the expression:
+"What is (7 + 5) * 3 - 9?" -> "7+5=12, 12*3-9. 12*3=36, 36-9. 36-9=27." -> "27", so that every
+copy a step makes is from the step before it (a first try that labelled the steps instead,
+"Step 1: 7+5=12. Step 2: ...", made the model find the k-th operand in the prompt and reached
+7-16% after 1000 steps: train/README.md). 4-6-operation problems take 48-111 reasoning
+positions: decodes long enough for several TIE relays at interval 16. "hard" is the long
+variant's 4-6-operation problems alone, the evaluation set for that setting.
 Every split is still assigned by the hash of the canonical expression, whatever the variant,
 so a problem never changes split.
 
@@ -41,19 +45,19 @@ class Task:
     R: int               # reasoning positions (EOS-padded)
     A: int               # answer positions (EOS-padded); answers have at most 2 digits
     max_length: int      # max_position_embeddings of the models
-    step_labels: bool    # reasoning written "Step 1: 7+5=12. Step 2: ..."
+    restate: bool        # each step restates what is left: "7+5=12, 12*3-9. 12*3=36, 36-9. 36-9=27."
 
     @property
     def max_prompt_chars(self) -> int:
         return self.max_length - self.R - self.A - len(MARKER) - len(PROMPT_PREFIX) - len(PROMPT_SUFFIX)
 
 
-# short: the longest reasoning is 26 characters; long: 101 (six 16-character labelled steps);
+# short: the longest reasoning is 26 characters; long: 111 (six operations restated);
 # R + A is a multiple of 16, the block of the training-time evaluation (quick_eval.py).
 TASKS = {t.name: t for t in (
-    Task("short", (2, 3), R=28, A=4, max_length=128, step_labels=False),
-    Task("long", (2, 3, 4, 5, 6), R=108, A=4, max_length=192, step_labels=True),
-    Task("hard", (4, 5, 6), R=108, A=4, max_length=192, step_labels=True),
+    Task("short", (2, 3), R=28, A=4, max_length=128, restate=False),
+    Task("long", (2, 3, 4, 5, 6), R=124, A=4, max_length=192, restate=True),
+    Task("hard", (4, 5, 6), R=124, A=4, max_length=192, restate=True),
 )}
 SHORT = TASKS["short"]
 R, A, MAX_LENGTH = SHORT.R, SHORT.A, SHORT.max_length  # the short layout, the default
@@ -168,8 +172,9 @@ def _example(rng: random.Random, variant: Task, templates: list):
     prompt = rng.choice(templates).format(e=expr)
     parts, value = [], first
     for k, (op, n, result) in enumerate(steps, 1):
-        label = f"Step {k}: " if variant.step_labels else ""
-        parts.append(f"{label}{value}{op}{n}={result}.")
+        rest = steps[k:]
+        left = f", {_render(result, rest, spaced=False)}" if variant.restate and rest else ""
+        parts.append(f"{value}{op}{n}={result}{left}.")
         value = result
     reasoning = " ".join(parts)
     answer = str(value)
