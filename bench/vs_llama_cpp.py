@@ -87,7 +87,8 @@ def parse_args(argv=None):
     p.add_argument("--prompt-tokens", type=int, default=32, help="prompt length P in tokens")
     p.add_argument("--gen", type=int, default=64, help="generated positions G (the canvas is P + G)")
     p.add_argument("--steps", type=int, default=32, help="forward passes S; G / S tokens a step")
-    p.add_argument("--cache-block", type=int, default=32, help="tie-lite's block for the K/V-cache pair")
+    p.add_argument("--cache-block", type=int, help="tie-lite's block for the K/V-cache pair (default: 32, or G "
+                   "when smaller)")
     p.add_argument("--repeats", type=int, default=3, help="timed decodes per side and pair (after a warm-up)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0, help="weights and prompt")
@@ -96,6 +97,7 @@ def parse_args(argv=None):
     for name, value in preset.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    args.cache_block = args.cache_block or min(32, args.gen)
     if args.gen % args.steps:
         p.error(f"--gen {args.gen} must be a multiple of --steps {args.steps} (G / S tokens a step)")
     if args.gen % args.cache_block or args.steps % (args.gen // args.cache_block):
