@@ -261,9 +261,9 @@ def quantize_int4(onnx_path: Path, block_size: int = DEFAULT_INT4_BLOCK_SIZE,
     quantizer.process()
     done = quantizer.model.model
 
-    def write(scratch: Path, dest: Path, external: bool) -> None:
+    def write(scratch: Path, dest: Path, external: bool) -> None:  # external data kept, as --int8 keeps it
         large = done.ByteSize() >= 2 ** 31 - 2 ** 20  # protobuf's limit, with room for the structure
-        onnx.save_model(done, str(dest), save_as_external_data=large, all_tensors_to_one_file=True,
+        onnx.save_model(done, str(dest), save_as_external_data=external or large, all_tensors_to_one_file=True,
                         location=dest.name + ".data", size_threshold=1024)
 
     _replace_graph(onnx_path, write)

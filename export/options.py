@@ -26,7 +26,14 @@ DEFAULT_INT4_BLOCK_SIZE = 32      # int4 export: weights per float32 scale (and 
 DEFAULT_INT4_ACCURACY_LEVEL = 4   # int4 export: MatMulNBits multiplies int8-quantized activations
 INT4_ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits' accuracy_level: 0 unset (float32), 1 float32, 2 float16,
                                         # 3 bfloat16, 4 int8 (where a kernel lacks one, it computes in float32)
-DEFAULT_INT4_MIN_AGREEMENT = 0.8  # int4 export: least share of positions whose top-1 id equals PyTorch's
+# int4 export: least share of sample positions whose top-1 id equals PyTorch's. The shipped models agree at
+# 90-99% with the default settings and at 87.5% at worst over block sizes 16-128 (d; export/README.md, int4
+# settings): 4 bits flip near-ties of a trained model, so int8's 0.9 would refuse d at some settings. The
+# floor catches a graph that is wrong at most positions (a mismatched graph, a wrong family); it is a weak
+# test of a merely degraded one: export's sample canvases are random tokens and a masked tail, easy to
+# predict, and on model a a graph with every block's scales reversed still agrees at 93%. Random-weight
+# models, whose distributions are flat, agree at 40-90% and need a lower --int4-min-agreement.
+DEFAULT_INT4_MIN_AGREEMENT = 0.8
 EXTERNAL_DATA_MIN_BYTES = 64 * 2 ** 20  # graphs at least this big keep their weights in model.onnx.data:
                                         # onnxruntime then maps them instead of parsing a copy (peak RSS)
 
