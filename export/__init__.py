@@ -22,13 +22,14 @@ from typing import Callable, Optional
 
 import tie_lite
 
-from .options import (DEFAULT_ANSWER_MARKER, DEFAULT_INT8_MIN_AGREEMENT, DEFAULT_TOP_K,  # noqa: F401 (API)
-                      EXTERNAL_DATA_MIN_BYTES, ExportOptions, resolve)
+from .options import (DEFAULT_ANSWER_MARKER, DEFAULT_INT4_ACCURACY_LEVEL, DEFAULT_INT4_BLOCK_SIZE,  # noqa: F401
+                      DEFAULT_INT8_MIN_AGREEMENT, DEFAULT_TOP_K, EXTERNAL_DATA_MIN_BYTES, ExportOptions, resolve)
 
 __all__ = ["export_model", "ExportOptions", "ExportError", "DEFAULT_TOP_K", "DEFAULT_ANSWER_MARKER"]
 
 MODEL_GRAPH = "model.onnx"          # the statistics graph's file, as tie_lite.Model.load opens it
 TOKENIZER_FILE = "tokenizer.json"   # the fast tokenizer's file, as tie_lite.Model.load opens it
+INT4_OPSET = 21                     # the first ONNX opset with int4 tensors (an int4 embedding table's)
 _SENTINEL = "\u2063TIE_LITE_PROMPT\u2063"  # stands for the user's text while rendering a chat template
 
 
@@ -57,7 +58,7 @@ def export_model(source: str | Path, out_dir: str | Path, options: Optional[Expo
     _prepare_folder(out_dir)
     graphs, reports = _export_graphs(loaded, out_dir, options, log)
     extra = {"source": recorded_source(source, out_dir), **reports}
-    if options.int8:
+    if options.int8 or options.int4:
         extra.update(_quantize_graphs(graphs, loaded, options, log))
     for path in graphs:
         if path.stat().st_size >= options.external_data_min_bytes:
@@ -136,23 +137,43 @@ def _export_graphs(loaded: _Loaded, out_dir: Path, options: ExportOptions, log) 
 
 
 def _quantize_graphs(graphs: dict, loaded: _Loaded, options: ExportOptions, log) -> dict:
-    """Replace each graph by its int8 version, which must agree with PyTorch at >= int8_min_agreement
-    of the sample positions. Returns the manifest's int8 reports and its "quantization"."""
+    """Replace each graph by its int8 or int4 version, which must agree with PyTorch at >= the option's
+    floor (int8_min_agreement, int4_min_agreement) of the sample positions. Returns the manifest's
+    reports ("int8_validation" or "int4_validation", "cache_" before it for cache.onnx), its
+    "quantization" and the int4 settings."""
     from .validate import check_agreement
 
-    log("quantizing to int8 (dynamic) and measuring its agreement with PyTorch")
-    keep_first = options.int8_first_layer_fp32
+    scheme, quantize, floor, recorded = _quantizer(options, loaded.model, log)
+    log(f"quantizing to {recorded['quantization']} and measuring its agreement with PyTorch")
     reports = {}
     for path, measure_graph in graphs.items():
-        kept = quantize_int8(path, first_layer_of=loaded.model if keep_first else None)
-        if keep_first and not kept:
-            log(f"{path.name}: no matmul of the first layer found; quantized every layer")
+        quantize(path)
         report = measure_graph(path, *loaded.checks(options.top_k))
-        check_agreement(report, options.int8_min_agreement)
+        check_agreement(report, floor, scheme)
         prefix = "cache_" if path.name == tie_lite.CACHE_GRAPH else ""
-        reports[f"{prefix}int8_validation"] = report.as_dict()
-    reports["quantization"] = "int8-dynamic"
-    return reports
+        reports[f"{prefix}{scheme}_validation"] = report.as_dict()
+    return {**reports, **recorded}
+
+
+def _quantizer(options: ExportOptions, model, log) -> tuple:
+    """(scheme, quantize(graph path) in place, agreement floor, what the manifest records of it)."""
+    if options.int4:
+        settings = {"block_size": options.int4_block_size, "accuracy_level": options.int4_accuracy_level}
+        recorded = {"quantization": "int4-matmulnbits", **{f"int4_{k}": v for k, v in settings.items()}}
+
+        def quantize(path: Path) -> None:
+            if not quantize_int4(path, **settings)["embedding"]:
+                log(f"{path.name}: the token embedding table stays float32 (no Gather of input_ids from a "
+                    f"constant table, or the graph could not be converted to opset {INT4_OPSET})")
+
+        return "int4", quantize, options.int4_min_agreement, recorded
+
+    def quantize(path: Path) -> None:
+        keep_first = options.int8_first_layer_fp32
+        if not quantize_int8(path, first_layer_of=model if keep_first else None) and keep_first:
+            log(f"{path.name}: no matmul of the first layer found; quantized every layer")
+
+    return "int8", quantize, options.int8_min_agreement, {"quantization": "int8-dynamic"}
 
 
 def _write_tokenizer(tokenizer, out_dir: Path) -> str:
@@ -182,34 +203,133 @@ def quantize_int8(onnx_path: Path, first_layer_of=None, **options) -> list[str]:
     A graph stored with external data (over 2 GB) is quantized into external data too.
     options: more of quantize_dynamic's arguments (per_channel, nodes_to_exclude, ...).
     """
-    import shutil
-    import tempfile
-
-    import onnx
-    from onnx.external_data_helper import uses_external_data
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     kept = first_layer_matmuls(onnx_path, first_layer_of) if first_layer_of is not None else []
     options["nodes_to_exclude"] = list(options.get("nodes_to_exclude") or []) + kept
+
+    def write(scratch: Path, dest: Path, external: bool) -> None:
+        prepared = scratch / "prepared.onnx"
+        quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True, save_as_external_data=external)
+        quantize_dynamic(prepared, dest, weight_type=QuantType.QInt8, use_external_data_format=external, **options)
+
+    _replace_graph(onnx_path, write)
+    return kept
+
+
+def quantize_int4(onnx_path: Path, block_size: int = DEFAULT_INT4_BLOCK_SIZE,
+                  accuracy_level: int = DEFAULT_INT4_ACCURACY_LEVEL, *, head: bool = True, embedding: bool = True,
+                  nodes_to_exclude=()) -> dict:
+    """Replace the float32 graph at onnx_path by one whose weights are 4-bit (what `--int4` does).
+
+    onnxruntime's MatMulNBitsQuantizer, round to nearest, asymmetric: every `block_size` weights
+    along a matmul's input dimension share a float32 scale and a 4-bit zero point (a dimension
+    that is no multiple of block_size is padded). Every MatMul by a constant weight becomes
+    MatMulNBits with `accuracy_level` (options.py: INT4_ACCURACY_LEVELS), the LM head's too: a
+    head tied to the token embedding multiplies by Transpose(table), which is first stored as a
+    weight of its own (head=False leaves it float32). embedding: the token embedding table (the
+    Gather of input_ids) becomes GatherBlockQuantized, blocks along the hidden dimension; its int4
+    tensors need ONNX opset 21, so a graph of an older opset is converted first (onnx's version
+    converter); where that fails, the table stays float32. Other tables (positions, token types)
+    stay float32. nodes_to_exclude: more node names to leave float32.
+    Returns {"matmuls": MatMulNBits written, "embedding": whether the table was quantized}.
+    """
+    import logging
+
+    import onnx
+    from onnx import version_converter
+    from onnx.external_data_helper import load_external_data_for_model
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.ERROR)  # a line a node
+    model = onnx.load(str(onnx_path), load_external_data=False)  # converted without its weights (> 2 GB)
+    tables = _token_embedding_gathers(model.graph) if embedding else []
+    if tables and _opset(model) < INT4_OPSET:
+        try:
+            model = version_converter.convert_version(model, INT4_OPSET)
+        except (RuntimeError, ValueError, onnx.checker.ValidationError):
+            tables = []
+    load_external_data_for_model(model, str(onnx_path.parent))
+    if head:
+        _untie_transposed_weights(model.graph)
+    other_tables = [n.name for n in model.graph.node if n.op_type == "Gather" and n.name not in tables]
+    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, accuracy_level=accuracy_level,
+                                     op_types_to_quantize=("MatMul", "Gather") if tables else ("MatMul",),
+                                     nodes_to_exclude=[*nodes_to_exclude, *other_tables],
+                                     quant_axes=(("MatMul", 0), ("Gather", 1)))
+    quantizer.process()
+    done = quantizer.model.model
+
+    def write(scratch: Path, dest: Path, external: bool) -> None:  # external data kept, as --int8 keeps it
+        large = done.ByteSize() >= 2 ** 31 - 2 ** 20  # protobuf's limit, with room for the structure
+        onnx.save_model(done, str(dest), save_as_external_data=external or large, all_tensors_to_one_file=True,
+                        location=dest.name + ".data", size_threshold=1024)
+
+    _replace_graph(onnx_path, write)
+    ops = [n.op_type for n in done.graph.node]
+    return {"matmuls": ops.count("MatMulNBits"), "embedding": "GatherBlockQuantized" in ops}
+
+
+def _opset(model) -> int:
+    """The model's ONNX (default domain) opset."""
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _untie_transposed_weights(graph) -> list[str]:
+    """Store Transpose(2-D initializer) as an initializer of its own where only MatMuls multiply by it
+    (an LM head tied to the embedding table), so MatMulNBits can quantize it; the table stays for
+    its Gather. Returns the names of the Transpose outputs so stored."""
+    from onnx import numpy_helper
+
+    weights = {t.name: t for t in graph.initializer if len(t.dims) == 2}
+    stored = []
+    for node in list(graph.node):
+        if node.op_type != "Transpose" or node.input[0] not in weights:
+            continue
+        perm = [list(a.ints) for a in node.attribute if a.name == "perm"]
+        users = [n for n in graph.node if node.output[0] in n.input]
+        if perm not in ([], [[1, 0]]) or not users or any(
+                n.op_type != "MatMul" or list(n.input).index(node.output[0]) != 1 for n in users):
+            continue
+        table = numpy_helper.to_array(weights[node.input[0]])  # (V, H)
+        graph.initializer.append(numpy_helper.from_array(table.T.copy(), node.output[0]))  # (H, V)
+        graph.node.remove(node)
+        stored.append(node.output[0])
+    return stored
+
+
+def _token_embedding_gathers(graph) -> list[str]:
+    """Names of the Gathers that look up the graph's input_ids in a constant table (the token embedding)."""
+    weights = {t.name for t in graph.initializer}
+    return [n.name for n in graph.node
+            if n.op_type == "Gather" and n.input[0] in weights and n.input[1] == tie_lite.GRAPH_INPUTS[0]]
+
+
+def _replace_graph(onnx_path: Path, write: Callable[[Path, Path, bool], None]) -> None:
+    """Replace the graph at onnx_path, and the external data files it names, by the files that
+    write(scratch, dest, external) writes: dest is the new graph's path in an empty folder whose
+    files all move to onnx_path's folder, scratch a folder for anything else, external whether
+    the old graph kept its weights outside. The new files get the old graph's mode."""
+    import shutil
+    import tempfile
+
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
     graph = onnx.load(str(onnx_path), load_external_data=False)
-    external = [t.name for t in graph.graph.initializer if uses_external_data(t)]
     data_files = {e.value for t in graph.graph.initializer if uses_external_data(t)
                   for e in t.external_data if e.key == "location"}
     with tempfile.TemporaryDirectory() as tmp:
-        prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "out" / onnx_path.name
-        quantized.parent.mkdir()
-        quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True,
-                          save_as_external_data=bool(external))
-        quantize_dynamic(prepared, quantized, weight_type=QuantType.QInt8, use_external_data_format=bool(external),
-                         **options)
+        dest = Path(tmp) / "out" / onnx_path.name
+        dest.parent.mkdir()
+        write(Path(tmp), dest, bool(data_files))
         mode = onnx_path.stat().st_mode & 0o777
         for name in data_files:
             (onnx_path.parent / name).unlink()
-        for file in quantized.parent.iterdir():
+        for file in dest.parent.iterdir():
             shutil.move(str(file), onnx_path.parent / file.name)
             (onnx_path.parent / file.name).chmod(mode)  # onnx writes data files owner-only
-    return kept
 
 
 def first_layer_matmuls(onnx_path: Path, model) -> list[str]:

@@ -22,6 +22,18 @@ from tie_lite import ARG_TYPES, option  # a field that is also a CLI flag, as ti
 DEFAULT_TOP_K = 4                 # top ids/probs per position in the graph (>= 2 for margins)
 DEFAULT_ANSWER_MARKER = "Answer:"  # reasoning-as-infilling marker (paper, section 1)
 DEFAULT_INT8_MIN_AGREEMENT = 0.9  # int8 export: least share of positions whose top-1 id equals PyTorch's
+DEFAULT_INT4_BLOCK_SIZE = 32      # int4 export: weights per float32 scale (and 4-bit zero point)
+DEFAULT_INT4_ACCURACY_LEVEL = 4   # int4 export: MatMulNBits multiplies int8-quantized activations
+INT4_ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits' accuracy_level: 0 unset (float32), 1 float32, 2 float16,
+                                        # 3 bfloat16, 4 int8 (where a kernel lacks one, it computes in float32)
+# int4 export: least share of sample positions whose top-1 id equals PyTorch's. The shipped models agree at
+# 90-99% with the default settings and at 87.5% at worst over block sizes 16-128 (d; export/README.md, int4
+# settings): 4 bits flip near-ties of a trained model, so int8's 0.9 would refuse d at some settings. The
+# floor catches a graph that is wrong at most positions (a mismatched graph, a wrong family); it is a weak
+# test of a merely degraded one: export's sample canvases are random tokens and a masked tail, easy to
+# predict, and on model a a graph with every block's scales reversed still agrees at 93%. Random-weight
+# models, whose distributions are flat, agree at 40-90% and need a lower --int4-min-agreement.
+DEFAULT_INT4_MIN_AGREEMENT = 0.8
 EXTERNAL_DATA_MIN_BYTES = 64 * 2 ** 20  # graphs at least this big keep their weights in model.onnx.data:
                                         # onnxruntime then maps them instead of parsing a copy (peak RSS)
 
@@ -59,6 +71,19 @@ class ExportOptions:
     int8_min_agreement: float = option(DEFAULT_INT8_MIN_AGREEMENT,
                                        "least share of sample positions whose int8 top-1 id equals PyTorch's",
                                        metavar="P")
+    int4: bool = option(False, "after the float32 graph validates, replace it by one with 4-bit block-quantized "
+                               "weights (onnxruntime MatMulNBits: every weight matmul, the LM head's included; "
+                               "GatherBlockQuantized: the token embedding table); excludes --int8")
+    int4_block_size: int = option(DEFAULT_INT4_BLOCK_SIZE, "with --int4: weights sharing one scale and zero point, "
+                                                           "along the input dimension (a power of two >= 16)",
+                                  metavar="N")
+    int4_accuracy_level: int = option(DEFAULT_INT4_ACCURACY_LEVEL,
+                                      "with --int4: MatMulNBits' accuracy_level, the type its products are computed in "
+                                      "(0 unset: float32, 1 float32, 2 float16, 3 bfloat16, 4 int8 activations)",
+                                      choices=INT4_ACCURACY_LEVELS, metavar="LEVEL")
+    int4_min_agreement: float = option(DEFAULT_INT4_MIN_AGREEMENT,
+                                       "least share of sample positions whose int4 top-1 id equals PyTorch's",
+                                       metavar="P")
     external_data_min_bytes: int = option(
         EXTERNAL_DATA_MIN_BYTES, "a final graph at least this big keeps its weights beside it in GRAPH.data, "
                                  "which onnxruntime maps with a lower peak RSS (bench/ort_levers.py)",
@@ -85,8 +110,22 @@ class ExportOptions:
             tie_lite.DecodeConfig().with_defaults(self.decode_defaults)
         except tie_lite.ConfigError as exc:
             raise ExportError(f"decode_defaults {self.decode_defaults!r} are invalid: {exc}") from None
-        if not 0 <= self.int8_min_agreement <= 1:
-            raise ExportError(f"int8_min_agreement must be in [0, 1], got {self.int8_min_agreement}")
+        for name in ("int8_min_agreement", "int4_min_agreement"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ExportError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        self._check_int4()
+
+    def _check_int4(self) -> None:
+        from . import ExportError
+
+        if self.int4 and self.int8:
+            raise ExportError("int4 and int8 exclude each other (--int4, --int8): choose one")
+        size = self.int4_block_size
+        if not (tie_lite.is_int(size) and size >= 16 and size & (size - 1) == 0):  # MatMulNBits' own rule
+            raise ExportError(f"int4_block_size must be a power of two >= 16 (onnxruntime's MatMulNBits), got {size!r}")
+        if self.int4_accuracy_level not in INT4_ACCURACY_LEVELS:
+            raise ExportError(f"int4_accuracy_level must be one of {INT4_ACCURACY_LEVELS}, "
+                              f"got {self.int4_accuracy_level!r}")
 
 
 def resolve(options: Optional[ExportOptions], overrides: dict, caller: str = "export_model") -> ExportOptions:

@@ -76,11 +76,12 @@ def validate_cache(cache_path: Path, model, family, is_suppressed, top_k: int, v
     return report
 
 
-def check_agreement(report: ValidationReport, min_agreement: float) -> None:
-    """For a quantized graph: top-1 ids must agree with PyTorch at >= min_agreement of positions."""
+def check_agreement(report: ValidationReport, min_agreement: float, scheme: str = "int8") -> None:
+    """For a quantized graph (scheme: int8, int4): top-1 ids must agree with PyTorch at >= min_agreement
+    of positions."""
     rate = report.top1_agree / report.positions
     if rate < min_agreement:
-        raise ExportValidationError(f"the int8 graph's top-1 ids agree with PyTorch at {rate:.1%} of positions, "
+        raise ExportValidationError(f"the {scheme} graph's top-1 ids agree with PyTorch at {rate:.1%} of positions, "
                                     f"below the required {min_agreement:.1%}")
 
 

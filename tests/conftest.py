@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # What `pip install ".[export]"` adds to the runtime that the `torch` tests import (optimum-onnx installs
-# the module `optimum`).
-EXPORT_EXTRAS = ("torch", "transformers", "optimum", "onnx")
+# the module `optimum`; onnx-ir, `onnx_ir`, is what onnxruntime's int4 quantizer imports).
+EXPORT_EXTRAS = ("torch", "transformers", "optimum", "onnx", "onnx_ir")
 MISSING_EXTRAS = [name for name in EXPORT_EXTRAS if importlib.util.find_spec(name) is None]
 NO_EXTRAS_REASON = (f"needs the export extras (pip install \".[export]\"); not installed: {', '.join(MISSING_EXTRAS)}")
 

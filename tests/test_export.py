@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, assert_one_line_error, run_cli
 from tolerances import float32_reach, model_dims, near_ties
 
 
@@ -210,6 +210,66 @@ def test_int8_export_records_its_agreement_and_decodes(tiny_bert, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.torch
+def test_int4_export_quantizes_every_weight_matmul_records_its_agreement_and_decodes(tiny_bert, tmp_path):
+    """--int4 on both graphs: each weight matmul becomes MatMulNBits (the tied LM head's too), the token
+    embedding table GatherBlockQuantized; the manifest records the agreement with PyTorch, whose floor
+    export enforces; the runtime decodes the graphs, with and without the cache."""
+    import onnx
+
+    import tie_lite
+    from export import DEFAULT_INT4_ACCURACY_LEVEL, DEFAULT_INT4_BLOCK_SIZE, export_model
+    from export.validate import ExportValidationError
+
+    # a tiny random model's distributions are flat, so 4 bits flip more of its top-1 ids (here about a
+    # quarter) than of a trained model's (bench/README.md): the floor is lowered for it
+    path = export_model(tiny_bert[0], tmp_path / "int4", int4=True, kv_cache=True, int4_min_agreement=0.5,
+                        log=lambda m: None)
+    manifest = json.loads(path.read_text())
+    assert manifest["quantization"] == "int4-matmulnbits"
+    assert (manifest["int4_block_size"], manifest["int4_accuracy_level"]) == (DEFAULT_INT4_BLOCK_SIZE,
+                                                                              DEFAULT_INT4_ACCURACY_LEVEL)
+    for key in ("int4_validation", "cache_int4_validation"):
+        assert manifest[key]["positions"] > 0 and manifest[key]["top1_agree"] / manifest[key]["positions"] >= 0.5
+    for graph in ("model.onnx", "cache.onnx"):
+        g = onnx.load(str(tmp_path / "int4" / graph)).graph
+        weights = {t.name for t in g.initializer}
+        ops = [n.op_type for n in g.node]
+        # 6 per layer (query, key, value, attention output, intermediate, output), the head's dense layer, its
+        # decoder (tied to the embedding: a Transpose of the table before)
+        assert ops.count("MatMulNBits") == 2 * 6 + 2 and ops.count("GatherBlockQuantized") == 1, graph
+        assert not [n.name for n in g.node if n.op_type == "MatMul" and n.input[1] in weights], graph
+        assert (tmp_path / "int4" / graph).stat().st_size < (tiny_bert[1] / "model.onnx").stat().st_size  # float32
+    for kv_cache in (None, "prefix"):
+        model = tie_lite.Model.load(tmp_path / "int4", kv_cache=kv_cache)
+        assert tie_lite.generate(model, "the cat", tie_lite.DecodeConfig(gen_length=16, block_size=4)).steps == 16
+    with pytest.raises(ExportValidationError, match=r"the int4 graph's top-1 ids agree with PyTorch at .* below"):
+        export_model(tiny_bert[0], tmp_path / "strict", int4=True, int4_min_agreement=1.0, log=lambda m: None)
+
+
+def test_int4_refuses_int8_and_what_matmulnbits_cannot_take(tmp_path):
+    """Before loading anything: --int4 with --int8, a block size that is no power of two >= 16, an accuracy
+    level MatMulNBits does not define."""
+    from export import ExportError, ExportOptions
+
+    with pytest.raises(ExportError, match="int4 and int8 exclude each other"):
+        ExportOptions(int4=True, int8=True)
+    for size in (8, 24, 0, -32, 32.0):
+        with pytest.raises(ExportError, match=rf"int4_block_size must be a power of two >= 16 .*got {size}$"):
+            ExportOptions(int4=True, int4_block_size=size)
+    with pytest.raises(ExportError, match="int4_accuracy_level must be one of"):
+        ExportOptions(int4_accuracy_level=5)
+    for size in (16, 32, 64, 128, 256):
+        assert ExportOptions(int4=True, int4_block_size=size).int4_block_size == size
+    source = str(ROOT / "models" / "a" / "hf")
+    assert_one_line_error(run_cli(source, str(tmp_path / "out"), "--int4", "--int8", module="export"),
+                          "int4 and int8 exclude each other (--int4, --int8)")
+    assert_one_line_error(run_cli(source, str(tmp_path / "out"), "--int4", "--int4-block-size", "24",
+                                  module="export"), "int4_block_size must be a power of two >= 16")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.torch
 def test_graphs_stored_as_external_data_export_quantize_and_load(tmp_path, monkeypatch):
     """What a model over 2 GB gets (forced here on a tiny one through optimum's switch)."""
     import tie_lite
@@ -218,9 +278,10 @@ def test_graphs_stored_as_external_data_export_quantize_and_load(tmp_path, monke
 
     monkeypatch.setenv("FORCE_ONNX_EXTERNAL_DATA", "1")
     source = save_tiny(tmp_path / "hf", "bert", seed=5)
-    for int8 in (False, True):
-        out = tmp_path / f"onnx-{int8}"
-        export_model(source, out, int8=int8, log=lambda m: None)
+    # int4 converts the graph to opset 21 without its weights, then reads them from the data file
+    for quantization in ({}, {"int8": True}, {"int4": True, "int4_min_agreement": 0}):
+        out = tmp_path / f"onnx-{'-'.join(quantization)}"
+        export_model(source, out, log=lambda m: None, **quantization)
         files = sorted(p.name for p in out.iterdir())
         assert any(name != "model.onnx" and name.startswith("model.onnx") for name in files), files
         result = tie_lite.generate(tie_lite.Model.load(out), "the cat", tie_lite.DecodeConfig(gen_length=16))
@@ -324,8 +385,10 @@ NON_DEFAULT_OPTIONS = {
     "top_k": 7, "prompt_format": "Q: {prompt}\n", "answer_marker": " = ", "name": "n", "opset": 18,
     "decode_defaults": {"gen_length": 8, "answer_length": 4, "block_size": 4}, "stop_texts": ("[/A]", "END"),
     "family": "dream", "int8": True, "int8_first_layer_fp32": False, "int8_min_agreement": 0.5,
+    "int4_block_size": 64, "int4_accuracy_level": 0, "int4_min_agreement": 0.5,
     "external_data_min_bytes": 0, "kv_cache": True, "trust_remote_code": True,
 }
+EXCLUSIVE_OPTIONS = {"int4": True}  # excludes int8, so checked in place of it
 
 
 def test_every_export_option_is_a_cli_flag_and_every_flag_an_option():
@@ -338,21 +401,25 @@ def test_every_export_option_is_a_cli_flag_and_every_flag_an_option():
     from export.options import options_from_args
 
     fields = [f.name for f in dataclasses.fields(ExportOptions)]
-    assert sorted(NON_DEFAULT_OPTIONS) == sorted(fields)
+    assert sorted({**NON_DEFAULT_OPTIONS, **EXCLUSIVE_OPTIONS}) == sorted(fields)
     parser = build_parser()
     flags = {a.dest: a for a in parser._actions if a.option_strings and a.dest != "help"}
     by_flag = dict(NON_DEFAULT_OPTIONS, **NON_DEFAULT_OPTIONS["decode_defaults"])
     del by_flag["decode_defaults"]
-    assert sorted(flags) == sorted(by_flag)  # decode_defaults: one flag per tie_lite.DECODE_OPTIONS
+    assert sorted(flags) == sorted({**by_flag, **EXCLUSIVE_OPTIONS})  # decode_defaults: one flag per DECODE_OPTIONS
     assert [flags[name].option_strings[0] for name in tie_lite.DECODE_OPTIONS] == [
         "--gen-length", "--answer-length", "--block-size"]
     argv = ["src", "out"]
-    for dest, action in flags.items():
-        values = by_flag[dest] if isinstance(by_flag[dest], tuple) else (by_flag[dest],)
-        for value in values:
+    for dest, given in by_flag.items():
+        action = flags[dest]
+        for value in given if isinstance(given, tuple) else (given,):
             takes_value = not isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
             argv += [action.option_strings[0], *([str(value)] if takes_value else [])]
     assert options_from_args(parser.parse_args(argv)) == ExportOptions(**NON_DEFAULT_OPTIONS)
+    exclusive = [a for name in EXCLUSIVE_OPTIONS for a in flags[name].option_strings[:1]]
+    argv = [a for a in argv if a != flags["int8"].option_strings[0]] + exclusive
+    assert options_from_args(parser.parse_args(argv)) == ExportOptions(**{**NON_DEFAULT_OPTIONS, "int8": False,
+                                                                          **EXCLUSIVE_OPTIONS})
     assert options_from_args(parser.parse_args(["src", "out"])) == ExportOptions()  # the CLI's defaults are its
     assert options_from_args(parser.parse_args(["src", "out", "--block-size", "4"])).decode_defaults == {
         "block_size": 4}

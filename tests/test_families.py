@@ -113,6 +113,36 @@ def test_tie_across_two_families_with_different_tokenizers(families, tiny_char):
     assert all(isinstance(c.answer, str) for c in result.candidates)
 
 
+def _quantized_int4_copy(onnx_dir, tmp_path):
+    """A copy of an export whose model.onnx quantize_int4 (what --int4 does after validation) rewrote;
+    (folder, quantize_int4's summary, the rewritten graph)."""
+    import shutil
+
+    import onnx
+
+    from export import quantize_int4
+
+    folder = shutil.copytree(onnx_dir, tmp_path / "int4")
+    done = quantize_int4(folder / "model.onnx")
+    return folder, done, onnx.load(str(folder / "model.onnx")).graph
+
+
+def _weight_matmuls(graph) -> list:
+    weights = {t.name for t in graph.initializer}
+    return [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+
+
+@pytest.mark.parametrize("family", ["a2d-qwen3", "dream", "llada"])
+def test_int4_quantizes_every_weight_matmul_of_the_family(families, family, tmp_path):
+    """Each layer's q, k, v, o, gate, up and down projections and the LM head become MatMulNBits, the
+    embedding table GatherBlockQuantized; the runtime decodes the graph."""
+    folder, done, graph = _quantized_int4_copy(families[family][1], tmp_path)
+    assert done == {"matmuls": 2 * 7 + 1, "embedding": True} and not _weight_matmuls(graph)
+    result = tie_lite.generate(tie_lite.Model.load(folder), "what is two plus three ?",
+                               tie_lite.DecodeConfig(gen_length=16))
+    assert result.steps == 16
+
+
 @pytest.fixture(scope="module")
 def llada_code(tmp_path_factory, export_extras):
     """LLaDA's own checkpoint format: custom code run through trust_remote_code (a test stand-in)."""
@@ -158,6 +188,20 @@ def test_llada_code_decode_matches_pytorch(llada_code, setting):
     tie_lite.decode(model, state, config)
     assert state.tokens[state.canvas.prompt_length:].tolist() == expected
     assert state.steps == forwards
+
+
+def test_int4_converts_an_older_opset_for_the_int4_embedding_table(llada_code, tmp_path):
+    """LLaDA's own code exports at opset 14 (ReduceMean with an axes attribute); int4 tensors need opset 21,
+    which the version converter reaches without breaking the graph. The tied, scaled head is quantized too."""
+    import onnx
+
+    assert onnx.load(str(llada_code[1] / "model.onnx")).opset_import[0].version < 18
+    folder, done, graph = _quantized_int4_copy(llada_code[1], tmp_path)
+    assert done == {"matmuls": 2 * 4 + 1, "embedding": True} and not _weight_matmuls(graph)  # fused qkv, up
+    assert {(o.domain, o.version) for o in onnx.load(str(folder / "model.onnx")).opset_import} >= {("", 21)}
+    result = tie_lite.generate(tie_lite.Model.load(folder), "what is two plus three ?",
+                               tie_lite.DecodeConfig(gen_length=16))
+    assert result.steps == 16
 
 
 def test_llada_code_needs_trust_remote_code(llada_code, tmp_path):

@@ -4,6 +4,7 @@ user exports a Hub model.
 
     python train/export_defaults.py [--ckpt ckpt] [--models-dir models] [--only A B C D] [--kv-cache]
     python train/export_defaults.py --from-shipped --int8 --kv-cache --models-dir DIR --only A B
+    python train/export_defaults.py --from-shipped --int4 --int4-block-size 16 --models-dir DIR --only A D
 
 Reads each checkpoint's training_args.json for the layout it was trained on (prompt
 suffix, answer marker, reasoning and answer budgets) and records it in the manifest,
@@ -24,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from export import export_model  # noqa: E402
+from export import DEFAULT_INT4_ACCURACY_LEVEL, DEFAULT_INT4_BLOCK_SIZE, export_model  # noqa: E402
 from export.cache import CACHED_LAYERS  # noqa: E402
 from export.families import family_for, read_config  # noqa: E402
 
@@ -49,8 +50,13 @@ def parse_args():
                    help="read CKPT/A, CKPT/B, CKPT/C instead of the chosen checkpoints (e.g. a --smoke run)")
     p.add_argument("--int8", action="store_true",
                    help="export int8 (dynamic) graphs instead, e.g. into another --models-dir to measure them")
+    p.add_argument("--int4", action="store_true",
+                   help="export int4 (MatMulNBits) graphs instead, e.g. into another --models-dir to measure them")
     p.add_argument("--kv-cache", action="store_true", help="also write cache.onnx (tie_lite --kv-cache)")
     p.add_argument("--int8-all-layers", action="store_true", help="with --int8: quantize the first layer too")
+    p.add_argument("--int4-block-size", type=int, default=DEFAULT_INT4_BLOCK_SIZE, help="with --int4 (default: %(default)s)")
+    p.add_argument("--int4-accuracy-level", type=int, default=DEFAULT_INT4_ACCURACY_LEVEL,
+                   help="with --int4 (default: %(default)s)")
     p.add_argument("--only", nargs="+", default=list(CHECKPOINTS), choices=list(CHECKPOINTS))
     p.add_argument("--checkpoint", nargs=2, action="append", default=[], metavar=("NAME", "DIR"),
                    help="ship NAME from CKPT/DIR instead (e.g. a snapshot: --checkpoint A LA_steps/step01800)")
@@ -58,8 +64,9 @@ def parse_args():
 
 
 def ship(ckpt: Path, dest: Path, name: str, int8: bool = False, kv_cache: bool = False,
-         int8_all_layers: bool = False) -> Path:
-    """Copy one checkpoint to dest/hf and export it to dest/onnx; returns the manifest path."""
+         int8_all_layers: bool = False, **quantization) -> Path:
+    """Copy one checkpoint to dest/hf and export it to dest/onnx; returns the manifest path.
+    quantization: more ExportOptions fields (int4, int4_block_size, int4_accuracy_level)."""
     layout = json.loads((ckpt / "training_args.json").read_text())["layout"]
     if dest.exists():
         shutil.rmtree(dest)
@@ -74,7 +81,7 @@ def ship(ckpt: Path, dest: Path, name: str, int8: bool = False, kv_cache: bool =
                         answer_marker=layout["marker"],
                         decode_defaults={"gen_length": gen_length, "answer_length": layout["A"],
                                          "block_size": BLOCK_SIZE}, int8=int8, kv_cache=kv_cache,
-                        int8_first_layer_fp32=not int8_all_layers)
+                        int8_first_layer_fp32=not int8_all_layers, **quantization)
 
 
 def main() -> int:
@@ -86,7 +93,8 @@ def main() -> int:
             if args.from_shipped:  # copied first: ship() replaces its destination, which may be models/
                 ckpt = Path(shutil.copytree(ROOT / "models" / name.lower() / "hf", Path(tmp) / name))
             manifest = ship(ckpt, args.models_dir / name.lower(), name.lower(), args.int8, args.kv_cache,
-                            args.int8_all_layers)
+                            args.int8_all_layers, int4=args.int4, int4_block_size=args.int4_block_size,
+                            int4_accuracy_level=args.int4_accuracy_level)
             print(manifest)
     return 0
 
