@@ -113,3 +113,14 @@ def assert_one_line_error(result, message):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ") and message in lines[0], lines[0]
+
+
+def assert_same_decodes(plain, cached, config, prompts) -> None:
+    """Every prompt decodes to the same tokens in the same number of steps with both models."""
+    import tie_lite
+
+    for prompt in prompts:
+        want = tie_lite.generate(plain, prompt, config)
+        got = tie_lite.generate(cached, prompt, config)
+        assert got.tokens.tolist() == want.tokens.tolist()
+        assert got.steps == want.steps

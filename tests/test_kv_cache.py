@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import tie_lite
-from conftest import ROOT, assert_one_line_error, run_cli
+from conftest import ROOT, assert_one_line_error, assert_same_decodes, run_cli
 from tolerances import assert_statistics_agree, float32_reach, model_dims, near_ties
 
 PROMPTS = ["what is two plus three ?", "the cat and the dog"]
@@ -53,12 +53,7 @@ def local_modernbert(tmp_path_factory, export_extras):
 def test_one_layer_cached_decode_is_token_identical(one_layer, arch, options, mode):
     plain = tie_lite.Model.load(one_layer[arch])
     cached = tie_lite.Model.load(one_layer[arch], kv_cache=mode)
-    config = tie_lite.DecodeConfig(**options)
-    for prompt in PROMPTS:
-        want = tie_lite.generate(plain, prompt, config)
-        got = tie_lite.generate(cached, prompt, config)
-        assert got.tokens.tolist() == want.tokens.tolist()
-        assert got.steps == want.steps
+    assert_same_decodes(plain, cached, tie_lite.DecodeConfig(**options), PROMPTS)
 
 
 @pytest.mark.torch

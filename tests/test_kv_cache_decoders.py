@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import tie_lite
+from conftest import assert_same_decodes
 from tolerances import assert_statistics_agree, model_dims
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
@@ -117,12 +118,7 @@ def test_one_layer_cached_decode_is_token_identical(one_layer, family, options, 
     position from the row before it)."""
     onnx = one_layer[family][1]
     plain, cached = tie_lite.Model.load(onnx), tie_lite.Model.load(onnx, kv_cache=mode, kv_window=window)
-    config = tie_lite.DecodeConfig(**options)
-    for prompt in PROMPTS:
-        want = tie_lite.generate(plain, prompt, config)
-        got = tie_lite.generate(cached, prompt, config)
-        assert got.tokens.tolist() == want.tokens.tolist()
-        assert got.steps == want.steps
+    assert_same_decodes(plain, cached, tie_lite.DecodeConfig(**options), PROMPTS)
 
 
 @pytest.mark.parametrize("mode", tie_lite.KV_CACHE_MODES)
