@@ -3,6 +3,7 @@
     python bench/vs_llama_cpp.py --work DIR --build        # first time: builds llama.cpp into DIR (minutes)
     python bench/vs_llama_cpp.py --work DIR                 # Qwen2.5-0.5B's shapes, every precision pair
     python bench/vs_llama_cpp.py --work DIR --small         # a tiny Dream-shaped model: a functional check
+    python bench/vs_llama_cpp.py --work DIR --prompt-tokens 448 --pairs "Q8_0 / int8" "Q8_0 / int8 + K/V cache"
     python bench/vs_llama_cpp.py --work DIR --llama-dir BUILD  # an existing llama.cpp CMake build folder
 
 The peer is `llama-diffusion-cli` (llama.cpp's examples/diffusion), built from the llama.cpp that
@@ -14,7 +15,7 @@ The model is a random-weight Dream: Qwen2 weights (Qwen2.5-0.5B's shapes by defa
 untied as in Dream's checkpoints) whose config names the architecture `DreamModel` and its
 `mask_token_id`, as Dream's does, so that llama.cpp's convert_hf_to_gguf.py converts it as Dream
 (f32, f16, q8_0; llama-quantize Q4_0 from the f32 file) and `python -m export --family dream`
-exports the same folder (float32, --int8, and --int4 / --kv-cache when export offers them). Its
+exports the same folder (float32, --int8 and --int4, each also with --kv-cache: EXPORT_VARIANTS). Its
 tokenizer is a byte-level BPE with Qwen2's pre-tokenizer whose tokens, besides the 256 bytes and
 the specials, are a space and lowercase letters, so that llama.cpp's printed text maps back to ids;
 the converter does not know its hash, so a patched copy of the converter in DIR maps it to qwen2
@@ -92,7 +93,12 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="timed decodes per side and pair (after a warm-up)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0, help="weights and prompt")
+    p.add_argument("--pairs", nargs="+", metavar="LABEL", help="only these pairs, by their row label "
+                   "(default: every pair; labels: %s)" % "; ".join(pair.label for pair in PAIRS))
     args = p.parse_args(argv)
+    unknown = set(args.pairs or ()) - {pair.label for pair in PAIRS}
+    if unknown:
+        p.error(f"unknown pair(s) {sorted(unknown)}; pairs: {[pair.label for pair in PAIRS]}")
     preset = SMALL if args.small else QWEN25_05B
     for name, value in preset.items():
         if getattr(args, name) is None:
@@ -307,28 +313,44 @@ def export_options() -> set:
     return {flag for flag in ("--int4", "--kv-cache") if re.search(rf"{flag}\b", text)}
 
 
+RANDOM_FLOOR = ["--int8-min-agreement", "0"]  # a random model's near-ties: export's agreement floors do not apply
+EXPORT_VARIANTS = {  # tie-lite export variant: (`python -m export` flags, the flag this checkout must offer)
+    "fp32": ([], None),
+    "int8": (["--int8", *RANDOM_FLOOR], None),
+    "int4": (["--int4", "--int4-min-agreement", "0"], "--int4"),
+    "fp32-cache": (["--kv-cache"], "--kv-cache"),
+    "int8-cache": (["--int8", *RANDOM_FLOOR, "--kv-cache"], "--kv-cache"),
+    "int4-cache": (["--int4", "--int4-min-agreement", "0", "--kv-cache"], "--kv-cache"),
+}
+
+
+def export_variant(hf: Path, out: Path, name: str) -> tuple[Optional[Path], Optional[str]]:
+    """(out/onnx-NAME, None) once `python -m export` has written that variant (kept between runs),
+    or (None, why not)."""
+    flags = EXPORT_VARIANTS[name][0]
+    folder = out / f"onnx-{name}"
+    if not (folder / "tie_lite.json").is_file():
+        print("+ python -m export", hf, folder, "--family dream", *flags, flush=True)
+        done = subprocess.run([sys.executable, "-m", "export", hf, folder, "--family", "dream", *flags],
+                              capture_output=True, text=True, cwd=ROOT)
+        if done.returncode:
+            return None, f"{name}: skipped, export refused it: {done.stderr.strip().splitlines()[-1]}"
+    return folder, None
+
+
 def onnx_exports(hf: Path, out: Path, offered: set) -> tuple[dict, list]:
-    """{variant: folder} of the tie-lite exports (fp32, int8, and int4 / int8-cache when offered and
-    accepted for this family), and notes on the ones skipped."""
-    variants = {"fp32": [], "int8": ["--int8", "--int8-min-agreement", "0"]}
-    notes = []
-    for flag, name, flags in (("--int4", "int4", ["--int4"]),
-                              ("--kv-cache", "int8-cache", ["--int8", "--int8-min-agreement", "0", "--kv-cache"])):
-        if flag in offered:
-            variants[name] = flags
+    """{variant: folder} of the tie-lite exports (EXPORT_VARIANTS: those this checkout offers and
+    export accepts for this family), and notes on the ones skipped."""
+    folders, notes = {}, []
+    for name, (_, needs) in EXPORT_VARIANTS.items():
+        if needs and needs not in offered:
+            notes.append(f"{name}: skipped, `python -m export --help` offers no {needs} in this checkout")
+            continue
+        folder, note = export_variant(hf, out, name)
+        if folder:
+            folders[name] = folder
         else:
-            notes.append(f"{name}: skipped, `python -m export --help` offers no {flag} in this checkout")
-    folders = {}
-    for name, flags in variants.items():
-        folder = out / f"onnx-{name}"
-        if not (folder / "tie_lite.json").is_file():
-            print("+ python -m export", hf, folder, "--family dream", *flags, flush=True)
-            done = subprocess.run([sys.executable, "-m", "export", hf, folder, "--family", "dream", *flags],
-                                  capture_output=True, text=True, cwd=ROOT)
-            if done.returncode:
-                notes.append(f"{name}: skipped, export refused it: {done.stderr.strip().splitlines()[-1]}")
-                continue
-        folders[name] = folder
+            notes.append(note)
     return folders, notes
 
 
@@ -451,7 +473,9 @@ class Pair:
 
 PAIRS = (Pair("f32 / fp32", "f32", "fp32"), Pair("f16 / fp32", "f16", "fp32"), Pair("Q8_0 / int8", "q8_0", "int8"),
          Pair("Q4_0 / int4", "q4_0", "int4"),
-         Pair("Q8_0 / int8 + K/V cache", "q8_0", "int8-cache", kv_cache="prefix", matched=False))
+         Pair("f32 / fp32 + K/V cache", "f32", "fp32-cache", kv_cache="prefix", matched=False),
+         Pair("Q8_0 / int8 + K/V cache", "q8_0", "int8-cache", kv_cache="prefix", matched=False),
+         Pair("Q4_0 / int4 + K/V cache", "q4_0", "int4-cache", kv_cache="prefix", matched=False))
 
 
 def time_pair(pair: Pair, llama, lite, repeats: int) -> dict:
@@ -537,7 +561,7 @@ def measure(args) -> int:
     vocab, length = tokenizer.get_vocab(), args.prompt_tokens + args.gen
     print("\n" + describe(args, build), flush=True)
     rows = []
-    for pair in (pair for pair in PAIRS if pair.onnx in onnx):
+    for pair in (pair for pair in PAIRS if pair.onnx in onnx and (not args.pairs or pair.label in args.pairs)):
         block = args.cache_block if pair.kv_cache else args.gen // args.steps
         llama = lambda: llama_decode(cli, ggufs[pair.gguf], text, args.gen, length, args.steps,  # noqa: E731
                                      args.threads, vocab)

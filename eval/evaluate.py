@@ -1,11 +1,11 @@
 """Exact-match accuracy of the shipped models alone and ensembled with TIE, through tie_lite.
 
-    python eval/evaluate.py --split test --n 1000 [--task short|hard] [--phrasings trained|held-out]
+    python eval/evaluate.py --split test --n 1000 [--task short|long|hard] [--phrasings trained|held-out]
                             [--models-dir models]
                             [--only NAME ...] [--interval N] [--kv-cache prefix|dual [--kv-window N]]
 
 Prints one table: each model alone, post-generation selection and TIE (tcc) for
-every pair, TIE with every score for A+B, and TIE over the trios; for each,
+every pair, TIE with every other score for every pair, and TIE over the trios; for each,
 accuracy, the paired-bootstrap 95% interval of its accuracy minus the best single
 model's and minus the best of its own models alone, the leader change rate, relays
 per problem and mean model calls per problem. Rows whose models are missing from
@@ -47,6 +47,7 @@ class Variant:
 
 
 MODELS = ("a", "b", "c", "d")
+SCORES = tie_lite.SCORES  # the relay scores, tcc (the default) first
 
 
 def label(names) -> str:
@@ -55,13 +56,12 @@ def label(names) -> str:
 
 def variants(interval: int = tie_lite.EnsembleConfig.interval) -> list[Variant]:
     """Every model alone, then for each pair post-generation selection (no relay: the interval is
-    past any decode) and TIE tcc, the other scores on A+B, and TIE tcc over each trio."""
+    past any decode) and TIE with each score (tcc first), and TIE tcc over each trio."""
     E = functools.partial(tie_lite.EnsembleConfig, interval=interval)
     rows = [Variant(f"{label([m])} alone", (m,)) for m in MODELS]
     for pair in itertools.combinations(MODELS, 2):
         rows += [Variant(f"post-generation {label(pair)}", pair, tie_lite.EnsembleConfig(interval=10_000)),
-                 Variant(f"TIE {label(pair)} tcc", pair, E(score="tcc"))]
-    rows += [Variant(f"TIE A+B {score}", ("a", "b"), E(score=score)) for score in ("top1", "entropy", "margin")]
+                 *(Variant(f"TIE {label(pair)} {score}", pair, E(score=score)) for score in SCORES)]
     rows += [Variant(f"TIE {label(trio)} tcc", trio, E(score="tcc")) for trio in itertools.combinations(MODELS, 3)]
     return rows
 
@@ -71,8 +71,8 @@ def parse_args():
     p.add_argument("--split", choices=("validation", "test"), default="validation")
     p.add_argument("--n", type=int, default=1000, help="problems")
     p.add_argument("--seed", type=int, default=0, help="split seed (the problems drawn)")
-    p.add_argument("--task", choices=("short", "hard"), default="short",
-                   help="problems: short (2-3 operations) or hard (4-6, train/task.py)")
+    p.add_argument("--task", choices=("short", "long", "hard"), default="short",
+                   help="problems: short (2-3 operations), long (2-6) or hard (4-6), train/task.py")
     p.add_argument("--phrasings", choices=("trained", "held-out"), default="trained",
                    help="the prompts' templates: those the models are trained on, or held-out ones")
     p.add_argument("--models-dir", type=Path, default=ROOT / "models")

@@ -320,18 +320,46 @@ def dummy_inputs(config, max_length: int, length: int = 24, count: int = 8) -> t
 
 def export_cache_graph(model, out_dir: Path, family, is_suppressed: Tensor, top_k: int,
                        opset: int | None) -> Path:
-    """Write out_dir/cache.onnx for `model` (a loaded transformers masked LM)."""
+    """Write out_dir/cache.onnx for `model` (a loaded transformers masked LM); a graph over
+    protobuf's 2 GB keeps its weights beside it in cache.onnx.data (one file)."""
+    import tempfile
+
+    import onnx
+
     path = out_dir / CACHE_GRAPH
     step = CachedStep(model, family, is_suppressed, top_k).eval()
     layers = cache_shape(model.config)[0]
     past, fresh = past_names(layers), fresh_names(layers)
     inputs = dummy_inputs(model.config, family.max_length(model.config))
-    with torch.no_grad(), _onnx_compatible_ops():
-        torch.onnx.export(step, inputs, str(path), input_names=[*CACHE_INPUTS, *past],
-                          output_names=[*CACHE_OUTPUTS, *fresh], dynamic_axes=_dynamic_axes(past, fresh),
-                          opset_version=opset or 17, dynamo=False, do_constant_folding=True)
-    _tie_shared_weights(path)
+    with tempfile.TemporaryDirectory() as tmp:  # over 2 GB the tracer writes a file per weight: kept out of out_dir
+        traced = Path(tmp) / CACHE_GRAPH
+        with torch.no_grad(), _onnx_compatible_ops():
+            torch.onnx.export(step, inputs, str(traced), input_names=[*CACHE_INPUTS, *past],
+                              output_names=[*CACHE_OUTPUTS, *fresh], dynamic_axes=_dynamic_axes(past, fresh),
+                              opset_version=opset or 17, dynamo=False, do_constant_folding=True)
+        graph_model = onnx.load(str(traced))  # every weight in memory, wherever the tracer put it
+    _tie_shared_weights(graph_model.graph)
+    _save_graph(graph_model, path)
     return path
+
+
+PROTOBUF_LIMIT = 2 ** 31 - 1  # bytes: the largest message protobuf serializes
+
+
+def _save_graph(graph_model, path: Path) -> None:
+    """Save a loaded graph at `path`: whole, or with its weights in path.data when the weights alone
+    reach protobuf's limit (a margin of 64 MB for the structure)."""
+    import onnx
+
+    weights = sum(t.ByteSize() for t in graph_model.graph.initializer)
+    if weights < PROTOBUF_LIMIT - 2 ** 26:
+        onnx.save(graph_model, str(path))
+        return
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)  # save_model appends to an existing data file
+    onnx.save_model(graph_model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=1024)
+    data.chmod(path.stat().st_mode & 0o777)  # onnx writes it owner-only; readable as the graph is
 
 
 @contextlib.contextmanager
@@ -362,20 +390,14 @@ def _dynamic_axes(past: list, fresh: list) -> dict:
             **{name: {0: "batch", 2: "length"} for name in past}, **{name: {0: "batch", 2: "rows"} for name in fresh}}
 
 
-def _tie_shared_weights(path: Path) -> None:
+def _tie_shared_weights(graph) -> None:
     """Store a tied embedding / LM-head matrix once, as optimum does for model.onnx: the tracer
     writes it twice, the Gather's table and the head MatMul's transposed copy; the MatMul then
-    reads Transpose(table) instead (the Gather keeps the table: quantization handles that better)."""
+    reads Transpose(table) instead (the Gather keeps the table: quantization handles that better).
+    `graph`: a loaded graph's GraphProto, its weights in memory; changed in place."""
     import numpy as np
-    import onnx
     from onnx import helper, numpy_helper
 
-    from onnx.external_data_helper import uses_external_data
-
-    graph_model = onnx.load(str(path))
-    graph = graph_model.graph
-    if any(uses_external_data(t) for t in graph.initializer):
-        return  # over 2 GB: left as traced (onnx.save cannot rewrite it whole)
     initializers = {t.name: t for t in graph.initializer}
     tables = {n.input[0] for n in graph.node if n.op_type == "Gather" and n.input[0] in initializers}
     for name in sorted(tables):
@@ -390,4 +412,3 @@ def _tie_shared_weights(path: Path) -> None:
                         node.input[i] = transposed
             graph.node.insert(0, helper.make_node("Transpose", [name], [transposed], name=f"Transpose_{name}"))
             graph.initializer.remove(copy)
-    onnx.save(graph_model, str(path))

@@ -246,6 +246,33 @@ def test_a_tied_embedding_is_stored_once_in_the_cache_graph(tmp_path):
                             *model_dims(out, tokens.size))
 
 
+@pytest.mark.slow
+@pytest.mark.torch
+def test_a_cache_graph_over_protobufs_limit_keeps_its_weights_in_one_file(tmp_path, monkeypatch):
+    """A 0.5B Dream's cache graph is over 2 GB: the tracer then writes a file per weight, and a whole
+    save fails. With the limit lowered to this tiny model's size, export writes cache.onnx + one
+    cache.onnx.data, float32 and int8, decoding as the whole graph does."""
+    import export.cache
+    from export import export_model
+    from tiny import save_tiny
+
+    source = save_tiny(tmp_path / "hf", "modernbert", seed=11)
+    export_model(source, tmp_path / "whole", kv_cache=True, log=lambda m: None)
+    monkeypatch.setattr(export.cache, "PROTOBUF_LIMIT", 2 ** 26 + 1024)
+    config = tie_lite.DecodeConfig(gen_length=16, block_size=4)
+    for name, options in (("split", {}), ("split-int8", dict(int8=True))):
+        out = tmp_path / name
+        export_model(source, out, kv_cache=True, log=lambda m: None, **options)
+        graph_files = sorted(f.name for f in out.iterdir() if f.name.startswith("cache"))
+        assert graph_files == ["cache.onnx", "cache.onnx.data"], graph_files
+        if not options:
+            whole = tie_lite.Model.load(tmp_path / "whole", kv_cache="prefix")
+            split = tie_lite.Model.load(out, kv_cache="prefix")
+            assert_same_decodes(whole, split, config, PROMPTS)
+        else:
+            assert tie_lite.generate(tie_lite.Model.load(out, kv_cache="prefix"), PROMPTS[0], config).steps > 0
+
+
 @pytest.mark.torch
 def test_export_refuses_kv_cache_for_a_family_without_the_cache_graph(tmp_path):
     from export import ExportError, export_model

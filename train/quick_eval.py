@@ -5,7 +5,10 @@ fixed), one token per step: at each step commit the still-masked position of the
 whose top-1 probability is highest (ties to the lowest position). The answer is the answer region
 decoded up to the first EOS, scored by exact match.
 
-    nice -n 19 python train/quick_eval.py ckpt/A --split validation --n 500
+    nice -n 19 python train/quick_eval.py ckpt/A --split validation --n 500 [--task long]
+
+The problems are of the task variant the checkpoint was trained on (its training_args.json)
+unless --task names another; the accuracy is also printed per number of operations.
 """
 
 import argparse
@@ -97,6 +100,11 @@ def evaluate(model, layout, examples, padded=False, **kw):
     return acc, answers, decoded
 
 
+def operations(example) -> int:
+    """How many operations a problem's chain has: one "=" per step of its reasoning."""
+    return example["reasoning"].count("=")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("ckpt")
@@ -106,23 +114,29 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--padded", action="store_true",
                     help="batch all prompt lengths together with right padding + attention mask")
+    ap.add_argument("--task", choices=sorted(task.TASKS), help="task variant (default: the checkpoint's)")
     ap.add_argument("--show", type=int, default=3, help="print this many decoded examples")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(args.ckpt)
     model = load_model(args.ckpt)
-    a = load_args(args.ckpt)["layout"]
+    trained = load_args(args.ckpt)
+    a = trained["layout"]
     layout = Layout(tok, R=a["R"], A=a["A"], prefix=a["prompt_prefix"], suffix=a["prompt_suffix"],
                     marker=a["marker"], max_length=a["max_length"])
-    examples = task.make_split(args.split, args.n, seed=args.seed)
+    variant = args.task or trained.get("args", {}).get("task", "short")
+    examples = task.make_split(args.split, args.n, seed=args.seed, variant=variant)
     t0 = time.time()
     acc, answers, decoded = evaluate(model, layout, examples, padded=args.padded)
     for e, ans, d in list(zip(examples, answers, decoded))[:args.show]:
         print(repr(e["prompt"]), "->", repr(tok.decode(d[:layout.R])), "| answer", repr(ans),
               "| gold", e["answer"])
-    print(f"{args.ckpt}: {args.split} exact match {acc:.4f} on {len(examples)} problems "
+    print(f"{args.ckpt}: {variant} {args.split} exact match {acc:.4f} on {len(examples)} problems "
           f"({time.time() - t0:.0f}s)")
+    for ops in sorted({operations(e) for e in examples}):
+        right = [task.is_correct(ans, e) for ans, e in zip(answers, examples) if operations(e) == ops]
+        print(f"  {ops} operations: {sum(right) / len(right):.3f} of {len(right)}")
     return acc
 
 
