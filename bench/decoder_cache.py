@@ -57,6 +57,8 @@ def parse_args(argv=None):
         p.error(f"--gen must be between 1 and --length - 1, got {args.gen}")
     if args.repeats < 1:
         p.error(f"--repeats must be at least 1, got {args.repeats}")
+    if args.threads < 1:
+        p.error(f"--threads must be at least 1, got {args.threads}")
     for name, value in (peer.SMALL if args.small else peer.QWEN25_05B).items():
         setattr(args, name, value)
     return args
@@ -68,7 +70,7 @@ def exports(hf: Path, folder: Path) -> dict:
     for precision in EXPORT_PRECISIONS:
         out[precision], note = peer.export_variant(hf, folder, f"{precision}-cache")
         if note:
-            raise RuntimeError(note)
+            raise SystemExit(f"error: {note}")
     return out
 
 

@@ -313,14 +313,16 @@ def export_options() -> set:
     return {flag for flag in ("--int4", "--kv-cache") if re.search(rf"{flag}\b", text)}
 
 
-RANDOM_FLOOR = ["--int8-min-agreement", "0"]  # a random model's near-ties: export's agreement floors do not apply
+# A random model's near-ties: export's agreement floors do not apply to it.
+INT8 = ["--int8", "--int8-min-agreement", "0"]
+INT4 = ["--int4", "--int4-min-agreement", "0"]
 EXPORT_VARIANTS = {  # tie-lite export variant: (`python -m export` flags, the flag this checkout must offer)
     "fp32": ([], None),
-    "int8": (["--int8", *RANDOM_FLOOR], None),
-    "int4": (["--int4", "--int4-min-agreement", "0"], "--int4"),
+    "int8": (INT8, None),
+    "int4": (INT4, "--int4"),
     "fp32-cache": (["--kv-cache"], "--kv-cache"),
-    "int8-cache": (["--int8", *RANDOM_FLOOR, "--kv-cache"], "--kv-cache"),
-    "int4-cache": (["--int4", "--int4-min-agreement", "0", "--kv-cache"], "--kv-cache"),
+    "int8-cache": ([*INT8, "--kv-cache"], "--kv-cache"),
+    "int4-cache": ([*INT4, "--kv-cache"], "--kv-cache"),
 }
 
 
@@ -334,15 +336,18 @@ def export_variant(hf: Path, out: Path, name: str) -> tuple[Optional[Path], Opti
         done = subprocess.run([sys.executable, "-m", "export", hf, folder, "--family", "dream", *flags],
                               capture_output=True, text=True, cwd=ROOT)
         if done.returncode:
-            return None, f"{name}: skipped, export refused it: {done.stderr.strip().splitlines()[-1]}"
+            why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+            return None, f"{name}: skipped, export refused it: {why}"
     return folder, None
 
 
-def onnx_exports(hf: Path, out: Path, offered: set) -> tuple[dict, list]:
-    """{variant: folder} of the tie-lite exports (EXPORT_VARIANTS: those this checkout offers and
-    export accepts for this family), and notes on the ones skipped."""
+def onnx_exports(hf: Path, out: Path, offered: set, wanted: set) -> tuple[dict, list]:
+    """{variant: folder} of the tie-lite exports in `wanted` (EXPORT_VARIANTS: those this checkout
+    offers and export accepts for this family), and notes on the ones skipped."""
     folders, notes = {}, []
     for name, (_, needs) in EXPORT_VARIANTS.items():
+        if name not in wanted:
+            continue
         if needs and needs not in offered:
             notes.append(f"{name}: skipped, `python -m export --help` offers no {needs} in this checkout")
             continue
@@ -478,6 +483,11 @@ PAIRS = (Pair("f32 / fp32", "f32", "fp32"), Pair("f16 / fp32", "f16", "fp32"), P
          Pair("Q4_0 / int4 + K/V cache", "q4_0", "int4-cache", kv_cache="prefix", matched=False))
 
 
+def selected_pairs(args) -> list:
+    """The pairs --pairs names, in table order (every pair without it)."""
+    return [pair for pair in PAIRS if not args.pairs or pair.label in args.pairs]
+
+
 def time_pair(pair: Pair, llama, lite, repeats: int) -> dict:
     """A warm-up decode of each side, then `repeats` alternating (llama.cpp first); the row's numbers."""
     runs = {"llama": [], "lite": []}
@@ -522,7 +532,7 @@ def prepare(args, build: Path) -> tuple:
     converter = patched_converter(llama_source_of(build), args.work, tokenizer)
     ggufs = gguf_files(hf, folder / "gguf", converter, llama_tool(build, "llama-quantize"), args.threads,
                        args.work)
-    onnx, notes = onnx_exports(hf, folder, export_options())
+    onnx, notes = onnx_exports(hf, folder, export_options(), {pair.onnx for pair in selected_pairs(args)})
     ids = prompt_ids(tokenizer, args.prompt_tokens, args.seed)
     return tokenizer, ggufs, onnx, ids, notes
 
@@ -561,7 +571,7 @@ def measure(args) -> int:
     vocab, length = tokenizer.get_vocab(), args.prompt_tokens + args.gen
     print("\n" + describe(args, build), flush=True)
     rows = []
-    for pair in (pair for pair in PAIRS if pair.onnx in onnx and (not args.pairs or pair.label in args.pairs)):
+    for pair in (pair for pair in selected_pairs(args) if pair.onnx in onnx):
         block = args.cache_block if pair.kv_cache else args.gen // args.steps
         llama = lambda: llama_decode(cli, ggufs[pair.gguf], text, args.gen, length, args.steps,  # noqa: E731
                                      args.threads, vocab)

@@ -109,9 +109,11 @@ def _load_source(source, options: ExportOptions) -> _Loaded:
 
 
 def _prepare_folder(out_dir: Path) -> None:
-    """Create out_dir; remove an earlier export's files that this one may not write again."""
+    """Create out_dir; remove an earlier export's files that this one may not write again, and its
+    manifest, so that a folder whose export fails does not pass for a finished one."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (MODEL_GRAPH + ".data", tie_lite.CACHE_GRAPH, tie_lite.CACHE_GRAPH + ".data"):
+    stale_files = (MODEL_GRAPH + ".data", tie_lite.CACHE_GRAPH, tie_lite.CACHE_GRAPH + ".data", tie_lite.MANIFEST_NAME)
+    for stale in stale_files:
         (out_dir / stale).unlink(missing_ok=True)
 
 
@@ -262,8 +264,8 @@ def quantize_int4(onnx_path: Path, block_size: int = DEFAULT_INT4_BLOCK_SIZE,
     done = quantizer.model.model
 
     def write(scratch: Path, dest: Path, external: bool) -> None:  # external data kept, as --int8 keeps it
-        large = done.ByteSize() >= 2 ** 31 - 2 ** 20  # protobuf's limit, with room for the structure
-        onnx.save_model(done, str(dest), save_as_external_data=external or large, all_tensors_to_one_file=True,
+        onnx.save_model(done, str(dest), save_as_external_data=external or too_large_for_one_file(done),
+                        all_tensors_to_one_file=True,
                         location=dest.name + ".data", size_threshold=1024)
 
     _replace_graph(onnx_path, write)
@@ -374,11 +376,28 @@ def store_weights_externally(onnx_path: Path) -> None:
     graph = onnx.load(str(onnx_path), load_external_data=False)
     if any(uses_external_data(t) for t in graph.graph.initializer):
         return
-    data = onnx_path.with_name(onnx_path.name + ".data")
+    save_weights_beside(graph, onnx_path)
+
+
+PROTOBUF_LIMIT = 2 ** 31 - 1  # bytes: the largest message protobuf serializes
+STRUCTURE_ROOM = 2 ** 26      # bytes kept under that limit for a graph's nodes and names
+
+
+def too_large_for_one_file(graph_model) -> bool:
+    """Whether a loaded graph's weights leave too little room under protobuf's limit to save it whole."""
+    return sum(t.ByteSize() for t in graph_model.graph.initializer) >= PROTOBUF_LIMIT - STRUCTURE_ROOM
+
+
+def save_weights_beside(graph_model, path: Path) -> None:
+    """Save a loaded graph at `path` with every weight of 1 KB or more in path.data (one file),
+    readable as `path` is (onnx writes data files owner-only)."""
+    import onnx
+
+    data = path.with_name(path.name + ".data")
     data.unlink(missing_ok=True)  # save_model appends to an existing data file
-    onnx.save_model(graph, str(onnx_path), save_as_external_data=True, all_tensors_to_one_file=True,
+    onnx.save_model(graph_model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=data.name, size_threshold=1024)
-    data.chmod(onnx_path.stat().st_mode & 0o777)  # onnx writes it owner-only; readable as model.onnx is
+    data.chmod(path.stat().st_mode & 0o777)
 
 
 def recorded_source(source, out_dir) -> str:

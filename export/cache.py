@@ -331,7 +331,7 @@ def export_cache_graph(model, out_dir: Path, family, is_suppressed: Tensor, top_
     layers = cache_shape(model.config)[0]
     past, fresh = past_names(layers), fresh_names(layers)
     inputs = dummy_inputs(model.config, family.max_length(model.config))
-    with tempfile.TemporaryDirectory() as tmp:  # over 2 GB the tracer writes a file per weight: kept out of out_dir
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:  # over 2 GB the tracer writes a file per weight
         traced = Path(tmp) / CACHE_GRAPH
         with torch.no_grad(), _onnx_compatible_ops():
             torch.onnx.export(step, inputs, str(traced), input_names=[*CACHE_INPUTS, *past],
@@ -343,23 +343,18 @@ def export_cache_graph(model, out_dir: Path, family, is_suppressed: Tensor, top_
     return path
 
 
-PROTOBUF_LIMIT = 2 ** 31 - 1  # bytes: the largest message protobuf serializes
-
-
 def _save_graph(graph_model, path: Path) -> None:
-    """Save a loaded graph at `path`: whole, or with its weights in path.data when the weights alone
-    reach protobuf's limit (a margin of 64 MB for the structure)."""
+    """Save a loaded graph at `path`: whole, or with its weights in path.data when they leave too
+    little room under protobuf's limit (export.too_large_for_one_file)."""
     import onnx
 
-    weights = sum(t.ByteSize() for t in graph_model.graph.initializer)
-    if weights < PROTOBUF_LIMIT - 2 ** 26:
+    from . import save_weights_beside, too_large_for_one_file
+
+    path.with_name(path.name + ".data").unlink(missing_ok=True)  # an earlier export's
+    if too_large_for_one_file(graph_model):
+        save_weights_beside(graph_model, path)
+    else:
         onnx.save(graph_model, str(path))
-        return
-    data = path.with_name(path.name + ".data")
-    data.unlink(missing_ok=True)  # save_model appends to an existing data file
-    onnx.save_model(graph_model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data.name, size_threshold=1024)
-    data.chmod(path.stat().st_mode & 0o777)  # onnx writes it owner-only; readable as the graph is
 
 
 @contextlib.contextmanager

@@ -252,25 +252,29 @@ def test_a_cache_graph_over_protobufs_limit_keeps_its_weights_in_one_file(tmp_pa
     """A 0.5B Dream's cache graph is over 2 GB: the tracer then writes a file per weight, and a whole
     save fails. With the limit lowered to this tiny model's size, export writes cache.onnx + one
     cache.onnx.data, float32 and int8, decoding as the whole graph does."""
-    import export.cache
+    import export
     from export import export_model
     from tiny import save_tiny
 
     source = save_tiny(tmp_path / "hf", "modernbert", seed=11)
     export_model(source, tmp_path / "whole", kv_cache=True, log=lambda m: None)
-    monkeypatch.setattr(export.cache, "PROTOBUF_LIMIT", 2 ** 26 + 1024)
+    monkeypatch.setattr(export, "PROTOBUF_LIMIT", export.STRUCTURE_ROOM + 1024)
     config = tie_lite.DecodeConfig(gen_length=16, block_size=4)
     for name, options in (("split", {}), ("split-int8", dict(int8=True))):
         out = tmp_path / name
         export_model(source, out, kv_cache=True, log=lambda m: None, **options)
         graph_files = sorted(f.name for f in out.iterdir() if f.name.startswith("cache"))
         assert graph_files == ["cache.onnx", "cache.onnx.data"], graph_files
+        assert (out / "cache.onnx.data").stat().st_mode == (out / "cache.onnx").stat().st_mode
         if not options:
             whole = tie_lite.Model.load(tmp_path / "whole", kv_cache="prefix")
             split = tie_lite.Model.load(out, kv_cache="prefix")
             assert_same_decodes(whole, split, config, PROMPTS)
         else:
             assert tie_lite.generate(tie_lite.Model.load(out, kv_cache="prefix"), PROMPTS[0], config).steps > 0
+    monkeypatch.undo()  # the limit back: the same folder exported again keeps no stale data file
+    export_model(source, tmp_path / "split", kv_cache=True, log=lambda m: None)
+    assert not (tmp_path / "split" / "cache.onnx.data").exists()
 
 
 @pytest.mark.torch

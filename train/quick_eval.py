@@ -126,6 +126,9 @@ def main(argv=None):
     layout = Layout(tok, R=a["R"], A=a["A"], prefix=a["prompt_prefix"], suffix=a["prompt_suffix"],
                     marker=a["marker"], max_length=a["max_length"])
     variant = args.task or trained.get("args", {}).get("task", "short")
+    if task.TASKS[variant].R > a["R"]:
+        ap.error(f"--task {variant} needs {task.TASKS[variant].R} reasoning positions; {args.ckpt} was trained "
+                 f"with {a['R']}")
     examples = task.make_split(args.split, args.n, seed=args.seed, variant=variant)
     t0 = time.time()
     acc, answers, decoded = evaluate(model, layout, examples, padded=args.padded)
