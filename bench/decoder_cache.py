@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +40,9 @@ EXPORT_PRECISIONS = ("fp32", "int8")  # exported with the cache graph (vs_llama_
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "tie-lite-vs-llama-cpp",
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", type=Path, default=peer.DEFAULT_WORK,
                    help="folder for the model and its exports (bench/vs_llama_cpp.py's --work reuses its model)")
     p.add_argument("--small", action="store_true", help=f"a tiny Dream-shaped model ({peer.SMALL})")
     p.add_argument("--length", type=int, default=512, help="canvas length L (prompt + G)")

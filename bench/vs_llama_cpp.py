@@ -71,13 +71,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 QWEN25_05B = dict(layers=24, hidden=896, heads=14, kv_heads=2, intermediate=4864, vocab=151936)
 SMALL = dict(layers=2, hidden=128, heads=2, kv_heads=1, intermediate=384, vocab=4096)
+DEFAULT_WORK = Path(tempfile.gettempdir()) / "tie-lite-vs-llama-cpp"
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "tie-lite-vs-llama-cpp",
+    p.add_argument("--work", type=Path, default=DEFAULT_WORK,
                    help="folder for the llama.cpp build, the models and their conversions (kept between runs)")
     p.add_argument("--build", action="store_true", help="download and build llama.cpp into --work first")
     p.add_argument("--llama-dir", type=Path, help="an existing llama.cpp CMake build folder (default: --work's)")
