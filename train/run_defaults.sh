@@ -1,9 +1,9 @@
 #!/bin/sh
 # Train tie-lite's models: A and B in parallel (one thread each), then B's second stage and C in
 # parallel, then D and its second stage, all on the short task (training times: models/README.md);
-# then LA, LB and LD in parallel: A's chosen snapshot, B2 and D2 fine-tuned into the long task
-# variant (2-6 operations, each step restating what is left; train/task.py). Not shipped yet:
-# train/README.md says where they stand.
+# then LB and LD in parallel: the shipped b and d fine-tuned into the long task variant (2-6
+# operations, each step restating what is left; train/task.py). Not shipped yet: train/README.md
+# says where they stand.
 # Usage: sh train/run_defaults.sh [OUT_ROOT]   (default ckpt); logs in OUT_ROOT/<name>.log
 # PYTHON: interpreter (default python). Then: python train/export_defaults.py --ckpt OUT_ROOT
 #
@@ -43,13 +43,12 @@ train D --arch a2d-qwen3 --tokenizer bpe-words --bpe_vocab 320 --data_seed 3 --h
   --kv_heads 2 --intermediate 448 --steps 6000 --lr 2e-3 --warmup 200 --eval_every 750 --max_minutes 100
 train D2 --init_from "$OUT/D" --data_seed 3 --seed 1 --steps 3000 --lr 5e-4 --warmup 100 --eval_every 500 \
   --max_minutes 48
-# The long task: every stage starts from a short-task model, with a data seed of its own.
+# The long task: each stage starts from a shipped short-task model (B2, D2), with a data seed of its own.
 run_long() { # name, init checkpoint, data seed
-  nice -n 3 $PY "$HERE/train_mdlm.py" --out "$OUT/$1" --task long --init_from "$OUT/$2" --data_seed $3 --seed 2 \
-    --steps 3000 --lr 1e-3 --warmup 100 --eval_every 500 --eval_n 200 --batch 32 --n_train 40000 \
+  nice -n 3 $PY "$HERE/train_mdlm.py" --out "$OUT/$1" --task long --init_from "$OUT/$2" --data_seed $3 --seed 3 \
+    --steps 6000 --lr 2e-4 --warmup 200 --eval_every 500 --eval_n 100 --batch 32 --n_train 100000 \
     --keep_snapshots --max_minutes 600 > "$OUT/$1.log" 2>&1
 }
-run_long LA A_steps/step03750 4 &
-run_long LB B2 5 &
-run_long LD D2 6 &
+run_long LB B2 7 &
+run_long LD D2 8 &
 wait
