@@ -1,6 +1,6 @@
 """Exact-match accuracy of the shipped models alone and ensembled with TIE, through tie_lite.
 
-    python eval/evaluate.py --split test --n 1000 [--task short|long|hard] [--phrasings trained|held-out]
+    python eval/evaluate.py --split test --n 1000 [--task short|long|hard|chain] [--phrasings trained|held-out]
                             [--models-dir models]
                             [--only NAME ...] [--interval N] [--kv-cache prefix|dual [--kv-window N]]
 
@@ -71,8 +71,8 @@ def parse_args():
     p.add_argument("--split", choices=("validation", "test"), default="validation")
     p.add_argument("--n", type=int, default=1000, help="problems")
     p.add_argument("--seed", type=int, default=0, help="split seed (the problems drawn)")
-    p.add_argument("--task", choices=("short", "long", "hard"), default="short",
-                   help="problems: short (2-3 operations), long (2-6) or hard (4-6), train/task.py")
+    p.add_argument("--task", choices=("short", "long", "hard", "chain"), default="short",
+                   help="problems: short (2-3 operations), long or chain (2-6), hard (4-6): train/task.py")
     p.add_argument("--phrasings", choices=("trained", "held-out"), default="trained",
                    help="the prompts' templates: those the models are trained on, or held-out ones")
     p.add_argument("--models-dir", type=Path, default=ROOT / "models")
