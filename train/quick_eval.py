@@ -115,6 +115,8 @@ def main(argv=None):
     ap.add_argument("--padded", action="store_true",
                     help="batch all prompt lengths together with right padding + attention mask")
     ap.add_argument("--task", choices=sorted(task.TASKS), help="task variant (default: the checkpoint's)")
+    ap.add_argument("--block-size", type=int, default=16, help="positions per block, decoded in confidence "
+                    "order (1: strictly left to right); must divide the response (R + A)")
     ap.add_argument("--show", type=int, default=3, help="print this many decoded examples")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -131,7 +133,9 @@ def main(argv=None):
                  f"with {a['R']}")
     examples = task.make_split(args.split, args.n, seed=args.seed, variant=variant)
     t0 = time.time()
-    acc, answers, decoded = evaluate(model, layout, examples, padded=args.padded)
+    if args.block_size < 1 or (a["R"] + a["A"]) % args.block_size:
+        ap.error(f"--block-size must be a positive divisor of R + A = {a['R'] + a['A']}, got {args.block_size}")
+    acc, answers, decoded = evaluate(model, layout, examples, padded=args.padded, block_size=args.block_size)
     for e, ans, d in list(zip(examples, answers, decoded))[:args.show]:
         print(repr(e["prompt"]), "->", repr(tok.decode(d[:layout.R])), "| answer", repr(ans),
               "| gold", e["answer"])
