@@ -806,6 +806,12 @@ class Model:
         """Characters in the vocabulary's longest token (>= the text characters any one token covers)."""
         return max(len(token) for token in self.tokenizer.get_vocab(with_added_tokens=True))
 
+    @property
+    def batches_exactly(self) -> bool:
+        """Whether canvases stepped together in one call get each canvas's own statistics, bit for bit. Not
+        with int8 dynamic quantization: its activations' scale is one per call (the whole batch's range)."""
+        return self.manifest.extra.get("quantization") != "int8-dynamic"
+
     def read_rows(self, positions: np.ndarray) -> np.ndarray:
         """The canvas rows (K,) whose logits predict `positions` (K,): the positions themselves, or with
         the manifest's logits_shift the rows before them (Dream-style; position 0 reads itself)."""
@@ -834,10 +840,10 @@ class Model:
 
         Canvases are right-padded to the longest with pad_id, the padding masked out (attention_mask 0);
         positions are padded with position 0 up to batch_rows, so that each canvas's statistics start
-        at the same memory alignment as in a call of its own. A model loaded with kv_cache, or a single
-        canvas, makes one call per canvas.
+        at the same memory alignment as in a call of its own. A model loaded with kv_cache, a single
+        canvas, or a model that does not batch exactly (int8) makes one call per canvas.
         """
-        if self.kv_cache or len(canvases) <= 1:
+        if self.kv_cache or len(canvases) <= 1 or not self.batches_exactly:
             return [self.stats(t, p, with_logits) for t, p in zip(canvases, positions)]
         m = self.manifest
         longest = max(t.size for t in canvases)
@@ -916,6 +922,85 @@ class Model:
         logits = rest[0][0] if with_logits else None
         kept = outputs[len(stats):]
         return Stats(top_ids[0], top_probs[0], entropy[0], logits), kept[:layers], kept[layers:]
+
+    def batch_prime(self, canvases: Sequence[np.ndarray], positions: Sequence[np.ndarray], blocks: Sequence[int],
+                    with_logits: bool = False) -> list:
+        """prime() of B canvases (L_b,) at their positions (K_b,) for their blocks, in one cache.onnx call:
+        a list of B (Stats, KVCache). A single canvas, or a model that does not batch exactly (int8), makes a
+        call per canvas (prime)."""
+        if len(canvases) == 1 or not self.batches_exactly:
+            return [self.prime(*args, with_logits) for args in zip(canvases, positions, blocks)]
+        every = [np.arange(tokens.size, dtype=np.int64) for tokens in canvases]  # (L_b,) every row recomputed
+        passes = self._run_cache_batch(canvases, every, None, [self.read_rows(p) for p in positions],
+                                       with_logits, keep=True)
+        return [(stats, KVCache(keys, values, tokens.copy(), block))
+                for (stats, keys, values), tokens, block in zip(passes, canvases, blocks)]
+
+    def batch_cached_stats(self, canvases: Sequence[np.ndarray], caches: Sequence[KVCache],
+                           rows: Sequence[np.ndarray], gathers: Sequence[np.ndarray],
+                           with_logits: bool = False) -> list:
+        """cached_stats() of B canvases (L_b,) that recompute equally many rows (Q,), in one cache.onnx call:
+        a list of B Stats. A single canvas, a single row each (the product of one row takes another kernel
+        than that of several, so batching would change bits) or a model that does not batch exactly (int8)
+        makes a call per canvas (cached_stats)."""
+        if len(canvases) == 1 or rows[0].size == 1 or not self.batches_exactly:
+            return [self.cached_stats(*args, with_logits) for args in zip(canvases, caches, rows, gathers)]
+        _require(len({r.size for r in rows}) == 1,
+                 f"canvases stepped together recompute equally many rows, got {sorted({r.size for r in rows})}")
+        passes = self._run_cache_batch(canvases, rows, caches, gathers, with_logits, keep=False)
+        return [stats for stats, _, _ in passes]
+
+    def _run_cache_batch(self, canvases, rows, caches: Optional[Sequence[KVCache]], gathers, with_logits: bool,
+                         keep: bool) -> list:
+        """_run_cache() of B canvases in one call, through the host: [(Stats, keys, values)] per canvas.
+
+        Padded as batch_stats pads: canvases right-padded to the longest L (masked), gathered rows to
+        batch_rows. The kept keys and values (caches, or None: nothing kept) are stacked to (B, h, L, d),
+        zero past a canvas's end, where the mask hides them. Canvases with fewer rows (Q_b) than the most
+        are padded with rows at position L - 1, masked for them (only a canvas shorter than the longest may
+        have fewer rows): no row attends to a masked position, so the padding rows change nothing and
+        their outputs are dropped."""
+        m = self.manifest
+        count, longest = len(canvases), max(tokens.size for tokens in canvases)
+        width = max(r.size for r in rows)
+        gathered = batch_rows(max(g.size for g in gathers), m.graph_vocab_size)
+        input_ids = np.full((count, width), m.pad_id, np.int64)            # (B, Q)
+        row_idx = np.full((count, width), longest - 1, np.int64)           # (B, Q)
+        attention_mask = np.zeros((count, longest), np.int64)              # (B, L)
+        gather = np.zeros((count, gathered), np.int64)                     # (B, K)
+        for b, (tokens, own, wanted) in enumerate(zip(canvases, rows, gathers)):
+            _require(own.size == width or tokens.size < longest,
+                     f"a canvas as long as the longest ({longest}) recomputes {own.size} rows, not {width}")
+            input_ids[b, :own.size], row_idx[b, :own.size] = tokens[own], own
+            attention_mask[b, :tokens.size] = 1
+            gather[b, :wanted.size] = wanted
+        feed = {"input_ids": input_ids, "rows": row_idx, "attention_mask": attention_mask, "gather": gather}
+        layers, heads, dim = self.cache_dims
+        kept = longest if caches is not None else 0
+        for i, name in enumerate(layer_names("past_keys", layers) + layer_names("past_values", layers)):
+            past = np.zeros((count, heads, kept, dim), np.float32)  # (B, h, P, d)
+            for b, cache in enumerate(caches or []):
+                value = cache.keys[i] if i < layers else cache.values[i - layers]
+                past[b, :, :canvases[b].size] = value.numpy()[0]
+            feed[name] = past
+        stats = list(GRAPH_OUTPUTS if with_logits else GRAPH_OUTPUTS[:3])
+        fresh = layer_names("keys", layers) + layer_names("values", layers) if keep else []
+        top_ids, top_probs, entropy, *rest = self.session.run(stats + fresh, feed)
+        logits = rest[0] if with_logits else None
+        fresh_out = rest[1:] if with_logits else rest
+        return [(Stats(top_ids[b, :g.size], top_probs[b, :g.size], entropy[b, :g.size],
+                       None if logits is None else logits[b, :g.size]),
+                 *self._own_rows(fresh_out, b, r.size, layers))
+                for b, (r, g) in enumerate(zip(rows, gathers))]
+
+    def _own_rows(self, fresh: list, b: int, count: int, layers: int) -> tuple:
+        """(keys, values) of canvas b's first `count` rows from a batched call's fresh outputs (B, h, Q, d),
+        as onnxruntime values on the session's device, N layers each (none when `fresh` is empty)."""
+        import onnxruntime as ort
+
+        own = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(out[b:b + 1, :, :count]), *self.cache_device)
+               for out in fresh]
+        return own[:layers], own[layers:]
 
 
 ROW_ALIGNMENT = 64  # bytes: where each canvas's gathered rows start in a batched call (Model.batch_stats)
@@ -1305,13 +1390,49 @@ def step_stats(model: Model, state: DecodeState, config: DecodeConfig, positions
     """
     if not model.kv_cache:
         return model.stats(state.tokens, positions, with_logits)
-    block_idx = current_block_idx(state, config)
-    if state.kv is None or not state.kv.serves(state.tokens, block_idx, state.block):
+    if needs_prime(state, config):
         stats, state.kv = model.prime(state.tokens, positions, state.block, with_logits)
         return stats
+    return model.cached_stats(state.tokens, state.kv, *cached_rows(model, state, config, positions), with_logits)
+
+
+def needs_prime(state: DecodeState, config: DecodeConfig) -> bool:
+    """Whether a kv_cache model's step needs a full pass: no kept keys and values serve this block."""
+    return state.kv is None or not state.kv.serves(state.tokens, current_block_idx(state, config), state.block)
+
+
+def cached_rows(model: Model, state: DecodeState, config: DecodeConfig, positions: np.ndarray) -> tuple:
+    """(rows (Q,), gather (K,)): the canvas rows a cached step recomputes, and where among them `positions`
+    (K,) are read."""
     read_at = model.read_rows(positions)  # (K,)
-    rows = KVCache.rows(block_idx, read_at, state.tokens.size, model.kv_cache, model.kv_window)  # (Q,)
-    return model.cached_stats(state.tokens, state.kv, rows, np.searchsorted(rows, read_at), with_logits)
+    rows = KVCache.rows(current_block_idx(state, config), read_at, state.tokens.size, model.kv_cache,
+                        model.kv_window)  # (Q,)
+    return rows, np.searchsorted(rows, read_at)
+
+
+def batch_step_stats(model: Model, states: Sequence[DecodeState], config: DecodeConfig,
+                     positions: Sequence[np.ndarray], with_logits: bool) -> list:
+    """step_stats of B states of a kv_cache model at their positions (K_b,), each canvas's as its own call
+    gives: one call for the canvases whose block needs a full pass, and one per row count Q for the
+    others (canvases at the same block of equal decodes recompute equally many rows)."""
+    stats = [None] * len(states)
+    priming = [b for b, state in enumerate(states) if needs_prime(state, config)]
+    if priming:
+        primed = model.batch_prime([states[b].tokens for b in priming], [positions[b] for b in priming],
+                                   [states[b].block for b in priming], with_logits)
+        for b, (read, cache) in zip(priming, primed):
+            stats[b], states[b].kv = read, cache
+    groups: dict = {}  # Q -> [(b, rows (Q,), gather (K_b,))]
+    for b in sorted(set(range(len(states))) - set(priming)):
+        rows, gather = cached_rows(model, states[b], config, positions[b])
+        groups.setdefault(rows.size, []).append((b, rows, gather))
+    for group in groups.values():
+        index, rows, gathers = zip(*group)
+        taken = model.batch_cached_stats([states[b].tokens for b in index], [states[b].kv for b in index],
+                                         rows, gathers, with_logits)
+        for b, read in zip(index, taken):
+            stats[b] = read
+    return stats
 
 
 def track_answer(model: Model, tokens: np.ndarray, answer_idx: np.ndarray, stats: Stats,
@@ -1452,9 +1573,9 @@ def decode_steps(model: Model, states: Sequence[DecodeState], config: DecodeConf
     masked = [advance_block(state, config, model.manifest.mask_id) for state in states]
     live = [i for i, masked_idx in enumerate(masked) if masked_idx.size]
     where = [read_positions(states[i], config, masked[i]) for i in live]  # ((r,), (A,)) per canvas
-    if model.kv_cache:  # kept keys and values are per canvas: one call each (step_stats)
-        stats = [step_stats(model, states[i], config, np.concatenate(w), config.temperature > 0)
-                 for i, w in zip(live, where)]
+    if model.kv_cache:
+        stats = batch_step_stats(model, [states[i] for i in live], config, [np.concatenate(w) for w in where],
+                                 config.temperature > 0)
     else:
         stats = model.batch_stats([states[i].tokens for i in live], [np.concatenate(w) for w in where],
                                   config.temperature > 0)
@@ -2040,8 +2161,9 @@ def generate(models, prompt: str | Sequence[str], config: DecodeConfig = DecodeC
     one onnxruntime call per step (right-padded, masked). Each prompt keeps its own
     blocks, schedule, early exit and relays; its events carry its index (event.prompt),
     and on_step returning False stops that prompt only. A model loaded with kv_cache
-    still steps one canvas per call, as do TIE's scoring passes (scores other than tcc)
-    and a learned policy; a given answer needs a single prompt.
+    batches its full passes, and its cached steps by the number of rows they recompute.
+    An int8 model, TIE's scoring passes (scores other than tcc) and a learned policy
+    step one canvas per call; a given answer needs a single prompt.
     """
     models = [models] if isinstance(models, Model) else list(models)
     if not models:

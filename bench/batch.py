@@ -1,6 +1,7 @@
 """Batched prompts: throughput of generate(models, [prompts]) against one generate() call per prompt.
 
     python bench/batch.py [--prompts 64] [--batch-sizes 1 4 8 16 32 64] [--rounds 3] [--threads N]
+                          [--kv-cache prefix|dual]
 
 Decodes the first N test problems of train/task.py (the shipped models' task) with model a
 alone and with TIE a+b (the shipped defaults: the manifest's lengths, schedule, tcc), in one
@@ -10,6 +11,7 @@ thread budget between its models). Prints, per setup and batch size, the median 
 of (separate time / batched time), and whether every batched result equals the separate one
 (text, tokens, answer, steps, model calls, chosen model, relays). It also prints the ratio
 of CPU time (every thread of the process), steadier than wall time on a shared machine.
+--kv-cache loads every model with its block K/V cache, on both sides of each ratio.
 
 First it checks the statistics themselves: canvases from the separate decodes (every 8th
 step), gathered where decoding reads them, run through Model.batch_stats in one call against
@@ -44,6 +46,8 @@ def parse_args():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="thread budget (default: every core, as the CLI)")
     p.add_argument("--skip-stats", action="store_true", help="skip the statistics check")
+    p.add_argument("--kv-cache", choices=tie_lite.KV_CACHE_MODES, default=None,
+                   help="load the models with their block K/V cache (both sides; the statistics check is skipped)")
     p.add_argument("--sweep", action="store_true", help="only time single graph calls over B and L")
     return p.parse_args()
 
@@ -147,11 +151,11 @@ def main() -> int:
         return 0
     prompts = [ex["prompt"] for ex in task.make_split("test", args.prompts, seed=0)]
     dirs = [tie_lite.DEFAULT_MODELS_DIR / name / "onnx" for name in tie_lite.DEFAULT_MODELS]
-    pair = tie_lite.load_models(dirs, "cpu", args.threads)
-    alone = tie_lite.load_models(dirs[:1], "cpu", args.threads)
+    pair = tie_lite.load_models(dirs, "cpu", args.threads, kv_cache=args.kv_cache)
+    alone = tie_lite.load_models(dirs[:1], "cpu", args.threads, kv_cache=args.kv_cache)
     config = tie_lite.DecodeConfig().for_model(alone[0])
-    print(config)
-    if not args.skip_stats:
+    print(config, f"kv_cache={args.kv_cache}")
+    if not args.skip_stats and not args.kv_cache:
         print("statistics, batched against one canvas per call:")
         for model in pair:
             stats_check(model, prompts, config)

@@ -84,20 +84,23 @@ def attend(query: Tensor, key: Tensor, value: Tensor, past_key: Tensor, past_val
     heads (grouped-query attention: g divides h, and query head i reads key/value head i // (h / g),
     as transformers' repeat_kv and LLaDA's repeat_interleave pair them; g = h without it);
     allowed_past (B, 1, 1|Q, P) and allowed_fresh (B, 1, 1|Q, Q) bool; extra_* (B, h, Q, P|Q) added
-    before scaling (relative positions). Returns (B, Q, h*d)."""
+    before scaling (relative positions). Returns (B, Q, h*d).
+
+    The fresh rows come first in the softmax and the kept positions after them, so that a batch of
+    canvases of different lengths, whose kept keys are padded at the end (masked), sums each canvas's
+    scores in the same order as a call of its own: its batched statistics equal its own bit for bit."""
     batch, heads, count, dim = query.shape
     groups = key.shape[1]
     grouped = query.reshape(batch, groups, heads // groups * count, dim)  # (B, g, h/g * Q, d): a group's heads
-    scores = torch.cat([torch.matmul(grouped, past_key.transpose(-1, -2)),    # (B, g, h/g * Q, P)
-                        torch.matmul(grouped, key.transpose(-1, -2))], -1)    # (B, g, h/g * Q, Q)
-    scores = scores.reshape(batch, heads, count, -1)  # (B, h, Q, P + Q)
+    scores = torch.cat([torch.matmul(grouped, key.transpose(-1, -2)),         # (B, g, h/g * Q, Q)
+                        torch.matmul(grouped, past_key.transpose(-1, -2))], -1)  # (B, g, h/g * Q, P)
+    scores = scores.reshape(batch, heads, count, -1)  # (B, h, Q, Q + P)
     if extra_past is not None:
-        scores = scores + torch.cat([extra_past, extra_fresh], -1)
-    allowed = torch.cat([allowed_past, allowed_fresh], -1)  # (B, 1, 1|Q, P + Q)
+        scores = scores + torch.cat([extra_fresh, extra_past], -1)
+    allowed = torch.cat([allowed_fresh, allowed_past], -1)  # (B, 1, 1|Q, Q + P)
     scores = (scores * scale).masked_fill(~allowed, torch.finfo(scores.dtype).min)
-    probs = torch.softmax(scores, dim=-1).reshape(batch, groups, heads // groups * count, -1)  # (B, g, h/g * Q, P + Q)
-    kept = past_key.shape[2]
-    context = torch.matmul(probs[..., :kept], past_value) + torch.matmul(probs[..., kept:], value)  # (B, g, h/g * Q, d)
+    probs = torch.softmax(scores, dim=-1).reshape(batch, groups, heads // groups * count, -1)  # (B, g, h/g * Q, Q + P)
+    context = torch.matmul(probs[..., :count], value) + torch.matmul(probs[..., count:], past_value)  # (B, g, h/g * Q, d)
     return context.reshape(batch, heads, count, dim).transpose(1, 2).reshape(batch, count, heads * dim)
 
 

@@ -80,19 +80,10 @@ def check_batched(models, prompts, config, ensemble=EnsembleConfig(), batch_size
 @pytest.mark.parametrize("fixture", ["tiny_bert", "tiny_modernbert", "tiny_char"])
 def test_batched_statistics_are_bit_identical_to_one_canvas_per_call(fixture, request):
     model = tie_lite.Model.load(request.getfixturevalue(fixture)[1])
-    m, rng = model.manifest, np.random.default_rng(0)
-    canvases, positions = [], []
-    for _ in range(24):
-        length = int(rng.integers(8, m.max_length + 1))
-        tokens = rng.integers(4, m.vocab_size, length)  # (L,)
-        tokens[rng.random(length) < 0.4] = m.mask_id
-        canvases.append(tokens.astype(np.int64))
-        positions.append(np.sort(rng.choice(length, int(rng.integers(1, 20)), replace=False)).astype(np.int64))
+    canvases, positions = random_canvases(model, 24, seed=0)
     batched = model.batch_stats(canvases, positions, with_logits=True)
     for tokens, wanted, stats in zip(canvases, positions, batched):
-        alone = model.stats(tokens, wanted, with_logits=True)
-        for name in ("top_ids", "top_probs", "entropy", "logits"):
-            assert np.array_equal(getattr(stats, name), getattr(alone, name)), name
+        assert_stats_equal(stats, model.stats(tokens, wanted, with_logits=True))
 
 
 def test_batch_rows_start_every_canvas_on_a_64_byte_boundary():
@@ -127,10 +118,78 @@ def test_a_single_prompt_and_short_lists(bert):
     assert_same(tie_lite.generate(bert, ("the cat",), INFILL)[0], one)
 
 
-def test_a_kv_cache_model_falls_back_to_one_canvas_per_call():
-    model = tie_lite.Model.load(ROOT / "models" / "a" / "onnx", kv_cache="prefix")
-    prompts = [ex["prompt"] for ex in _task().make_split("test", 4, seed=0)]
-    check_batched(model, prompts, DecodeConfig(), batch_sizes=(4,))
+def random_canvases(model: tie_lite.Model, count: int, seed: int, most_read: int = 20) -> tuple:
+    """`count` canvases (L,) of different lengths, about 40% masked, and sorted positions (K,) to read in each."""
+    m, rng = model.manifest, np.random.default_rng(seed)
+    canvases, positions = [], []
+    for _ in range(count):
+        length = int(rng.integers(8, m.max_length + 1))
+        tokens = rng.integers(4, m.vocab_size, length)  # (L,)
+        tokens[rng.random(length) < 0.4] = m.mask_id
+        canvases.append(tokens.astype(np.int64))
+        positions.append(np.sort(rng.choice(length, int(rng.integers(1, min(most_read, length))), replace=False)).astype(np.int64))
+    return canvases, positions
+
+
+def assert_stats_equal(got: tie_lite.Stats, want: tie_lite.Stats) -> None:
+    for name in ("top_ids", "top_probs", "entropy", "logits"):
+        assert np.array_equal(getattr(got, name), getattr(want, name)), name
+
+
+@pytest.mark.parametrize("name", ["a", "b", "c"])
+def test_batched_cache_passes_are_bit_identical_to_one_canvas_per_call(name):
+    """A full pass (prime) over canvases of different lengths, and cached steps of equally many rows over
+    them, equal each canvas's own call, statistics and kept keys and values alike."""
+    model = tie_lite.Model.load(ROOT / "models" / name / "onnx", kv_cache="dual")
+    canvases, positions = random_canvases(model, 12, seed=1)
+    primed = model.batch_prime(canvases, positions, [0] * len(canvases), with_logits=True)
+    for tokens, wanted, (stats, cache) in zip(canvases, positions, primed):
+        alone, own = model.prime(tokens, wanted, 0, with_logits=True)
+        assert_stats_equal(stats, alone)
+        for got, want in zip(cache.keys + cache.values, own.keys + own.values):
+            assert np.array_equal(got.numpy(), want.numpy())
+    rows = [np.sort(np.random.default_rng(b).choice(t.size, 6, replace=False)) for b, t in enumerate(canvases)]
+    gathers = [np.array([0, 2, 5]) for _ in canvases]
+    caches = [cache for _, cache in primed]
+    batched = model.batch_cached_stats(canvases, caches, rows, gathers, with_logits=True)
+    for tokens, cache, own_rows, gather, stats in zip(canvases, caches, rows, gathers, batched):
+        assert_stats_equal(stats, model.cached_stats(tokens, cache, own_rows, gather, with_logits=True))
+
+
+@pytest.mark.parametrize("mode", tie_lite.KV_CACHE_MODES)
+def test_kv_cache_models_batched_are_token_identical(mode):
+    """Prompts of different lengths, with blocks entered at different steps (threshold), batched with the
+    cache: every result as generated alone; with TIE too."""
+    a, c = (tie_lite.Model.load(ROOT / "models" / name / "onnx", kv_cache=mode) for name in ("a", "c"))
+    prompts = [ex["prompt"] for ex in _task().make_split("test", 10, seed=0)]
+    check_batched(a, prompts, DecodeConfig(), batch_sizes=(4, 10))
+    finishing = check_batched(c, prompts, DecodeConfig(strategy="threshold", threshold=0.9), batch_sizes=(10,))
+    assert len({r.steps for r in finishing}) > 1
+    check_batched([a, c], prompts, DecodeConfig(), batch_sizes=(10,))
+
+
+def test_int8_models_step_one_canvas_per_call(tmp_path, monkeypatch):
+    """int8's dynamic quantization scales a call's activations by the range of the whole batch: batched, a
+    canvas's statistics would change with its neighbours. So an int8 model steps its canvases one per call,
+    with or without its cache, and its batched decodes equal each prompt's own."""
+    from export import export_model
+
+    folder = export_model(ROOT / "models" / "a" / "hf", tmp_path / "a8", int8=True, kv_cache=True,
+                          log=lambda msg: None).parent
+    model = tie_lite.Model.load(folder)
+    assert not model.batches_exactly
+    canvases, positions = random_canvases(model, 6, seed=3)
+    monkeypatch.setattr(tie_lite.Model, "batches_exactly", True)
+    mixed = model.batch_stats(canvases, positions)
+    monkeypatch.undo()
+    alone = [model.stats(tokens, wanted) for tokens, wanted in zip(canvases, positions)]
+    assert not all(np.array_equal(m.top_probs, a.top_probs) for m, a in zip(mixed, alone))  # why
+    for stats, own in zip(model.batch_stats(canvases, positions), alone):
+        assert_stats_equal(stats, own)
+    prompts = [ex["prompt"] for ex in _task().make_split("test", 6, seed=0)]
+    config = DecodeConfig(gen_length=32, answer_length=4, block_size=4)
+    check_batched(model, prompts, config, batch_sizes=(6,))
+    check_batched(tie_lite.Model.load(folder, kv_cache="prefix"), prompts, config, batch_sizes=(6,))
 
 
 def test_on_step_sees_prompt_indices_and_stops_one_prompt(bert):

@@ -134,3 +134,22 @@ def test_cached_decode_makes_one_full_pass_per_block(three_layers, family, mode,
     result = tie_lite.generate(model, PROMPTS[0], tie_lite.DecodeConfig(gen_length=16, block_size=4))
     assert result.steps == 16  # one token a step
     assert len(primes) == 4 and len(cached) == 12  # blocks; their other steps
+
+
+@pytest.mark.parametrize("mode", tie_lite.KV_CACHE_MODES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batched_cached_decodes_equal_each_prompt_alone(three_layers, family, mode, monkeypatch):
+    """Rotary, grouped-query attention and Dream's shift, batched: prompts of different lengths step together,
+    one call per step for all four (a full pass at each block's start, cached rows otherwise), and each
+    decodes as it does alone."""
+    model = tie_lite.Model.load(three_layers[family][1], kv_cache=mode)
+    prompts = [*PROMPTS, "the dog is small", "how many red sun and blue moon are big ?"]  # each >= 4 tokens, the window
+    config = tie_lite.DecodeConfig(gen_length=16, block_size=4)
+    alone = [tie_lite.generate(model, prompt, config) for prompt in prompts]
+    calls, batch = [], tie_lite.Model._run_cache_batch
+    monkeypatch.setattr(tie_lite.Model, "_run_cache_batch",
+                        lambda self, canvases, *a, **k: calls.append(len(canvases)) or batch(self, canvases, *a, **k))
+    batched = tie_lite.generate(model, prompts, config, batch_size=4)
+    for got, want in zip(batched, alone):
+        assert got.tokens.tolist() == want.tokens.tolist() and got.steps == want.steps
+    assert calls == [4] * 16
