@@ -1,6 +1,7 @@
 """Forward time and peak RSS of onnxruntime levers on one export, against the runtime's own session.
 
     python bench/ort_levers.py [--onnx-dir DIR] [--length 512] [--repeats 5] [--threads 2]
+                               [--variants ...] [--fuse-as bert gpt2]
 
 Forward time relative to the runtime's session, side by side, and each variant's peak
 RSS in a fresh process. Without --onnx-dir it exports a ModernBERT-base-sized random
@@ -9,7 +10,8 @@ model (hidden 768, 22 layers, vocab 50368; needs torch). Variants, all on the sa
   single-file  weights inside model.onnx (what export writes below its size bar)
   external     weights in model.onnx.data (what export writes above it)
   no-prepack   the runtime's graph with session.disable_prepacking
-  fused        onnxruntime.transformers' offline optimizer (model_type bert) applied first
+  fused-TYPE   onnxruntime.transformers' offline optimizer applied first, as model type TYPE (--fuse-as:
+               bert, or gpt2 for the rotary decoders: Qwen, Dream, LLaDA)
   basic-opt    graph optimisation level BASIC instead of ALL
 Forward: one pass over a canvas of --length tokens, statistics at 32 positions, the
 median of --repeats, the variants interleaved so that machine noise hits them alike.
@@ -33,6 +35,7 @@ sys.path.insert(0, str(HERE))  # common, random_models
 from common import session_options  # noqa: E402
 
 FEED_POSITIONS = 32  # statistics gathered per forward
+VARIANTS = ("single-file", "external", "no-prepack", "fused", "basic-opt")
 
 
 def feed(length: int) -> dict:
@@ -46,27 +49,49 @@ def parse_args():
     p.add_argument("--length", type=int, default=512)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                   help="which variants besides the runtime's (single-file needs a graph under 2 GB)")
+    p.add_argument("--fuse-as", nargs="+", choices=("bert", "gpt2"), default=["bert"],
+                   help="the offline optimizer's model types for the fused variants (gpt2: rotary decoders)")
     return p.parse_args()
 
 
-def graph_copies(onnx_dir: Path, tmp: Path) -> dict:
-    """variant -> graph path: the export as written, single-file, external-data and fused copies."""
+def graph_copies(onnx_dir: Path, tmp: Path, variants: list, fuse_as: list) -> dict:
+    """variant -> graph path for the chosen variants: the export as written, and single-file, external-data
+    and fused copies (one fused copy per optimizer model type in fuse_as)."""
     import onnx
+
+    paths = {"runtime": onnx_dir / "model.onnx"}
+    graph = onnx.load(str(onnx_dir / "model.onnx"))
+    if "single-file" in variants:
+        onnx.save_model(graph, str(tmp / "single.onnx"))
+        paths["single-file"] = tmp / "single.onnx"
+    if "external" in variants:
+        onnx.save_model(graph, str(tmp / "external.onnx"), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location="external.onnx.data", size_threshold=1024)
+        paths["external"] = tmp / "external.onnx"
+    del graph
+    for kind in ("no-prepack", "basic-opt"):
+        if kind in variants:
+            paths[kind] = paths["runtime"]
+    if "fused" in variants:
+        for model_type in fuse_as:
+            paths[f"fused-{model_type}"] = fused_copy(onnx_dir, tmp, model_type)
+    return paths
+
+
+def fused_copy(onnx_dir: Path, tmp: Path, model_type: str) -> Path:
+    """onnxruntime.transformers' offline optimizer over the export as `model_type`; prints the operators it
+    fused (the op counts that changed)."""
     from onnxruntime.transformers.optimizer import optimize_model
 
-    graph = onnx.load(str(onnx_dir / "model.onnx"))
-    single, external = tmp / "single.onnx", tmp / "external.onnx"
-    onnx.save_model(graph, str(single))
-    onnx.save_model(graph, str(external), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="external.onnx.data", size_threshold=1024)
-    del graph
     config = json.loads((onnx_dir / "config.json").read_text())  # export copies the model's config
-    fused = optimize_model(str(single), model_type="bert", num_heads=config["num_attention_heads"],
-                           hidden_size=config["hidden_size"], opt_level=0)
-    fused.save_model_to_file(str(tmp / "fused.onnx"), use_external_data_format=True, all_tensors_to_one_file=True)
-    runtime = onnx_dir / "model.onnx"
-    return {"runtime": runtime, "single-file": single, "external": external, "no-prepack": runtime,
-            "fused": tmp / "fused.onnx", "basic-opt": runtime}
+    fused = optimize_model(str(onnx_dir / "model.onnx"), model_type=model_type,
+                           num_heads=config["num_attention_heads"], hidden_size=config["hidden_size"], opt_level=0)
+    print(f"fused as {model_type}: {fused.get_fused_operator_statistics()}")
+    path = tmp / f"fused-{model_type}.onnx"
+    fused.save_model_to_file(str(path), use_external_data_format=True, all_tensors_to_one_file=True)
+    return path
 
 
 def session(path: Path, variant: str, threads: int):
@@ -98,7 +123,7 @@ def main() -> int:
             from random_models import export_random
 
             onnx_dir = export_random(tmp / "model", "modernbert", 768, 22, 50368, max(args.length, 128))
-        paths = graph_copies(onnx_dir, tmp)
+        paths = graph_copies(onnx_dir, tmp, args.variants, args.fuse_as)
         inputs = feed(args.length)
         wanted = ["top_ids", "top_probs", "entropy"]
         sessions = {v: session(p, v, args.threads) for v, p in paths.items()}
