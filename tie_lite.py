@@ -2138,6 +2138,19 @@ def generate_batches(models: Sequence[Model], prompts: Sequence[str], config: De
             pool.shutdown()
 
 
+def resolve_config(models: Sequence[Model], config: DecodeConfig) -> DecodeConfig:
+    """`config` with its unset lengths the first model's recommendation. ConfigError when the caller left
+    the generation or answer length unset and the models recommend different ones: each was trained on
+    its own layout, and an ensemble decodes one."""
+    for name in ("gen_length", "answer_length"):
+        wanted = {m.name: m.manifest.decode_defaults[name] for m in models if name in m.manifest.decode_defaults}
+        if getattr(config, name) is None and len(set(wanted.values())) > 1:
+            listed = ", ".join(f"{model} {value}" for model, value in wanted.items())
+            raise ConfigError(f"the models recommend different {name} values ({listed}): set {name} "
+                              f"(--{name.replace('_', '-')}) to decode them together")
+    return config.for_model(models[0])
+
+
 def generate(models, prompt: str | Sequence[str], config: DecodeConfig = DecodeConfig(),
              ensemble: EnsembleConfig = EnsembleConfig(), on_step: Optional[OnStep] = None,
              record_history: bool = False, answer: Optional[str] = None,
@@ -2145,7 +2158,8 @@ def generate(models, prompt: str | Sequence[str], config: DecodeConfig = DecodeC
     """Decode `prompt` with one Model, or ensemble a sequence of Models with TIE.
 
     Lengths left unset in `config` (gen_length, answer_length, block_size) are the first
-    model's recommendation, exactly as on the command line (DecodeConfig.for_model).
+    model's recommendation, exactly as on the command line (DecodeConfig.for_model); an
+    ensemble whose models recommend different generation or answer lengths needs them set.
 
     on_step(event) is called after every step of every model with a StepEvent and
     after every relay with a Relay (one call at a time, also when the models run in
@@ -2168,7 +2182,7 @@ def generate(models, prompt: str | Sequence[str], config: DecodeConfig = DecodeC
     models = [models] if isinstance(models, Model) else list(models)
     if not models:
         raise ConfigError("no model given")
-    config = config.for_model(models[0])
+    config = resolve_config(models, config)
     if isinstance(prompt, (list, tuple)):
         return generate_list(models, list(prompt), config, ensemble, on_step, record_history, answer, batch_size)
     if answer is not None:
@@ -2461,9 +2475,9 @@ def load_models(dirs: Sequence[Path], provider: str, threads: Optional[int],
                        kv_window=kv_window) for i, d in enumerate(dirs)]
 
 
-def decode_config(args: argparse.Namespace, model: Model) -> DecodeConfig:
-    """DecodeConfig from the options, resolved for the first model as generate() resolves it."""
-    return config_from_args(args, DecodeConfig).for_model(model)
+def decode_config(args: argparse.Namespace, models: Sequence[Model]) -> DecodeConfig:
+    """DecodeConfig from the options, resolved for the models as generate() resolves it."""
+    return resolve_config(models, config_from_args(args, DecodeConfig))
 
 
 def check_options(args: argparse.Namespace) -> None:
@@ -2597,7 +2611,7 @@ def run_cli(args: argparse.Namespace) -> GenerateResult:
     check_options(args)
     ensemble = config_from_args(args, EnsembleConfig)
     models = load_models(model_dirs(args), args.provider, args.threads, args.kv_cache, args.kv_window)
-    config = decode_config(args, models[0])
+    config = decode_config(args, models)
     if config.policy is not None:
         load_policy(config.policy)  # a bad policy folder fails here, before any decoding
     view = live_view(args, models, config)
@@ -2633,7 +2647,7 @@ def batch_lines(args: argparse.Namespace):
     check_options(args)
     ensemble = config_from_args(args, EnsembleConfig)
     models = load_models(model_dirs(args), args.provider, args.threads, args.kv_cache, args.kv_window)
-    config = decode_config(args, models[0])
+    config = decode_config(args, models)
     if config.policy is not None:
         load_policy(config.policy)
     if len(models) > 1:

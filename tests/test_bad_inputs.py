@@ -181,6 +181,8 @@ CATALOGUE = [
     ("first-k zero", "pair", [*M, "--first-k", "0"], "first_k must be positive"),
     ("first-k past the answer", "pair", [*M, "--first-k", "17"], "first_k 17 exceeds the answer's 16"),
     ("one model twice", "same pair", M, "two models named 'b'"),
+    ("models trained on different layouts", "layout pair", [],
+     "the models recommend different gen_length values (b "),
     ("unknown interval unit", "pair", [*M, "--interval-unit", "hours"], "invalid choice: 'hours'"),
     ("providers do not match models", "pair", [*M, "--provider", "cpu,cpu,cpu"], "3 providers for 2 models"),
     ("prompt fits one model, not the other", "short pair", ["--answer-length", "16", "--gen-length", "96"],
@@ -213,6 +215,11 @@ def _argv(setup, extra, tmp_path):
     if setup == "file":
         (tmp_path / "model.txt").write_text("not a folder")
         return ["--model", str(tmp_path / "model.txt"), *prompt, *extra]
+    if setup == "layout pair":  # the second model recommends another generation length
+        shutil.copytree(SHIPPED["a"], tmp_path / "other")
+        decode = json.loads((SHIPPED["a"] / "tie_lite.json").read_text())["decode_defaults"]
+        _edit_manifest(name="other", decode_defaults={**decode, "gen_length": 96})(tmp_path / "other")
+        return ["--models", str(SHIPPED["b"]), str(tmp_path / "other"), *prompt, *extra]
     if setup == "short pair":  # the second model accepts only 90 tokens
         shutil.copytree(SHIPPED["a"], tmp_path / "short")
         _edit_manifest(max_length=90)(tmp_path / "short")
