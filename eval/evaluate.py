@@ -1,8 +1,8 @@
 """Exact-match accuracy of the shipped models alone and ensembled with TIE, through tie_lite.
 
-    python eval/evaluate.py --split test --n 1000 [--task short|long|hard|chain] [--phrasings trained|held-out]
+    python eval/evaluate.py --split test --n 1000 [--task short|long|hard|chain|chain80] [--phrasings trained|held-out]
                             [--models-dir models]
-                            [--only NAME ...] [--interval N] [--kv-cache prefix|dual [--kv-window N]]
+                            [--only NAME ...] [--interval N] [--block-size N] [--kv-cache prefix|dual [--kv-window N]]
 
 Prints one table: each model alone, post-generation selection and TIE (tcc) for
 every pair, TIE with every other score for every pair, and TIE over the trios; for each,
@@ -48,6 +48,7 @@ class Variant:
 
 MODELS = ("a", "b", "c", "d")
 SCORES = tie_lite.SCORES  # the relay scores, tcc (the default) first
+PROGRESS_EVERY = 100      # problems decoded together between progress lines
 
 
 def label(names) -> str:
@@ -71,8 +72,8 @@ def parse_args():
     p.add_argument("--split", choices=("validation", "test"), default="validation")
     p.add_argument("--n", type=int, default=1000, help="problems")
     p.add_argument("--seed", type=int, default=0, help="split seed (the problems drawn)")
-    p.add_argument("--task", choices=("short", "long", "hard", "chain"), default="short",
-                   help="problems: short (2-3 operations), long or chain (2-6), hard (4-6): train/task.py")
+    p.add_argument("--task", choices=("short", "long", "hard", "chain", "chain80"), default="short",
+                   help="problems: short (2-3 operations), long, chain or chain80 (2-6), hard (4-6): train/task.py")
     p.add_argument("--phrasings", choices=("trained", "held-out"), default="trained",
                    help="the prompts' templates: those the models are trained on, or held-out ones")
     p.add_argument("--models-dir", type=Path, default=ROOT / "models")
@@ -83,6 +84,8 @@ def parse_args():
                    "in this mode (approximate)")
     p.add_argument("--kv-window", type=int, help="with --kv-cache: positions before the block also recomputed "
                    "(default: the block's size)")
+    p.add_argument("--block-size", type=int, help="decode in blocks of this many positions instead of the "
+                   "manifests' (to choose a model's block on validation before exporting it)")
     p.add_argument("--text-relay", action="store_true",
                    help="relay through text also between models of one tokenizer (what a text relay costs)")
     p.add_argument("--workers", type=int, default=2, help="processes, each decoding a share of the problems")
@@ -134,16 +137,18 @@ def run_variant(variant: Variant, models: dict, problems: list) -> dict:
     config = tie_lite.DecodeConfig(**{**defaults, **dict(variant.decode)})
     correct, calls, changes, relays, relay_count = [], [], 0, 0, 0
     t0 = time.perf_counter()
-    for i, ex in enumerate(problems):
-        result = tie_lite.generate(chosen if len(chosen) > 1 else chosen[0], ex["prompt"], config,
-                                   variant.ensemble)
-        correct.append(task.is_correct(result.answer or "", ex))
-        calls.append(result.model_calls)
-        changed, handovers = tie_lite.leader_changes(result.relays, result.chosen if result.candidates else None)
-        changes, relays, relay_count = changes + changed, relays + handovers, relay_count + len(result.relays)
-        if (i + 1) % 100 == 0:
-            print(f"  {variant.name}: {i + 1}/{len(problems)}, accuracy so far {np.mean(correct):.3f}, "
-                  f"{time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    for start in range(0, len(problems), PROGRESS_EVERY):  # batched, each result as decoded alone
+        chunk = problems[start:start + PROGRESS_EVERY]
+        results = tie_lite.generate(chosen if len(chosen) > 1 else chosen[0], [ex["prompt"] for ex in chunk],
+                                    config, variant.ensemble)
+        for ex, result in zip(chunk, results):
+            correct.append(task.is_correct(result.answer or "", ex))
+            calls.append(result.model_calls)
+            changed, handovers = tie_lite.leader_changes(result.relays,
+                                                         result.chosen if result.candidates else None)
+            changes, relays, relay_count = changes + changed, relays + handovers, relay_count + len(result.relays)
+        print(f"  {variant.name}: {len(correct)}/{len(problems)}, accuracy so far {np.mean(correct):.3f}, "
+              f"{time.perf_counter() - t0:.0f}s", file=sys.stderr)
     return {"correct": np.array(correct), "calls": float(np.mean(calls)), "changes": changes, "relays": relays,
             "relay_count": relay_count, "relays_per_problem": relay_count / max(1, len(problems)),
             "change_rate": changes / relays if relays else None, "seconds": time.perf_counter() - t0}
@@ -190,7 +195,9 @@ def main() -> int:
     if unknown:
         raise SystemExit(f"error: unknown row(s) {sorted(unknown)}; rows: {[v.name for v in variants()]}")
     present = {m for m in MODELS if (args.models_dir / m / "onnx").is_dir()}
-    chosen = [dataclasses.replace(v, kv_cache=args.kv_cache, kv_window=args.kv_window, text_relay=args.text_relay)
+    block = (("block_size", args.block_size),) if args.block_size else ()
+    chosen = [dataclasses.replace(v, kv_cache=args.kv_cache, kv_window=args.kv_window, text_relay=args.text_relay,
+                                  decode=v.decode + block)
               for v in variants(args.interval)
               if (not args.only or v.name in args.only) and set(v.models) <= present]
     problems = task.make_split(args.split, args.n, seed=args.seed, variant=args.task,
@@ -202,7 +209,8 @@ def main() -> int:
         print(f"{variant.name}: {100 * rows[variant.name]['correct'].mean():.1f}% "
               f"({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
     print(f"split {args.split}, task {args.task}, {args.phrasings} phrasings, {len(problems)} problems (seed {args.seed}), "
-          f"TIE interval {args.interval}{', relays through text' if args.text_relay else ''}\n")
+          f"TIE interval {args.interval}{', relays through text' if args.text_relay else ''}"
+          f"{f', blocks of {args.block_size}' if args.block_size else ''}\n")
     print(table(rows, {v.name: v.models for v in chosen}))
     if args.json:
         args.json.write_text(json.dumps({k: {**v, "correct": v["correct"].tolist()} for k, v in rows.items()}))

@@ -20,7 +20,7 @@ def test_the_short_splits_are_the_ones_the_shipped_models_were_measured_on():
     assert first[0]["reasoning"] == "7-6=1. 1+8=9." and first[0]["answer"] == "9"
 
 
-@pytest.mark.parametrize("variant", ["long", "hard", "chain"])
+@pytest.mark.parametrize("variant", ["long", "hard", "chain", "chain80"])
 def test_every_restated_expression_evaluates_to_the_answer(variant):
     limits = task.TASKS[variant]
     for problem in task.make_split("validation", 300, seed=0, variant=variant):

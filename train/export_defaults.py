@@ -53,6 +53,9 @@ def parse_args():
     p.add_argument("--int4", action="store_true",
                    help="export int4 (MatMulNBits) graphs instead, e.g. into another --models-dir to measure them")
     p.add_argument("--kv-cache", action="store_true", help="also write cache.onnx (tie_lite --kv-cache)")
+    p.add_argument("--block-size", type=int, default=BLOCK_SIZE,
+                   help="the block the manifests recommend (default: %(default)s); it must divide the layout's "
+                        "reasoning and answer budgets")
     p.add_argument("--int8-all-layers", action="store_true", help="with --int8: quantize the first layer too")
     p.add_argument("--int4-block-size", type=int, default=DEFAULT_INT4_BLOCK_SIZE, help="with --int4 (default: %(default)s)")
     p.add_argument("--int4-accuracy-level", type=int, default=DEFAULT_INT4_ACCURACY_LEVEL,
@@ -64,10 +67,13 @@ def parse_args():
 
 
 def ship(ckpt: Path, dest: Path, name: str, int8: bool = False, kv_cache: bool = False,
-         int8_all_layers: bool = False, **quantization) -> Path:
+         int8_all_layers: bool = False, block_size: int = BLOCK_SIZE, **quantization) -> Path:
     """Copy one checkpoint to dest/hf and export it to dest/onnx; returns the manifest path.
     quantization: more ExportOptions fields (int4, int4_block_size, int4_accuracy_level)."""
     layout = json.loads((ckpt / "training_args.json").read_text())["layout"]
+    if layout["R"] % block_size or layout["A"] % block_size:
+        raise SystemExit(f"error: --block-size {block_size} does not divide {ckpt}'s reasoning ({layout['R']}) "
+                         f"and answer ({layout['A']}) budgets")
     if dest.exists():
         shutil.rmtree(dest)
     (dest / "hf").mkdir(parents=True)
@@ -80,7 +86,7 @@ def ship(ckpt: Path, dest: Path, name: str, int8: bool = False, kv_cache: bool =
                         prompt_format=layout["prompt_prefix"] + "{prompt}" + layout["prompt_suffix"],
                         answer_marker=layout["marker"],
                         decode_defaults={"gen_length": gen_length, "answer_length": layout["A"],
-                                         "block_size": BLOCK_SIZE}, int8=int8, kv_cache=kv_cache,
+                                         "block_size": block_size}, int8=int8, kv_cache=kv_cache,
                         int8_first_layer_fp32=not int8_all_layers, **quantization)
 
 
@@ -93,7 +99,7 @@ def main() -> int:
             if args.from_shipped:  # copied first: ship() replaces its destination, which may be models/
                 ckpt = Path(shutil.copytree(ROOT / "models" / name.lower() / "hf", Path(tmp) / name))
             manifest = ship(ckpt, args.models_dir / name.lower(), name.lower(), args.int8, args.kv_cache,
-                            args.int8_all_layers, int4=args.int4, int4_block_size=args.int4_block_size,
+                            args.int8_all_layers, args.block_size, int4=args.int4, int4_block_size=args.int4_block_size,
                             int4_accuracy_level=args.int4_accuracy_level)
             print(manifest)
     return 0

@@ -19,7 +19,9 @@ copy a step makes is from the step before it (a first try that labelled the step
 positions: decodes long enough for several TIE relays at interval 16. "hard" is the long
 variant's 4-6-operation problems alone, the evaluation set for that setting. "chain" is 2-6
 operations in the short variant's layout (no restating, R = 60), the layout the shipped models
-know, for fine-tuning them without changing what each step writes (train/README.md).
+know, for fine-tuning them without changing what each step writes (train/README.md). "chain80" is
+the same problems in 80 generated positions (R = 64, A = 16): blocks of 8 or 16 then end where the
+answer starts (the runtime needs that), and one position a step makes 4 TIE relays at interval 16.
 Every split is still assigned by the hash of the canonical expression, whatever the variant,
 so a problem never changes split.
 
@@ -54,13 +56,14 @@ class Task:
         return self.max_length - self.R - self.A - len(MARKER) - len(PROMPT_PREFIX) - len(PROMPT_SUFFIX)
 
 
-# short: the longest reasoning is 26 characters; long: 111 (six operations restated); chain: 54;
+# short: the longest reasoning is 26 characters; long: 111 (six operations restated); chain, chain80: 54;
 # R + A is a multiple of 16, the block of the training-time evaluation (quick_eval.py).
 TASKS = {t.name: t for t in (
     Task("short", (2, 3), R=28, A=4, max_length=128, restate=False),
     Task("long", (2, 3, 4, 5, 6), R=124, A=4, max_length=192, restate=True),
     Task("hard", (4, 5, 6), R=124, A=4, max_length=192, restate=True),
     Task("chain", (2, 3, 4, 5, 6), R=60, A=4, max_length=128, restate=False),
+    Task("chain80", (2, 3, 4, 5, 6), R=64, A=16, max_length=160, restate=False),
 )}
 SHORT = TASKS["short"]
 R, A, MAX_LENGTH = SHORT.R, SHORT.A, SHORT.max_length  # the short layout, the default

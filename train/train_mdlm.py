@@ -121,7 +121,7 @@ def save(model, tok, layout, args, out, extra):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--task", default="short", choices=["short", "long", "chain"],
+    ap.add_argument("--task", default="short", choices=["short", "long", "chain", "chain80"],
                     help="task variant (train/task.py): its problems and its layout")
     ap.add_argument("--arch", default="modernbert", choices=["modernbert", "bert", "a2d-qwen3"])
     ap.add_argument("--tokenizer", default="char", choices=["char", "bpe", "bpe-words"])
