@@ -62,6 +62,7 @@ PROMPT_SLOT = "{prompt}"           # where the user's text goes in a manifest's 
 POLICY_GRAPH = "policy.onnx"       # a learned unmasking policy's files inside its folder
 POLICY_CARD = "policy.json"
 CACHE_GRAPH = "cache.onnx"         # the block key/value-cache graph (python -m export --kv-cache)
+CACHE_LAYOUT = "fresh-first"       # manifest's cache_layout: cache.onnx's softmax takes fresh keys, then kept ones
 
 
 class TieLiteError(Exception):
@@ -809,8 +810,12 @@ class Model:
     @property
     def batches_exactly(self) -> bool:
         """Whether canvases stepped together in one call get each canvas's own statistics, bit for bit. Not
-        with int8 dynamic quantization: its activations' scale is one per call (the whole batch's range)."""
-        return self.manifest.extra.get("quantization") != "int8-dynamic"
+        with int8 dynamic quantization: its activations' scale is one per call (the whole batch's range).
+        With kv_cache, only a cache.onnx exported with fresh keys first (manifest cache_layout): one exported
+        before sums a padded canvas's scores in another order."""
+        if self.manifest.extra.get("quantization") == "int8-dynamic":
+            return False
+        return not self.kv_cache or self.manifest.extra.get("cache_layout") == CACHE_LAYOUT
 
     def read_rows(self, positions: np.ndarray) -> np.ndarray:
         """The canvas rows (K,) whose logits predict `positions` (K,): the positions themselves, or with
@@ -945,44 +950,25 @@ class Model:
         makes a call per canvas (cached_stats)."""
         if len(canvases) == 1 or rows[0].size == 1 or not self.batches_exactly:
             return [self.cached_stats(*args, with_logits) for args in zip(canvases, caches, rows, gathers)]
-        _require(len({r.size for r in rows}) == 1,
-                 f"canvases stepped together recompute equally many rows, got {sorted({r.size for r in rows})}")
         passes = self._run_cache_batch(canvases, rows, caches, gathers, with_logits, keep=False)
         return [stats for stats, _, _ in passes]
 
-    def _run_cache_batch(self, canvases, rows, caches: Optional[Sequence[KVCache]], gathers, with_logits: bool,
+    def _run_cache_batch(self, canvases: Sequence[np.ndarray], rows: Sequence[np.ndarray],
+                         caches: Optional[Sequence[KVCache]], gathers: Sequence[np.ndarray], with_logits: bool,
                          keep: bool) -> list:
         """_run_cache() of B canvases in one call, through the host: [(Stats, keys, values)] per canvas.
 
         Padded as batch_stats pads: canvases right-padded to the longest L (masked), gathered rows to
-        batch_rows. The kept keys and values (caches, or None: nothing kept) are stacked to (B, h, L, d),
-        zero past a canvas's end, where the mask hides them. Canvases with fewer rows (Q_b) than the most
-        are padded with rows at position L - 1, masked for them (only a canvas shorter than the longest may
-        have fewer rows): no row attends to a masked position, so the padding rows change nothing and
-        their outputs are dropped."""
-        m = self.manifest
-        count, longest = len(canvases), max(tokens.size for tokens in canvases)
-        width = max(r.size for r in rows)
-        gathered = batch_rows(max(g.size for g in gathers), m.graph_vocab_size)
-        input_ids = np.full((count, width), m.pad_id, np.int64)            # (B, Q)
-        row_idx = np.full((count, width), longest - 1, np.int64)           # (B, Q)
-        attention_mask = np.zeros((count, longest), np.int64)              # (B, L)
-        gather = np.zeros((count, gathered), np.int64)                     # (B, K)
-        for b, (tokens, own, wanted) in enumerate(zip(canvases, rows, gathers)):
-            _require(own.size == width or tokens.size < longest,
-                     f"a canvas as long as the longest ({longest}) recomputes {own.size} rows, not {width}")
-            input_ids[b, :own.size], row_idx[b, :own.size] = tokens[own], own
-            attention_mask[b, :tokens.size] = 1
-            gather[b, :wanted.size] = wanted
-        feed = {"input_ids": input_ids, "rows": row_idx, "attention_mask": attention_mask, "gather": gather}
-        layers, heads, dim = self.cache_dims
-        kept = longest if caches is not None else 0
-        for i, name in enumerate(layer_names("past_keys", layers) + layer_names("past_values", layers)):
-            past = np.zeros((count, heads, kept, dim), np.float32)  # (B, h, P, d)
-            for b, cache in enumerate(caches or []):
-                value = cache.keys[i] if i < layers else cache.values[i - layers]
-                past[b, :, :canvases[b].size] = value.numpy()[0]
-            feed[name] = past
+        batch_rows. The kept keys and values (caches, or None: nothing kept, a full pass) are stacked to
+        (B, h, L, d), zero past a canvas's end, where the mask hides them; cache.onnx puts them after the
+        fresh rows in its softmax, so this padding comes after every canvas's own scores. Only a full pass
+        pads rows (a shorter canvas recomputes fewer), with its position L - 1, masked for it: no row attends
+        to a masked position, and the padding rows' outputs are dropped. Cached calls take equally many rows."""
+        _require(caches is None or len({r.size for r in rows}) == 1,
+                 f"a cached call's canvases recompute equally many rows, got {sorted({r.size for r in rows})}")
+        feed = self._cache_batch_feed(canvases, rows, gathers)
+        layers = self.cache_dims[0]
+        feed.update(self._stacked_past(canvases, caches))
         stats = list(GRAPH_OUTPUTS if with_logits else GRAPH_OUTPUTS[:3])
         fresh = layer_names("keys", layers) + layer_names("values", layers) if keep else []
         top_ids, top_probs, entropy, *rest = self.session.run(stats + fresh, feed)
@@ -993,13 +979,45 @@ class Model:
                  *self._own_rows(fresh_out, b, r.size, layers))
                 for b, (r, g) in enumerate(zip(rows, gathers))]
 
+    def _cache_batch_feed(self, canvases: Sequence[np.ndarray], rows: Sequence[np.ndarray],
+                          gathers: Sequence[np.ndarray]) -> dict:
+        """cache.onnx's input_ids, rows, attention_mask and gather for B canvases, padded (_run_cache_batch)."""
+        m = self.manifest
+        count, longest = len(canvases), max(tokens.size for tokens in canvases)
+        width = max(r.size for r in rows)
+        input_ids = np.full((count, width), m.pad_id, np.int64)            # (B, Q)
+        row_idx = np.full((count, width), longest - 1, np.int64)           # (B, Q)
+        attention_mask = np.zeros((count, longest), np.int64)              # (B, L)
+        gather = np.zeros((count, batch_rows(max(g.size for g in gathers), m.graph_vocab_size)), np.int64)  # (B, K)
+        for b, (tokens, own, wanted) in enumerate(zip(canvases, rows, gathers)):
+            _require(own.size == width or tokens.size < longest,
+                     f"a canvas as long as the longest ({longest}) recomputes {own.size} rows, not {width}")
+            input_ids[b, :own.size], row_idx[b, :own.size] = tokens[own], own
+            attention_mask[b, :tokens.size] = 1
+            gather[b, :wanted.size] = wanted
+        return {"input_ids": input_ids, "rows": row_idx, "attention_mask": attention_mask, "gather": gather}
+
+    def _stacked_past(self, canvases: Sequence[np.ndarray], caches: Optional[Sequence[KVCache]]) -> dict:
+        """past_keys_i / past_values_i (B, h, P, d) float32: each canvas's kept ones copied to the host and
+        stacked, zero past its end; P = the longest canvas, or 0 when nothing is kept."""
+        layers, heads, dim = self.cache_dims
+        kept = max(tokens.size for tokens in canvases) if caches is not None else 0
+        past = {}
+        for i, name in enumerate(layer_names("past_keys", layers) + layer_names("past_values", layers)):
+            stacked = np.zeros((len(canvases), heads, kept, dim), np.float32)  # (B, h, P, d)
+            for b, cache in enumerate(caches or []):
+                value = cache.keys[i] if i < layers else cache.values[i - layers]
+                stacked[b, :, :canvases[b].size] = value.numpy()[0]
+            past[name] = stacked
+        return past
+
     def _own_rows(self, fresh: list, b: int, count: int, layers: int) -> tuple:
         """(keys, values) of canvas b's first `count` rows from a batched call's fresh outputs (B, h, Q, d),
         as onnxruntime values on the session's device, N layers each (none when `fresh` is empty)."""
         import onnxruntime as ort
 
-        own = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(out[b:b + 1, :, :count]), *self.cache_device)
-               for out in fresh]
+        own = [ort.OrtValue.ortvalue_from_numpy(out[b:b + 1, :, :count].copy(), *self.cache_device)  # (1, h, Q_b, d)
+               for out in fresh]  # copies: a view would keep the whole batch's output alive
         return own[:layers], own[layers:]
 
 
@@ -1414,7 +1432,8 @@ def batch_step_stats(model: Model, states: Sequence[DecodeState], config: Decode
                      positions: Sequence[np.ndarray], with_logits: bool) -> list:
     """step_stats of B states of a kv_cache model at their positions (K_b,), each canvas's as its own call
     gives: one call for the canvases whose block needs a full pass, and one per row count Q for the
-    others (canvases at the same block of equal decodes recompute equally many rows)."""
+    others (canvases at the same block of equal decodes recompute equally many rows); steps of a
+    single row, and models that do not batch exactly, make a call per canvas."""
     stats = [None] * len(states)
     priming = [b for b, state in enumerate(states) if needs_prime(state, config)]
     if priming:
@@ -1569,7 +1588,8 @@ def decode(model: Model, state: DecodeState, config: DecodeConfig, max_steps: Op
 
 def decode_steps(model: Model, states: Sequence[DecodeState], config: DecodeConfig) -> list:
     """decode_step of each state, with one forward pass over every canvas that needs a step
-    (Model.batch_stats): a list of StepEvents, None where a state had no block left."""
+    (Model.batch_stats; with kv_cache, batch_step_stats): a list of StepEvents, None where a state
+    had no block left."""
     masked = [advance_block(state, config, model.manifest.mask_id) for state in states]
     live = [i for i, masked_idx in enumerate(masked) if masked_idx.size]
     where = [read_positions(states[i], config, masked[i]) for i in live]  # ((r,), (A,)) per canvas
@@ -2141,11 +2161,12 @@ def generate_batches(models: Sequence[Model], prompts: Sequence[str], config: De
 def resolve_config(models: Sequence[Model], config: DecodeConfig) -> DecodeConfig:
     """`config` with its unset lengths the first model's recommendation. ConfigError when the caller left
     the generation or answer length unset and the models recommend different ones: each was trained on
-    its own layout, and an ensemble decodes one."""
+    its own layout, and an ensemble decodes one. The block size is a decoding choice, not a layout: an
+    unset one is the first model's, whatever the others recommend."""
     for name in ("gen_length", "answer_length"):
-        wanted = {m.name: m.manifest.decode_defaults[name] for m in models if name in m.manifest.decode_defaults}
-        if getattr(config, name) is None and len(set(wanted.values())) > 1:
-            listed = ", ".join(f"{model} {value}" for model, value in wanted.items())
+        wanted = [(m.name, m.manifest.decode_defaults[name]) for m in models if name in m.manifest.decode_defaults]
+        if getattr(config, name) is None and len({value for _, value in wanted}) > 1:
+            listed = ", ".join(f"{model} {value}" for model, value in wanted)
             raise ConfigError(f"the models recommend different {name} values ({listed}): set {name} "
                               f"(--{name.replace('_', '-')}) to decode them together")
     return config.for_model(models[0])
@@ -2175,9 +2196,11 @@ def generate(models, prompt: str | Sequence[str], config: DecodeConfig = DecodeC
     one onnxruntime call per step (right-padded, masked). Each prompt keeps its own
     blocks, schedule, early exit and relays; its events carry its index (event.prompt),
     and on_step returning False stops that prompt only. A model loaded with kv_cache
-    batches its full passes, and its cached steps by the number of rows they recompute.
-    An int8 model, TIE's scoring passes (scores other than tcc) and a learned policy
-    step one canvas per call; a given answer needs a single prompt.
+    batches its full passes, and its cached steps by the number of rows they recompute
+    (steps of one row go one canvas per call). An int8 model, a cache graph exported
+    before its manifest recorded cache_layout, TIE's scoring passes (scores other than
+    tcc) and a learned policy step one canvas per call; a given answer needs a single
+    prompt.
     """
     models = [models] if isinstance(models, Model) else list(models)
     if not models:
@@ -2242,7 +2265,8 @@ operations (+, -, *; numbers up to 30), e.g. --prompt "{EXAMPLE_PROMPT}" prints 
 and "Answer: 9". Other prompts give text of that shape, not sense.
 
 Decoding lengths left unset come from the first model's manifest (the shipped models: \
---gen-length 32 --answer-length 4 --block-size 4)."""
+--gen-length 32 --answer-length 4 --block-size 4); an ensemble of models that recommend different \
+generation or answer lengths needs them given."""
 
 
 class _ArgumentParser(argparse.ArgumentParser):

@@ -48,7 +48,7 @@ class Variant:
 
 MODELS = ("a", "b", "c", "d")
 SCORES = tie_lite.SCORES  # the relay scores, tcc (the default) first
-PROGRESS_EVERY = 100      # problems decoded together between progress lines
+PROGRESS_EVERY = 100      # problems per generate() call (decoded in batches of 8), a progress line after each
 
 
 def label(names) -> str:
@@ -195,7 +195,9 @@ def main() -> int:
     if unknown:
         raise SystemExit(f"error: unknown row(s) {sorted(unknown)}; rows: {[v.name for v in variants()]}")
     present = {m for m in MODELS if (args.models_dir / m / "onnx").is_dir()}
-    block = (("block_size", args.block_size),) if args.block_size else ()
+    if args.block_size is not None and args.block_size < 1:
+        raise SystemExit(f"error: --block-size must be positive, got {args.block_size}")
+    block = (("block_size", args.block_size),) if args.block_size is not None else ()
     chosen = [dataclasses.replace(v, kv_cache=args.kv_cache, kv_window=args.kv_window, text_relay=args.text_relay,
                                   decode=v.decode + block)
               for v in variants(args.interval)
@@ -210,7 +212,7 @@ def main() -> int:
               f"({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
     print(f"split {args.split}, task {args.task}, {args.phrasings} phrasings, {len(problems)} problems (seed {args.seed}), "
           f"TIE interval {args.interval}{', relays through text' if args.text_relay else ''}"
-          f"{f', blocks of {args.block_size}' if args.block_size else ''}\n")
+          f"{f', blocks of {args.block_size}' if args.block_size is not None else ''}\n")
     print(table(rows, {v.name: v.models for v in chosen}))
     if args.json:
         args.json.write_text(json.dumps({k: {**v, "correct": v["correct"].tolist()} for k, v in rows.items()}))

@@ -134,6 +134,7 @@ def _export_graphs(loaded: _Loaded, out_dir: Path, options: ExportOptions, log) 
         log(f"exporting the K/V-cache graph to {out_dir / tie_lite.CACHE_GRAPH} and validating it")
         cache_path = export_cache_graph(model, out_dir, family, loaded.is_suppressed, top_k, opset)
         reports["cache_validation"] = validate_cache(cache_path, *loaded.checks(top_k)).as_dict()
+        reports["cache_layout"] = tie_lite.CACHE_LAYOUT
         graphs[cache_path] = measure_cache
     return graphs, reports
 

@@ -10,7 +10,7 @@ all after it; its DualCache: the block alone). The graph written here,
 `cache.onnx`, serves both passes:
 
     input_ids       (B, Q) int64    tokens of the rows recomputed this call
-    rows            (B, Q) int64    their canvas positions, distinct, in [0, L)
+    rows            (B, Q) int64    their canvas positions in [0, L), distinct where attention_mask is 1
     attention_mask  (B, L) int64    1 where a canvas position may be attended to
     gather          (B, K) int64    indices into the Q rows whose predictions are wanted
     past_keys_i     (B, h, P, d) float32  layer i's kept keys (rotary applied) of canvas positions

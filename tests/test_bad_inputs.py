@@ -259,6 +259,19 @@ def test_library_prompts_are_checked_before_tokenizing(prompt, message):
         tie_lite.generate(model, prompt, tie_lite.DecodeConfig(gen_length=16))
 
 
+def test_library_refuses_an_ensemble_of_two_layouts_until_the_lengths_are_given(tmp_path):
+    other = shutil.copytree(SHIPPED["a"], tmp_path / "other")
+    decode = json.loads((SHIPPED["b"] / "tie_lite.json").read_text())["decode_defaults"]
+    answer = decode["answer_length"]
+    _edit_manifest(name="other", decode_defaults={**decode, "answer_length": 2 * answer})(other)
+    pair = [tie_lite.Model.load(SHIPPED["b"]), tie_lite.Model.load(other)]
+    message = f"different answer_length values (b {answer}, other {2 * answer})"
+    with pytest.raises(tie_lite.ConfigError, match=re.escape(message)):
+        tie_lite.generate(pair, "the cat")
+    given = tie_lite.DecodeConfig(gen_length=decode["gen_length"], answer_length=answer)
+    assert tie_lite.generate(pair, "the cat", given).answer is not None
+
+
 def test_library_refuses_bad_threads_and_folders(tmp_path):
     with pytest.raises(tie_lite.ConfigError, match="got 100000"):
         tie_lite.Model.load(SHIPPED["b"], threads=100000)

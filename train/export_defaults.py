@@ -71,9 +71,9 @@ def ship(ckpt: Path, dest: Path, name: str, int8: bool = False, kv_cache: bool =
     """Copy one checkpoint to dest/hf and export it to dest/onnx; returns the manifest path.
     quantization: more ExportOptions fields (int4, int4_block_size, int4_accuracy_level)."""
     layout = json.loads((ckpt / "training_args.json").read_text())["layout"]
-    if layout["R"] % block_size or layout["A"] % block_size:
-        raise SystemExit(f"error: --block-size {block_size} does not divide {ckpt}'s reasoning ({layout['R']}) "
-                         f"and answer ({layout['A']}) budgets")
+    if block_size < 1 or layout["R"] % block_size or layout["A"] % block_size:
+        raise SystemExit(f"error: --block-size {block_size} is not a positive divisor of {ckpt}'s reasoning "
+                         f"({layout['R']}) and answer ({layout['A']}) budgets")
     if dest.exists():
         shutil.rmtree(dest)
     (dest / "hf").mkdir(parents=True)
