@@ -1,7 +1,7 @@
 """Per-relay evidence for TIE: which models were on a correct trajectory before each relay and after it.
 
     python eval/relay_evidence.py --split validation --n 500 [--models a b] [--intervals 4 8 16]
-                                  [--task short|hard] [--score tcc] [--select tcc] [--workers 2]
+                                  [--task short|chain80|hard|...] [--score tcc] [--select tcc] [--workers 2]
 
 Decodes each problem with TIE over the given models at every interval given, watching the decode
 through the public `on_step` callback only (its StepEvents and Relays), and once with no relay
@@ -279,7 +279,7 @@ def parse_args(argv=None):
     p.add_argument("--split", choices=("validation", "test"), default="validation")
     p.add_argument("--n", type=int, default=500, help="problems")
     p.add_argument("--seed", type=int, default=0, help="split seed (the problems drawn)")
-    p.add_argument("--task", choices=("short", "hard"), default="short",
+    p.add_argument("--task", choices=sorted(task.TASKS), default="short",
                    help="task variant (train/task.py): its problems and layout")
     p.add_argument("--models-dir", type=Path, default=ROOT / "models")
     p.add_argument("--models", nargs="+", default=["a", "b"], help="model folder names under --models-dir")

@@ -4,7 +4,8 @@ within seconds; the library raises ConfigError / ModelError for the same inputs.
 Each row: (what is wrong, how the model folder is broken or None, extra CLI arguments, what the
 error line must say). The README summarises this table. The rows run on the shipped models (models/),
 so they need no torch: b (a BERT) is the model a row breaks, a (a ModernBERT) its partner in an
-ensemble, c (another tokenizer and vocabulary) the source of a graph or tokenizer that does not belong.
+ensemble, d (another family, tokenizer and vocabulary) the source of a graph or tokenizer that does not
+belong. Lengths in the messages come from b's manifest, so the rows hold for whatever layout b ships in.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import pytest
 import tie_lite
 from conftest import ROOT, assert_one_line_error, run_cli
 
-SHIPPED = {name: ROOT / "models" / name / "onnx" for name in ("a", "b", "c")}
+SHIPPED = {name: ROOT / "models" / name / "onnx" for name in ("a", "b", "d")}
+B = json.loads((SHIPPED["b"] / "tie_lite.json").read_text())  # the model most rows break
+MAX_LENGTH, GEN_LENGTH = B["max_length"], B["decode_defaults"]["gen_length"]
 
 
 def _edit_manifest(**changes):
@@ -58,13 +61,13 @@ def _other_graph(folder):
     shutil.copy(ROOT / "models" / "policy" / "policy.onnx", folder / "model.onnx")
 
 
-def _other_tokenizer(char_folder):
-    return lambda folder: shutil.copy(char_folder / "tokenizer.json", folder / "tokenizer.json")
+def _other_tokenizer(other_folder):
+    return lambda folder: shutil.copy(other_folder / "tokenizer.json", folder / "tokenizer.json")
 
 
-def _other_models_graph(char_folder):
+def _other_models_graph(other_folder):
     """model.onnx of another export (another vocabulary width) beside this folder's manifest."""
-    return lambda folder: shutil.copy(char_folder / "model.onnx", folder / "model.onnx")
+    return lambda folder: shutil.copy(other_folder / "model.onnx", folder / "model.onnx")
 
 
 def _prompt_file(text: str):
@@ -106,7 +109,7 @@ CATALOGUE = [
     ("model path is a file", "file", [], "model path is not a folder"),
     # prompts
     ("empty prompt", None, ["--prompt", "   "], "prompt is empty"),
-    ("prompt over max length", None, ["--prompt", " ".join(["cat"] * 120)], "max length 128"),
+    ("prompt over max length", None, ["--prompt", " ".join(["cat"] * 120)], f"max length {MAX_LENGTH}"),
     ("prompt not valid Unicode", None, ["--prompt", "caf\udce9"], "not valid Unicode text"),
     ("prompt given twice", None, ["--prompt", "the cat", "--prompt", "the dog"], "--prompt is given twice"),
     ("prompt and prompt file", None, ["--prompt", "a", "--prompt-file", "x"], "not allowed with argument"),
@@ -132,7 +135,8 @@ CATALOGUE = [
     ("prompts file prompt not a string", _prompts_file('{"prompt": "the cat"}\n{"prompt": 7}\n'), P,
      'line 2: "prompt" must be a string, got int 7'),
     ("prompts file prompt over max length", _prompts_file("the cat\n" + " ".join(["cat"] * 120)), P,
-     "line 2: prompt (480 tokens) + gen_length 32 + marker (9) = 521 tokens exceeds b's max length 128"),
+     f"line 2: prompt (480 tokens) + gen_length {GEN_LENGTH} + marker (9) = {480 + GEN_LENGTH + 9} tokens "
+     f"exceeds b's max length {MAX_LENGTH}"),
     ("prompts file not UTF-8", _write("prompts.txt", b"the cat\ncaf\xe9\n"), P, "is not UTF-8 text"),
     ("prompt and prompts file", None, ["--prompt", "a", "--prompts-file", "x"], "not allowed with argument"),
     ("prompts file with --stream", _prompts_file("the cat\n"), [*P, "--stream"],
@@ -143,8 +147,9 @@ CATALOGUE = [
     # decoding options
     ("gen length not divisible by block size", None, ["--gen-length", "18"], "gen_length 18 is not divisible"),
     ("gen length not a number", None, ["--gen-length", "lots"], "invalid int value: 'lots'"),
-    ("gen length of a billion", None, ["--gen-length", "1000000000", "--block-size", "1"], "exceeds b's max length 128"),
-    ("gen length past int64", None, ["--gen-length", "4000000000000000000"], "exceeds b's max length 128"),
+    ("gen length of a billion", None, ["--gen-length", "1000000000", "--block-size", "1"],
+     f"exceeds b's max length {MAX_LENGTH}"),
+    ("gen length past int64", None, ["--gen-length", "4000000000000000000"], f"exceeds b's max length {MAX_LENGTH}"),
     ("block size zero", None, ["--block-size", "0"], "block_size must be positive"),
     ("steps zero", None, ["--steps", "0"], "steps must be positive, got 0"),
     ("steps negative", None, ["--steps", "-3"], "got -3"),
@@ -227,9 +232,9 @@ def _argv(setup, extra, tmp_path):
     folder = tmp_path / "model"
     shutil.copytree(SHIPPED["b"], folder)
     if setup == "other tokenizer":
-        setup = _other_tokenizer(SHIPPED["c"])
+        setup = _other_tokenizer(SHIPPED["d"])
     if setup == "other graph":
-        setup = _other_models_graph(SHIPPED["c"])
+        setup = _other_models_graph(SHIPPED["d"])
     if setup is not None:
         setup(folder)
     return ["--model", str(folder), *prompt, *[arg.replace("{folder}", str(folder)) for arg in extra]]
@@ -256,7 +261,7 @@ def test_bad_input_gets_one_clear_error_line(what, setup, extra, message, tmp_pa
 def test_library_prompts_are_checked_before_tokenizing(prompt, message):
     model = tie_lite.Model.load(SHIPPED["b"])
     with pytest.raises(tie_lite.ConfigError, match=re.escape(message)):
-        tie_lite.generate(model, prompt, tie_lite.DecodeConfig(gen_length=16))
+        tie_lite.generate(model, prompt, tie_lite.DecodeConfig(gen_length=32))
 
 
 def test_library_refuses_an_ensemble_of_two_layouts_until_the_lengths_are_given(tmp_path):
@@ -281,7 +286,7 @@ def test_library_refuses_bad_threads_and_folders(tmp_path):
 
 
 def test_prompt_dash_reads_standard_input():
-    base = ["--model", str(SHIPPED["b"]), "--gen-length", "16", "--json"]
+    base = ["--model", str(SHIPPED["b"]), "--gen-length", "32", "--json"]
     piped = run_cli(*base, "--prompt", "-", stdin="the cat\n")  # as `echo` sends it
     assert piped.returncode == 0, piped.stderr
     assert json.loads(piped.stdout) == json.loads(run_cli(*base, "--prompt", "the cat").stdout)

@@ -24,9 +24,16 @@ def models():
     return {name: tie_lite.Model.load(ROOT / "models" / name / "onnx", threads=1) for name in "abd"}
 
 
+def trained_task(model) -> str:
+    """The task variant whose layout (reasoning + answer) the model's manifest recommends."""
+    defaults = model.manifest.decode_defaults
+    reasoning = defaults["gen_length"] - defaults["answer_length"]
+    return next(name for name, t in task.TASKS.items() if (t.R, t.A) == (reasoning, defaults["answer_length"]))
+
+
 def canvas_with(model, reasoning_ids):
-    """A canvas of the short layout whose reasoning starts with `reasoning_ids`, the rest masked."""
-    config = relay_evidence.task_config(model, "short")
+    """A canvas of the model's layout whose reasoning starts with `reasoning_ids`, the rest masked."""
+    config = relay_evidence.task_config(model, trained_task(model))
     canvas = tie_lite.build_canvas(model, "Compute 7 - 6 + 8.", config)
     canvas.tokens[canvas.gen_idx[: len(reasoning_ids)]] = reasoning_ids
     return canvas, config.gen_length - config.answer_length
@@ -62,10 +69,11 @@ def test_the_observer_sees_each_relay_hand_over_the_leaders_trajectory(models, n
     read from its next step equals the leader's before; the observer's own token change counts give the
     runtime's final pick."""
     chosen = [models[n] for n in names]
-    config = relay_evidence.task_config(chosen[0], "short")
+    variant = trained_task(chosen[0])
+    config = relay_evidence.task_config(chosen[0], variant)
     ensemble = tie_lite.EnsembleConfig(interval=8)
     relays = 0
-    for problem in task.make_split("validation", 6, seed=3):
+    for problem in task.make_split("validation", 6, seed=3, variant=variant):
         record = relay_evidence.decode_problem(chosen, problem, config, ensemble)
         result = tie_lite.generate(chosen, problem["prompt"], config, ensemble)
         assert [(r["leader"], tuple(r["scores"])) for r in record["relays"]] == \
@@ -81,7 +89,8 @@ def test_the_observer_sees_each_relay_hand_over_the_leaders_trajectory(models, n
 def test_the_observers_relayed_canvas_is_the_one_the_runtime_hands_over(models, monkeypatch):
     """The receiver's next step, its commits masked again, is exactly the canvas relayed_state built."""
     pair = [models["a"], models["b"]]
-    config = relay_evidence.task_config(pair[0], "short")
+    variant = trained_task(pair[0])
+    config = relay_evidence.task_config(pair[0], variant)
     handed = []
     original = tie_lite.relayed_state
     monkeypatch.setattr(tie_lite, "relayed_state",
@@ -94,8 +103,8 @@ def test_the_observers_relayed_canvas_is_the_one_the_runtime_hands_over(models, 
                 seen.append(tokens.copy())
             return super().standing(m, tokens, gen_idx)
 
-    problem = task.make_split("validation", 1, seed=0)[0]
+    problem = task.make_split("validation", 1, seed=0, variant=variant)[0]
     observer = Watching(pair, problem["reasoning"], config.gen_length - config.answer_length)
     tie_lite.generate(pair, problem["prompt"], config, tie_lite.EnsembleConfig(interval=4), on_step=observer)
-    assert len(seen) == len(handed) == 7
+    assert len(seen) == len(handed) == config.gen_length // 4 - 1  # a relay every 4 positions, none at the end
     assert all(np.array_equal(s, h) for s, h in zip(seen, handed))

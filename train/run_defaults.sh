@@ -2,8 +2,10 @@
 # Train tie-lite's models: A and B in parallel (one thread each), then B's second stage and C in
 # parallel, then D and its second stage, all on the short task (training times: models/README.md);
 # then LB and LD in parallel: the shipped b and d fine-tuned into the long task variant (2-6
-# operations, each step restating what is left; train/task.py). Not shipped yet: train/README.md
-# says where they stand.
+# operations, each step restating what is left; train/task.py), which did not learn
+# (train/README.md); then EA, EB and ED in parallel: the short-task A, B2 and D2 fine-tuned into
+# the chain80 variant (2-6 operations in the short task's own step form, 80 generated positions),
+# not shipped either (train/README.md).
 # Usage: sh train/run_defaults.sh [OUT_ROOT]   (default ckpt); logs in OUT_ROOT/<name>.log
 # PYTHON: interpreter (default python). Then: python train/export_defaults.py --ckpt OUT_ROOT
 #
@@ -51,4 +53,15 @@ run_long() { # name, init checkpoint, data seed
 }
 run_long LB B2 7 &
 run_long LD D2 8 &
+wait
+# chain80: each stage starts from a shipped short-task model, with a data seed of its own; the steps are
+# what 92 minutes hold with the three sharing 2 cores (D's step costs 1.5x), so each cosine schedule ends.
+run_chain80() { # name, init checkpoint, data seed, peak lr, steps
+  nice -n 3 $PY "$HERE/train_mdlm.py" --out "$OUT/$1" --task chain80 --init_from "$OUT/$2" --data_seed $3 --seed 5 \
+    --lr $4 --steps $5 --warmup 100 --eval_every 800 --eval_n 100 --batch 32 --n_train 100000 \
+    --keep_snapshots --max_minutes 92 > "$OUT/$1.log" 2>&1
+}
+run_chain80 EA A_steps/step03750 15 7e-4 3300 &
+run_chain80 EB B2 13 5e-4 3300 &
+run_chain80 ED D2 14 7e-4 2200 &
 wait
