@@ -7,15 +7,17 @@ leader's clean prefix, re-encode it, lay it out in the receiver's canvas: docs/m
 setting (a decode strategy and a relay interval), the problems are decoded twice with the same models:
 with the runtime's own relay and with every relay forced through text (evaluate.py --text-relay). Prints
 per setting: both accuracies, their paired difference with its bootstrap 95% interval, how many texts
-are identical, the relays per problem, and what the text relays lost: relays whose leader had committed
-ids after its first still-masked position (dropped, decoded again by the receiver) and relays whose text,
-re-encoded, was longer than the receiver's region (cut). With models of two tokenizers the runtime's relay
+are identical, the relays per problem, and what the text hand-overs (one per relay and receiver) lost:
+hand-overs where the leader had committed ids after its first still-masked position (dropped, decoded
+again by the receiver) and hand-overs whose text, re-encoded, was longer than the receiver's region (cut).
+Problems are the task variant's (--task), decoded in its layout in the first model's block size. With models of two tokenizers the runtime's relay
 is already the text relay: the two decodes are the same, and the losses are what to read.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing
 import sys
@@ -27,6 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import evaluate  # noqa: E402
+import relay_evidence  # noqa: E402
 import task  # noqa: E402
 import tie_lite  # noqa: E402
 
@@ -42,22 +45,27 @@ SETTINGS = {  # name -> (decode options over the manifest defaults, relay interv
 
 def losses_of(source: tie_lite.Run, receiver: tie_lite.Run, config: tie_lite.DecodeConfig) -> tuple[int, bool]:
     """What relaying source's trajectory to receiver through text loses: the ids the source committed
-    after its first mask (dropped), and whether a region's re-encoded text overflows the receiver's (cut)."""
-    src, mask = source.model, source.model.manifest.mask_id
+    after its first mask (dropped; stop ids in a region whose text ended come back as the receiver's
+    EOS fill, so they are not counted), and whether a region's re-encoded text overflows the receiver's (cut)."""
+    src, mask, stops = source.model, source.model.manifest.mask_id, source.model.manifest.stop_ids
     generated = source.state.tokens[source.state.canvas.gen_idx]  # (G,)
     prefix = tie_lite.clean_prefix(src, source.state)
-    dropped = int(np.count_nonzero(generated[prefix.size:] != mask))
     reasoning_len = config.gen_length - config.answer_length
-    regions = [(prefix[:reasoning_len], reasoning_len), (prefix[reasoning_len:], config.answer_length)]
-    cut = any(receiver.model.encode(tie_lite.region_text(src, ids)[0]).size > size
-              for ids, size in regions if ids.size)
+    dropped, cut = 0, False
+    for start, size in ((0, reasoning_len), (reasoning_len, config.answer_length)):
+        known = prefix[start:start + size]                      # the region's clean ids
+        text, ended = tie_lite.region_text(src, known) if known.size else ("", False)
+        later = generated[start + known.size:start + size]      # after the first mask, if it is in this region
+        lost = later[later != mask]
+        dropped += int(lost.size - (np.isin(lost, stops).sum() if ended else 0))
+        cut |= bool(known.size) and receiver.model.encode(text).size > size
     return dropped, cut
 
 
 def run_share(job: tuple) -> tuple[list, dict]:
-    """One worker's share: (folders, decode options, interval, force text, problems) -> a record per
-    problem, and the text relays' losses summed over the share."""
-    folders, decode, interval, force_text, problems = job
+    """One worker's share: (folders, task variant, decode options, interval, force text, problems) -> a
+    record per problem, and the text relays' losses summed over the share."""
+    folders, variant, decode, interval, force_text, problems = job
     if force_text:
         tie_lite.same_tokenizer = lambda a, b: False
     losses = {"handed": 0, "with_drops": 0, "dropped": 0, "cut": 0}
@@ -74,7 +82,7 @@ def run_share(job: tuple) -> tuple[list, dict]:
 
     tie_lite.relayed_state = watched
     models = [tie_lite.Model.load(f, threads=1) for f in folders]
-    config = tie_lite.DecodeConfig(**{**models[0].manifest.decode_defaults, **dict(decode)})
+    config = dataclasses.replace(relay_evidence.task_config(models[0], variant), **dict(decode))
     results = tie_lite.generate(models, [p["prompt"] for p in problems], config,
                                 tie_lite.EnsembleConfig(interval=interval))  # batched, each as decoded alone
     records = [{"correct": task.is_correct(r.answer or "", p), "text": r.text, "relays": len(r.relays)}
@@ -82,26 +90,31 @@ def run_share(job: tuple) -> tuple[list, dict]:
     return records, losses
 
 
-def run_parallel(folders: list, decode: tuple, interval: int, force_text: bool, problems: list,
+def run_parallel(folders: list, variant: str, decode: tuple, interval: int, force_text: bool, problems: list,
                  workers: int) -> tuple[list, dict]:
     shares = [problems[i::workers] for i in range(workers)]
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        parts = pool.map(run_share, [(folders, decode, interval, force_text, s) for s in shares])
+        parts = pool.map(run_share, [(folders, variant, decode, interval, force_text, s) for s in shares])
     records = [None] * len(problems)
     for i, (part, _) in enumerate(parts):
         records[i::workers] = part
     return records, {k: sum(losses[k] for _, losses in parts) for k in parts[0][1]}
 
 
-def row(name: str, ids: list, text: list, losses: dict) -> str:
-    a = np.array([r["correct"] for r in ids])
+def row(name: str, ids: list | None, text: list, losses: dict) -> str:
+    """One table row; ids None (every relay is a text relay already) leaves the comparison blank."""
     b = np.array([r["correct"] for r in text])
-    lo, hi = evaluate.bootstrap_ci(b, a)
-    same = sum(x["text"] == y["text"] for x, y in zip(ids, text))
+    if ids is not None:
+        a = np.array([r["correct"] for r in ids])
+        lo, hi = evaluate.bootstrap_ci(b, a)
+        same = sum(x["text"] == y["text"] for x, y in zip(ids, text))
+        compared = f"{100 * a.mean():.1f} | {100 * b.mean():.1f} | {100 * (b.mean() - a.mean()):+.1f} " \
+                   f"({lo:+.1f}, {hi:+.1f}) | {same}/{len(ids)} |"
+    else:
+        compared = f" | {100 * b.mean():.1f} | | |"
     with_drops = losses["with_drops"]
     drops = f"{with_drops} ({losses['dropped'] / with_drops:.1f} ids each)" if with_drops else "0"
-    return (f"| {name} | {100 * a.mean():.1f} | {100 * b.mean():.1f} | {100 * (b.mean() - a.mean()):+.1f} "
-            f"({lo:+.1f}, {hi:+.1f}) | {same}/{len(ids)} | {np.mean([r['relays'] for r in text]):.2f} "
+    return (f"| {name} | {compared} {np.mean([r['relays'] for r in text]):.2f} "
             f"| {losses['handed']} | {drops} | {losses['cut']} |")
 
 
@@ -134,8 +147,9 @@ def main() -> int:
     for name in args.settings:
         decode, interval = SETTINGS[name]
         t0 = time.perf_counter()
-        text, losses = run_parallel(folders, decode, interval, True, problems, args.workers)
-        ids = text if all_differ else run_parallel(folders, decode, interval, False, problems, args.workers)[0]
+        text, losses = run_parallel(folders, args.task, decode, interval, True, problems, args.workers)
+        ids = None if all_differ else run_parallel(folders, args.task, decode, interval, False, problems,
+                                                   args.workers)[0]
         lines.append(row(name, ids, text, losses))
         print(f"{lines[-1]}  ({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
     print(f"split {args.split}, task {args.task}, {len(problems)} problems (seed {args.seed}), models "

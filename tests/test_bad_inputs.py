@@ -5,7 +5,7 @@ Each row: (what is wrong, how the model folder is broken or None, extra CLI argu
 error line must say). The README summarises this table. The rows run on the shipped models (models/),
 so they need no torch: b (a BERT) is the model a row breaks, a (a ModernBERT) its partner in an
 ensemble, d (another family, tokenizer and vocabulary) the source of a graph or tokenizer that does not
-belong. Lengths in the messages come from b's manifest, so the rows hold for whatever layout b ships in.
+belong. The length limits in the messages come from b's manifest (its max length and generation length).
 """
 
 from __future__ import annotations

@@ -27,8 +27,10 @@ def models():
 def trained_task(model) -> str:
     """The task variant whose layout (reasoning + answer) the model's manifest recommends."""
     defaults = model.manifest.decode_defaults
-    reasoning = defaults["gen_length"] - defaults["answer_length"]
-    return next(name for name, t in task.TASKS.items() if (t.R, t.A) == (reasoning, defaults["answer_length"]))
+    layout = (defaults["gen_length"] - defaults["answer_length"], defaults["answer_length"])
+    names = [name for name, t in task.TASKS.items() if (t.R, t.A) == layout]
+    assert len(names) == 1, f"{model.name}'s layout (reasoning, answer) {layout} is that of task variants {names}"
+    return names[0]
 
 
 def canvas_with(model, reasoning_ids):

@@ -39,7 +39,7 @@ def test_ids_after_the_first_mask_are_counted_as_dropped(pair):
     a, d = pair
     config = config_of(a)
     source, receiver = run_holding(a, config, "7-6=1", ". 1+"), run_holding(d, config, "")
-    assert text_relay.losses_of(source, receiver, config) == (len(". 1+"), False)
+    assert text_relay.losses_of(source, receiver, config) == (a.encode(". 1+").size, False)
     assert text_relay.losses_of(run_holding(a, config, "7-6=1"), receiver, config) == (0, False)
 
 
@@ -55,3 +55,19 @@ def test_text_longer_than_the_receivers_region_is_counted_as_cut(pair):
     assert text_relay.losses_of(source, run_holding(a, config, ""), config) == (0, True)
     assert text_relay.losses_of(run_holding(d, config, "7-6=1. 1+8=9."), run_holding(a, config, ""), config) \
         == (0, False)
+
+
+def test_stop_ids_after_an_ended_reasoning_come_back_and_are_not_dropped(pair):
+    """A reasoning ended by a stop id is filled with EOS on the receiver's side: the leader's stop ids after
+    its first mask are not lost, a digit there is."""
+    a, d = pair
+    config = config_of(a)
+    eos = a.manifest.eos_id
+    source = run_holding(a, config, "7-6=1.")
+    ended_at = len("7-6=1.")
+    gen = source.state.canvas.gen_idx
+    source.state.tokens[gen[ended_at - 1]] = eos          # the reasoning ends: "7-6=1" then EOS
+    source.state.tokens[gen[ended_at + 1:ended_at + 4]] = eos  # EOS committed after the first mask
+    assert text_relay.losses_of(source, run_holding(d, config, ""), config) == (0, False)
+    source.state.tokens[gen[ended_at + 4]] = a.encode("5")[0]
+    assert text_relay.losses_of(source, run_holding(d, config, ""), config) == (1, False)

@@ -54,8 +54,9 @@ run_long() { # name, init checkpoint, data seed
 run_long LB B2 7 &
 run_long LD D2 8 &
 wait
-# chain80: each stage starts from a shipped short-task model, with a data seed of its own; the steps are
-# what 92 minutes hold with the three sharing 2 cores (D's step costs 1.5x), so each cosine schedule ends.
+# chain80: each stage starts from a shipped short-task model, with a data seed of its own; the steps were
+# planned for 92 minutes with the three sharing 2 cores (D's step costs 1.5x); the limit stopped them at
+# 2905, 2969 and 2095 steps, near the end of each cosine schedule.
 run_chain80() { # name, init checkpoint, data seed, peak lr, steps
   nice -n 3 $PY "$HERE/train_mdlm.py" --out "$OUT/$1" --task chain80 --init_from "$OUT/$2" --data_seed $3 --seed 5 \
     --lr $4 --steps $5 --warmup 100 --eval_every 800 --eval_n 100 --batch 32 --n_train 100000 \
