@@ -570,10 +570,23 @@ def answer_converged(top1_prob: np.ndarray, is_masked: np.ndarray, threshold: Op
     return confident or settled
 
 
-def leader_of(scores: np.ndarray) -> int:
-    """Index of the highest score; ties (and all-NaN) go to the lower index."""
+def leader_of(scores: np.ndarray, tiebreak: Optional[np.ndarray] = None) -> int:
+    """Index of the highest score (M,); ties (and all-NaN) go to the highest `tiebreak` (M,) if given
+    (NaN lowest), then to the lower index."""
     filled = np.where(np.isnan(scores), -np.inf, scores)
-    return int(np.flatnonzero(filled == filled.max())[0])
+    tied = np.flatnonzero(filled == filled.max())
+    if tiebreak is not None and tied.size > 1:
+        second = np.where(np.isnan(tiebreak[tied]), -np.inf, tiebreak[tied])
+        tied = tied[second == second.max()]
+    return int(tied[0])
+
+
+def window_top1(window: Sequence[AnswerSignals]) -> float:
+    """Mean over a window's steps of the mean top-1 probability over A(t) (steps with an empty A(t)
+    skipped); NaN when every A(t) was empty."""
+    means = [mean_over_tracked(signals, "top1") for signals in window]
+    means = [m for m in means if not np.isnan(m)]
+    return float(np.mean(means)) if means else float("nan")
 
 
 # ---------------------------------------------------------------------------
@@ -1867,8 +1880,8 @@ def trajectory_score(runs: Sequence[Run], m: int, prompt: str, config: DecodeCon
 def relay(runs: Sequence[Run], prompt: str, config: DecodeConfig, ensemble: EnsembleConfig,
           previous: Optional[Relay]) -> Relay:
     """Score every trajectory, hand the best to every model, reset the histories."""
-    scores = np.array([trajectory_score(runs, m, prompt, config, ensemble) for m in range(len(runs))])
-    leader = leader_of(scores)
+    scores = np.array([trajectory_score(runs, m, prompt, config, ensemble) for m in range(len(runs))])  # (M,)
+    leader = leader_of(scores, np.array([window_top1(run.window) for run in runs]))  # ties: as the final pick
     runs[leader].wins += 1
     for m, run in enumerate(runs):
         if m != leader:

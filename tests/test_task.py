@@ -61,3 +61,19 @@ def test_unknown_variants_and_phrasings_are_named():
         task.make_split("test", 1, variant="longer")
     with pytest.raises(ValueError, match="'novel'"):
         task.make_split("test", 1, phrasings="novel")
+
+
+def test_ops_weighs_the_numbers_of_operations_and_keeps_the_split():
+    counts = {}
+    problems = task.make_split("train", 3000, seed=1, variant="chain80", ops=(2, 2, 3, 3, 4, 5, 6))
+    for problem in problems:
+        n = problem["key"].count("(")
+        counts[n] = counts.get(n, 0) + 1
+    assert set(counts) == {2, 3, 4, 5, 6}
+    # 2 and 3 are drawn twice as often as each longer count, which also fails the value limits more often
+    assert min(counts[2], counts[3]) > 1.5 * max(counts[4], counts[5], counts[6])
+    assert {task._split_of(p["key"]) for p in problems} == {"train"}
+    assert {p["key"].count("(") for p in task.make_split("validation", 100, variant="chain80", ops=(2,))} == {2}
+    for bad in ((), (0, 2), (2, -1)):
+        with pytest.raises(ValueError, match="ops must be positive"):
+            task.make_split("train", 1, variant="chain80", ops=bad)

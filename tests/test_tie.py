@@ -85,6 +85,22 @@ def test_leader_ties_go_to_the_lower_index_and_nan_never_leads():
     assert tie_lite.leader_of(np.array([np.nan, np.nan])) == 0
 
 
+def test_leader_ties_go_to_the_higher_tiebreak_then_the_lower_index():
+    assert tie_lite.leader_of(np.array([0.0, 0.0, -1.0]), np.array([0.4, 0.6, 0.9])) == 1
+    assert tie_lite.leader_of(np.array([0.0, 0.0]), np.array([np.nan, 0.1])) == 1
+    assert tie_lite.leader_of(np.array([0.0, 0.0]), np.array([0.3, 0.3])) == 0
+    assert tie_lite.leader_of(np.array([-0.5, 0.0]), np.array([0.9, 0.1])) == 1  # only ties look at it
+
+
+def test_window_top1_averages_the_steps_with_tracked_positions():
+    def step(top1, tracked):
+        return AnswerSignals(np.array(tracked, bool), np.zeros(len(top1), np.int64), np.array(top1),
+                             np.zeros(len(top1)), np.zeros(len(top1)))
+    window = [step([0.2, 0.6], [1, 1]), step([0.9, 0.5], [0, 1]), step([0.7, 0.7], [0, 0])]
+    assert tie_lite.window_top1(window) == pytest.approx((0.4 + 0.5) / 2)
+    assert np.isnan(tie_lite.window_top1(window[2:])) and np.isnan(tie_lite.window_top1([]))
+
+
 def test_leader_change_rate():
     relays = [tie_lite.Relay(16, (0, 1), 1, False), tie_lite.Relay(32, (1, 0), 0, True),
               tie_lite.Relay(48, (1, 0), 0, False)]
@@ -174,6 +190,16 @@ def test_relay_replaces_states_and_resets_histories(bert, modernbert):
         assert (run.state.block, run.state.block_step) == (0, 5)
     assert winner.wins == 1 and record.leader == tie_lite.leader_of(np.array(record.scores))
     assert runs[0].scoring_calls == 2 and runs[1].scoring_calls == 2  # cross-model: every model judges both
+
+
+@pytest.mark.torch
+def test_a_tied_relay_goes_to_the_more_confident_trajectory(bert, modernbert):
+    runs = [make_run(bert), make_run(modernbert)]
+    for run, top1 in zip(runs, (0.3, 0.8)):  # no answer top-1 changes in either window: tcc 0 and 0
+        run.window = [AnswerSignals(np.ones(2, bool), np.array([5, 6]), np.full(2, top1), np.zeros(2),
+                                    np.zeros(2)) for _ in range(3)]
+    record = tie_lite.relay(runs, PROMPT, INFILL, EnsembleConfig(score="tcc"), previous=None)
+    assert record.scores == (0.0, 0.0) and record.leader == 1 and runs[1].wins == 1
 
 
 @pytest.mark.torch

@@ -66,3 +66,16 @@ run_chain80 EA A_steps/step03750 15 7e-4 3300 &
 run_chain80 EB B2 13 5e-4 3300 &
 run_chain80 ED D2 14 7e-4 2200 &
 wait
+# Stage F: chain80 again, from the shipped a, b and d, with the short chains kept in the stream
+# (--ops 2,2,3,3,4,5,6: about 30% two-operation and 30% three-operation problems) and cosines long
+# enough to end within the limit with the three sharing 2 cores (about 0.5 s a step for A and B,
+# 0.8 s for D, on an Intel Xeon).
+run_mix() { # name, init checkpoint, data seed, peak lr, steps
+  nice -n 3 $PY "$HERE/train_mdlm.py" --out "$OUT/$1" --task chain80 --ops 2,2,3,3,4,5,6 --init_from "$2" \
+    --data_seed $3 --seed 5 --lr $4 --steps $5 --warmup 100 --eval_every 1000 --eval_n 100 --batch 32 \
+    --n_train 100000 --keep_snapshots --max_minutes 115 > "$OUT/$1.log" 2>&1
+}
+run_mix FA "$HERE/../models/a/hf" 15 7e-4 10000 &
+run_mix FB "$HERE/../models/b/hf" 13 5e-4 10000 &
+run_mix FD "$HERE/../models/d/hf" 14 4e-4 7000 &
+wait

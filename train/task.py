@@ -33,7 +33,7 @@ problems that do not fit are rejected, never truncated.
 import hashlib
 import random
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # Layout contract with the runtime (see train/README.md). Lengths are in tokens.
 PROMPT_PREFIX = ""
@@ -189,9 +189,12 @@ def _example(rng: random.Random, variant: Task, templates: list):
     return {"prompt": prompt, "reasoning": reasoning, "answer": answer, "key": _canonical(first, steps)}
 
 
-def make_split(name: str, n: int, seed: int = 0, variant: str = "short", phrasings: str = "trained") -> list:
+def make_split(name: str, n: int, seed: int = 0, variant: str = "short", phrasings: str = "trained",
+               ops: tuple = None) -> list:
     """`n` distinct problems of split `name` ("train", "validation" or "test") of task `variant`
-    (a key of TASKS) in `phrasings` (a key of PHRASINGS), reproducible from `seed`.
+    (a key of TASKS) in `phrasings` (a key of PHRASINGS), reproducible from `seed`. `ops`, if
+    given, replaces the variant's numbers of operations (drawn uniformly, so a repeated number
+    weighs more: (2, 2, 3, 3, 4, 5, 6) keeps the short chains in a training stream of long ones).
 
     Each item is {"prompt", "reasoning", "answer", "key"}; "key" is the canonical expression.
     """
@@ -205,13 +208,17 @@ def make_split(name: str, n: int, seed: int = 0, variant: str = "short", phrasin
         raise ValueError("the held-out phrasings are for evaluation splits only")
     salt = "" if variant == "short" else f"/{variant}"  # the short splits stay as they were
     salt += "" if phrasings == "trained" else f"/{phrasings}"
+    if ops is not None and (not ops or any(not isinstance(k, int) or k < 1 for k in ops)):
+        raise ValueError(f"ops must be positive numbers of operations, got {ops!r}")
+    salt += "" if ops is None else "/ops" + "".join(map(str, ops))  # as stage F's runs were drawn
+    kind = TASKS[variant] if ops is None else replace(TASKS[variant], n_ops=tuple(ops))
     rng = random.Random(f"tie-lite-arith/{name}/{seed}{salt}")
     out, seen, tries = [], set(), 0
     while len(out) < n:
         tries += 1
         if tries > 200 * n + 10000:
             raise RuntimeError(f"could only generate {len(out)} of {n} distinct {name} problems")
-        ex = _example(rng, TASKS[variant], PHRASINGS[phrasings])
+        ex = _example(rng, kind, PHRASINGS[phrasings])
         if ex is None or ex["key"] in seen or _split_of(ex["key"]) != name:
             continue
         seen.add(ex["key"])

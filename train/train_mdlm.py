@@ -123,6 +123,9 @@ def main(argv=None):
     ap.add_argument("--out", required=True)
     ap.add_argument("--task", default="short", choices=["short", "long", "chain", "chain80"],
                     help="task variant (train/task.py): its problems and its layout")
+    ap.add_argument("--ops", default=None,
+                    help="numbers of operations of the training problems, comma-separated and drawn uniformly "
+                         "(repeats weigh more), e.g. 2,2,3,3,4,5,6; default the variant's. Validation keeps the variant's")
     ap.add_argument("--arch", default="modernbert", choices=["modernbert", "bert", "a2d-qwen3"])
     ap.add_argument("--tokenizer", default="char", choices=["char", "bpe", "bpe-words"])
     ap.add_argument("--bpe_vocab", type=int, default=300)
@@ -167,7 +170,12 @@ def main(argv=None):
     t0 = time.time()
     variant = task.TASKS[args.task]
     args.max_length = variant.max_length
-    train = task.make_split("train", args.n_train, seed=args.data_seed, variant=args.task)
+    try:
+        ops = None if args.ops is None else tuple(int(k) for k in args.ops.split(","))
+        task.make_split("train", 0, variant=args.task, ops=ops)  # checks them
+    except ValueError:
+        ap.error(f"--ops takes comma-separated positive numbers of operations, got {args.ops!r}")
+    train = task.make_split("train", args.n_train, seed=args.data_seed, variant=args.task, ops=ops)
     val = task.make_split("validation", args.eval_n, seed=0, variant=args.task)
     if args.init_from:
         from transformers import AutoTokenizer
