@@ -189,6 +189,13 @@ def _example(rng: random.Random, variant: Task, templates: list):
     return {"prompt": prompt, "reasoning": reasoning, "answer": answer, "key": _canonical(first, steps)}
 
 
+def check_ops(ops: tuple) -> tuple:
+    """`ops` as a tuple of numbers of operations; ValueError, naming it, unless each is a positive int."""
+    if not ops or any(not isinstance(k, int) or k < 1 for k in ops):
+        raise ValueError(f"ops must be positive numbers of operations, got {ops!r}")
+    return tuple(ops)
+
+
 def make_split(name: str, n: int, seed: int = 0, variant: str = "short", phrasings: str = "trained",
                ops: tuple = None) -> list:
     """`n` distinct problems of split `name` ("train", "validation" or "test") of task `variant`
@@ -208,10 +215,10 @@ def make_split(name: str, n: int, seed: int = 0, variant: str = "short", phrasin
         raise ValueError("the held-out phrasings are for evaluation splits only")
     salt = "" if variant == "short" else f"/{variant}"  # the short splits stay as they were
     salt += "" if phrasings == "trained" else f"/{phrasings}"
-    if ops is not None and (not ops or any(not isinstance(k, int) or k < 1 for k in ops)):
-        raise ValueError(f"ops must be positive numbers of operations, got {ops!r}")
-    salt += "" if ops is None else "/ops" + "".join(map(str, ops))  # as stage F's runs were drawn
-    kind = TASKS[variant] if ops is None else replace(TASKS[variant], n_ops=tuple(ops))
+    if ops is not None:
+        ops = check_ops(ops)
+        salt += "/ops" + "".join(map(str, ops))  # as stage F's runs were drawn
+    kind = TASKS[variant] if ops is None else replace(TASKS[variant], n_ops=ops)
     rng = random.Random(f"tie-lite-arith/{name}/{seed}{salt}")
     out, seen, tries = [], set(), 0
     while len(out) < n:

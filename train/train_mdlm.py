@@ -118,12 +118,20 @@ def save(model, tok, layout, args, out, extra):
         json.dump(info, f, indent=2)
 
 
+def ops_list(text: str) -> tuple:
+    """--ops: comma-separated positive numbers of operations."""
+    try:
+        return task.check_ops(tuple(int(k) for k in text.split(",")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"comma-separated positive numbers of operations, got {text!r}") from None
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
     ap.add_argument("--task", default="short", choices=["short", "long", "chain", "chain80"],
                     help="task variant (train/task.py): its problems and its layout")
-    ap.add_argument("--ops", default=None,
+    ap.add_argument("--ops", default=None, type=ops_list,
                     help="numbers of operations of the training problems, comma-separated and drawn uniformly "
                          "(repeats weigh more), e.g. 2,2,3,3,4,5,6; default the variant's. Validation keeps the variant's")
     ap.add_argument("--arch", default="modernbert", choices=["modernbert", "bert", "a2d-qwen3"])
@@ -170,12 +178,7 @@ def main(argv=None):
     t0 = time.time()
     variant = task.TASKS[args.task]
     args.max_length = variant.max_length
-    try:
-        ops = None if args.ops is None else tuple(int(k) for k in args.ops.split(","))
-        task.make_split("train", 0, variant=args.task, ops=ops)  # checks them
-    except ValueError:
-        ap.error(f"--ops takes comma-separated positive numbers of operations, got {args.ops!r}")
-    train = task.make_split("train", args.n_train, seed=args.data_seed, variant=args.task, ops=ops)
+    train = task.make_split("train", args.n_train, seed=args.data_seed, variant=args.task, ops=args.ops)
     val = task.make_split("validation", args.eval_n, seed=0, variant=args.task)
     if args.init_from:
         from transformers import AutoTokenizer
