@@ -1780,6 +1780,7 @@ class Relay:
     leader: int          # index of the model whose trajectory every model continues
     changed: bool        # the leader differs from the previous relay's
     prompt: int = 0      # a batched call: index of the prompt in its list
+    top1: tuple = ()     # (M,) each window's mean top-1 probability over A(t): breaks ties of scores
 
 
 def leader_changes(relays: Sequence[Relay], chosen: Optional[int] = None) -> tuple[int, int]:
@@ -1881,14 +1882,16 @@ def relay(runs: Sequence[Run], prompt: str, config: DecodeConfig, ensemble: Ense
           previous: Optional[Relay]) -> Relay:
     """Score every trajectory, hand the best to every model, reset the histories."""
     scores = np.array([trajectory_score(runs, m, prompt, config, ensemble) for m in range(len(runs))])  # (M,)
-    leader = leader_of(scores, np.array([window_top1(run.window) for run in runs]))  # ties: as the final pick
+    top1 = np.array([window_top1(run.window) for run in runs])  # (M,)
+    leader = leader_of(scores, top1)  # ties: as the final pick
     runs[leader].wins += 1
     for m, run in enumerate(runs):
         if m != leader:
             run.state = relayed_state(runs[leader], run, prompt, config)
         run.close_window()
     changed = previous is not None and previous.leader != leader
-    return Relay(runs[leader].state.steps, tuple(float(s) for s in scores), leader, changed)
+    return Relay(runs[leader].state.steps, tuple(float(s) for s in scores), leader, changed,
+                 top1=tuple(float(p) for p in top1))
 
 
 def select_final(runs: Sequence[Run], ensemble: EnsembleConfig) -> int:
@@ -2545,13 +2548,22 @@ def result_json(result: GenerateResult, with_history: bool) -> dict:
 def relay_json(relay: Relay, names: Sequence[str]) -> dict:
     """A relay as --json and --stream write it: models named, never indexed."""
     return {"steps": relay.steps, "scores": dict(zip(names, relay.scores)), "leader": names[relay.leader],
-            "changed": relay.changed}
+            "changed": relay.changed, "top1": dict(zip(names, relay.top1))}
+
+
+def relay_line(relay: Relay, names: Sequence[str]) -> str:
+    """One relay as --trace prints it; a tie of the best scores names the mean top-1 that broke it."""
+    line = f"relay at step {relay.steps}: " + "  ".join(f"{n}={s:.4f}" for n, s in zip(names, relay.scores))
+    filled = np.where(np.isnan(relay.scores), -np.inf, relay.scores)  # as leader_of ranks them
+    tied = np.flatnonzero(filled == filled.max())
+    if relay.top1 and tied.size > 1:
+        line += "  tie, mean top-1: " + "  ".join(f"{names[m]}={relay.top1[m]:.4f}" for m in tied)
+    return line + f"  -> {names[relay.leader]}" + (" (leader changed)" if relay.changed else "")
 
 
 def trace_lines(result: GenerateResult) -> list[str]:
     names = [c.model for c in result.candidates]
-    lines = [f"relay at step {r.steps}: " + "  ".join(f"{n}={s:.4f}" for n, s in zip(names, r.scores))
-             + f"  -> {names[r.leader]}" + (" (leader changed)" if r.changed else "") for r in result.relays]
+    lines = [relay_line(r, names) for r in result.relays]
     if not result.relays:
         lines.append("no relay: a model finished within the first interval, so TIE was a final pick "
                      "between independent decodes")

@@ -46,6 +46,8 @@ def test_cli_ensemble_json_and_trace(tiny_bert, tiny_modernbert):
     out = json.loads(result.stdout)
     assert [c["model"] for c in out["candidates"]] == ["bert", "modernbert"]
     assert len(out["relays"]) == 5 and all(len(r["scores"]) == 2 for r in out["relays"])
+    assert all(set(r["top1"]) == {"bert", "modernbert"} and all(0 < p <= 1 for p in r["top1"].values())
+               for r in out["relays"])
     assert out["model"] == out["candidates"][out["chosen"]]["model"]
     assert out["model_calls"] == 2 * 48 + 5 * 4  # decode steps + 2x2 cross-model forwards per relay
     trace = result.stderr.strip().splitlines()

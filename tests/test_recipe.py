@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -27,3 +28,33 @@ def test_training_smoke_exports_and_decodes(tmp_path):
     result = run_cli("--model", str(tmp_path / "models" / "a" / "onnx"), "--prompt", "Compute 7 - 6 + 8.", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["steps"] == layout["R"] + layout["A"]
+
+
+def test_token_kinds_tell_results_from_operands():
+    sys.path.insert(0, str(ROOT / "train"))
+    pytest.importorskip("torch")
+    from quick_eval import token_kinds
+    text = "7-6=1. 1+8=19."
+    kinds = token_kinds(text, [(i, i + 1) for i in range(len(text))])  # one token per character
+    assert "".join({"result": "r", "operand": "o", "other": "."}[k] for k in kinds) == "o.o.r..o.o.rr."
+    assert token_kinds(text, [(0, 4), (4, 7), (7, 11), (11, 14)]) == ["operand", "result", "operand", "result"]
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+def test_teacher_forced_counts_every_reasoning_token_of_a_kept_stage():
+    sys.path.insert(0, str(ROOT / "train"))
+    import task
+    from common import Layout, load_model
+    from quick_eval import teacher_forced
+    from transformers import AutoTokenizer
+    ckpt = ROOT / "train" / "stages" / "FB"
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    chain80 = task.TASKS["chain80"]
+    layout = Layout(tok, R=chain80.R, A=chain80.A, max_length=chain80.max_length)
+    examples = task.make_split("validation", 8, seed=0)  # short problems in the chain80 layout
+    counts = teacher_forced(load_model(ckpt), layout, examples)
+    assert sum(total for _, total in counts.values()) == sum(len(e["reasoning"]) for e in examples)
+    assert counts["result"][1] == sum(len(n) for e in examples for n in re.findall(r"=(\d+)", e["reasoning"]))
+    right, total = counts["other"]
+    assert right >= 0.9 * total  # FB copies the chain's punctuation (all 168 of 20 problems on this CPU)

@@ -101,6 +101,16 @@ def test_window_top1_averages_the_steps_with_tracked_positions():
     assert np.isnan(tie_lite.window_top1(window[2:])) and np.isnan(tie_lite.window_top1([]))
 
 
+def test_trace_names_the_mean_top1_that_broke_a_tie():
+    names = ["a", "b", "c"]
+    tied = tie_lite.Relay(16, (-1.0, 0.0, 0.0), 2, True, top1=(0.95, 0.5, 0.75))
+    assert tie_lite.relay_line(tied, names) == ("relay at step 16: a=-1.0000  b=0.0000  c=0.0000  "
+                                                "tie, mean top-1: b=0.5000  c=0.7500  -> c (leader changed)")
+    clear = tie_lite.Relay(32, (0.0, -2.0, float("nan")), 0, False, top1=(0.5, 0.9, 0.9))
+    assert tie_lite.relay_line(clear, names) == "relay at step 32: a=0.0000  b=-2.0000  c=nan  -> a"
+    assert tie_lite.relay_json(tied, names)["top1"] == {"a": 0.95, "b": 0.5, "c": 0.75}
+
+
 def test_leader_change_rate():
     relays = [tie_lite.Relay(16, (0, 1), 1, False), tie_lite.Relay(32, (1, 0), 0, True),
               tie_lite.Relay(48, (1, 0), 0, False)]

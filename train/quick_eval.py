@@ -9,6 +9,9 @@ decoded up to the first EOS, scored by exact match.
 
 The problems are of the task variant the checkpoint was trained on (its training_args.json)
 unless --task names another; the accuracy is also printed per number of operations.
+--teacher-forced prints instead each reasoning token's accuracy given the gold tokens to its left
+(every later response position masked), by kind: result digits (right of "="), operand digits,
+other characters; it tells arithmetic from copying without the decode order in between.
 """
 
 import argparse
@@ -100,6 +103,42 @@ def evaluate(model, layout, examples, padded=False, **kw):
     return acc, answers, decoded
 
 
+def token_kinds(text, offsets):
+    """Per token (its character offsets into text): "result" (a digit of a number right of "="),
+    "operand" (another digit) or "other", by the token's first character."""
+    in_result, result = [], False
+    for ch in text:
+        result = ch == "=" or (result and ch.isdigit())
+        in_result.append(result and ch.isdigit())
+    kinds = []
+    for start, _ in offsets:
+        ch = text[start]
+        kinds.append("result" if in_result[start] else "operand" if ch.isdigit() else "other")
+    return kinds
+
+
+@torch.no_grad()
+def teacher_forced(model, layout, examples):
+    """{kind: (right, total)}: top-1 accuracy on every reasoning token with the gold sequence to its
+    left and every response position from it on masked (kinds: token_kinds)."""
+    model.eval()
+    counts = {}
+    for ex in examples:
+        ids, P = layout.encode(ex)
+        offsets = layout.tok(ex["reasoning"], add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        kinds = token_kinds(ex["reasoning"], offsets)
+        resp = torch.tensor(layout.response_positions(P))
+        n = len(kinds)
+        x = torch.tensor([ids] * n)  # (n, L): row k predicts reasoning token k
+        for k in range(n):
+            x[k, resp[k:]] = layout.mask
+        pred = forward_logits(model, x)[torch.arange(n), resp[:n]].argmax(-1).tolist()
+        for kind, p, gold in zip(kinds, pred, ids[P:P + n]):
+            right, total = counts.get(kind, (0, 0))
+            counts[kind] = (right + (p == gold), total + 1)
+    return counts
+
+
 def operations(example) -> int:
     """How many operations a problem's chain has: one "=" per step of its reasoning."""
     return example["reasoning"].count("=")
@@ -118,6 +157,8 @@ def main(argv=None):
     ap.add_argument("--block-size", type=int, default=16, help="positions per block, decoded in confidence "
                     "order (1: strictly left to right); must divide the response (R + A)")
     ap.add_argument("--show", type=int, default=3, help="print this many decoded examples")
+    ap.add_argument("--teacher-forced", action="store_true",
+                    help="print the reasoning's token accuracy given the gold left context, by kind, instead")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from transformers import AutoTokenizer
@@ -133,6 +174,14 @@ def main(argv=None):
                  f"with {a['R']}")
     examples = task.make_split(args.split, args.n, seed=args.seed, variant=variant)
     t0 = time.time()
+    if args.teacher_forced:
+        counts = teacher_forced(model, layout, examples)
+        print(f"{args.ckpt}: {variant} {args.split}, {len(examples)} problems, reasoning tokens right given the "
+              f"gold left context ({time.time() - t0:.0f}s):")
+        for kind in ("result", "operand", "other"):
+            right, total = counts.get(kind, (0, 0))
+            print(f"  {kind}: {right / max(total, 1):.3f} of {total}")
+        return counts
     if args.block_size < 1 or (a["R"] + a["A"]) % args.block_size:
         ap.error(f"--block-size must be a positive divisor of R + A = {a['R'] + a['A']}, got {args.block_size}")
     acc, answers, decoded = evaluate(model, layout, examples, padded=args.padded, block_size=args.block_size)
