@@ -2276,12 +2276,13 @@ DEFAULT_MODELS_DIR = _default_models_dir()
 EXAMPLE_PROMPT = "Compute 7 - 6 + 8."  # the kind of prompt the shipped models answer
 EPILOG = f"""\
 Without --model or --models, the shipped pair (models/{DEFAULT_MODELS[0]} and models/{DEFAULT_MODELS[1]}) runs, \
-ensembled with TIE. They are small models trained on integer arithmetic chains of two or three \
+ensembled with TIE. They are small models trained on integer arithmetic chains of two to six \
 operations (+, -, *; numbers up to 30), e.g. --prompt "{EXAMPLE_PROMPT}" prints the worked steps \
 and "Answer: 9". Other prompts give text of that shape, not sense.
 
 Decoding lengths left unset come from the first model's manifest (the shipped models: \
---gen-length 32 --answer-length 4 --block-size 4); an ensemble of models that recommend different \
+--gen-length 80 --answer-length 16 --block-size 16, i.e. 64 reasoning and 16 answer positions \
+in blocks of 16); an ensemble of models that recommend different \
 generation or answer lengths needs them given."""
 
 

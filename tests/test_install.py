@@ -65,7 +65,7 @@ def test_installed_command_runs_the_default_models_from_any_folder(tmp_path):
     _pip(python, "wheel", "--no-deps", "-w", str(tmp_path / "dist"), str(source), cwd=tmp_path)
     (wheel,) = (tmp_path / "dist").glob("tie_lite-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for name in ("a", "b", "c"):
+    for name in ("a", "b", "d"):
         for file in ("model.onnx", "tie_lite.json", "tokenizer.json"):
             assert f"tie_lite_models/{name}/onnx/{file}" in names
     assert {"tie_lite_models/policy/policy.onnx", "tie_lite_models/policy/policy.json"} <= set(names)

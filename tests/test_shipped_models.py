@@ -24,7 +24,7 @@ def test_shipped_model_loads_and_matches_its_checkpoint(name):
     """tie_lite's statistics from the ONNX graph against the PyTorch checkpoint's, on the sample canvases
     export validates with, held to what float32 arithmetic allows for this model's own numbers
     (tests/tolerances.py): logits within delta = 2 (N + 1) sqrt(K) EPS32 max|z| (4 layers, K = 384 or 512,
-    |z| up to ~19: delta ~ 4e-4), top-1 ids equal except at near-ties (log p1/p2 <= 2 delta), probabilities
+    |z| up to ~16: delta ~ 4e-4; d: 5 layers, K = 448, |z| up to ~21: delta ~ 6e-4), top-1 ids equal except at near-ties (log p1/p2 <= 2 delta), probabilities
     within p * expm1(2 delta), entropies within 4 delta H. (export's validate() holds them to a fixed
     PROB_ATOL instead, which is export's to revisit.)"""
     import numpy as np
@@ -47,7 +47,9 @@ def test_shipped_model_loads_and_matches_its_checkpoint(name):
 
 
 def test_shipped_models_solve_the_task():
-    """Far above chance on validation problems: catches a broken export or a model shipped untrained."""
+    """Far above chance on validation problems: catches a broken export or a model shipped untrained.
+    The 40 short (2-3-operation) problems, decoded in the models' own 80-position layout: the shipped a
+    solves 35, b 38 (regenerate when the models change); the bar leaves a margin of 5 below the weaker."""
     import sys
 
     sys.path.insert(0, str(ROOT / "train"))
@@ -59,7 +61,7 @@ def test_shipped_models_solve_the_task():
         config = tie_lite.DecodeConfig(**model.manifest.decode_defaults)
         correct = sum(task.is_correct(tie_lite.generate(model, p["prompt"], config).answer or "", p)
                       for p in problems)
-        assert correct >= 20, f"model {name}: {correct}/40"
+        assert correct >= 30, f"model {name}: {correct}/40"
 
 
 def test_cli_answers_with_the_default_models():

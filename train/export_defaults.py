@@ -2,7 +2,7 @@
 into models/NAME/hf and export it with export/ into models/NAME/onnx, exactly as a
 user exports a Hub model.
 
-    python train/export_defaults.py [--ckpt ckpt] [--models-dir models] [--only A B C D] [--kv-cache]
+    python train/export_defaults.py [--ckpt train/stages] [--models-dir models] [--only A B D] [--kv-cache]
     python train/export_defaults.py --from-shipped --int8 --kv-cache --models-dir DIR --only A B
     python train/export_defaults.py --from-shipped --int4 --int4-block-size 16 --models-dir DIR --only A D
 
@@ -31,23 +31,25 @@ from export.families import family_for, read_config  # noqa: E402
 
 HF_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
             "special_tokens_map.json", "training_args.json")
-# shipped model -> checkpoint (train/run_defaults.sh). A is its step-3750 snapshot, chosen on validation:
-# the final A was further ahead of B than the 15 points the pair may differ by, the snapshot was not
-# (the scores are in models/README.md). The long-task stages (LA, LB, LD) are not shipped yet:
-# try one with --checkpoint A LA --models-dir DIR.
-CHECKPOINTS = {"A": "A_steps/step03750", "B": "B2", "C": "C", "D": "D2"}
-BLOCK_SIZE = 4  # divides both tasks' R (28, 108) and A (4), so the answer starts a block of its own
+# shipped model -> checkpoint: stage F of train/run_defaults.sh (chain80, 2-6 operations with the short
+# chains kept in the stream), kept in the repository in train/stages/ (the default --ckpt; a fresh
+# run_defaults.sh writes the same names into its OUT_ROOT). Stage F starts from the models shipped
+# before it (ckpt A_steps/step03750, B2, D2: the short task's layout, 32 positions); C (a byte-level BPE
+# ModernBERT) is no longer shipped. A snapshot instead: --ckpt ckpt --checkpoint A FA_steps/step08000.
+CHECKPOINTS = {"A": "FA", "B": "FB", "D": "FD"}
+BLOCK_SIZE = 16  # divides chain80's R (64) and A (16), so the answer starts a block of its own
 
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ckpt", type=Path, default=Path("ckpt"),
-                   help="folder holding the checkpoints (train/run_defaults.sh's OUT_ROOT)")
+    p.add_argument("--ckpt", type=Path, default=ROOT / "train" / "stages",
+                   help="folder holding the checkpoints (default: train/stages, where the shipped ones are kept; "
+                        "or train/run_defaults.sh's OUT_ROOT)")
     p.add_argument("--models-dir", type=Path, default=ROOT / "models")
     p.add_argument("--from-shipped", action="store_true",
                    help="export the checkpoints shipped in models/NAME/hf (e.g. int8 copies into another --models-dir)")
     p.add_argument("--plain-names", action="store_true",
-                   help="read CKPT/A, CKPT/B, CKPT/C instead of the chosen checkpoints (e.g. a --smoke run)")
+                   help="read CKPT/A, CKPT/B, CKPT/D instead of the chosen checkpoints (e.g. a --smoke run)")
     p.add_argument("--int8", action="store_true",
                    help="export int8 (dynamic) graphs instead, e.g. into another --models-dir to measure them")
     p.add_argument("--int4", action="store_true",
@@ -62,7 +64,8 @@ def parse_args():
                    help="with --int4 (default: %(default)s)")
     p.add_argument("--only", nargs="+", default=list(CHECKPOINTS), choices=list(CHECKPOINTS))
     p.add_argument("--checkpoint", nargs=2, action="append", default=[], metavar=("NAME", "DIR"),
-                   help="ship NAME from CKPT/DIR instead (e.g. a snapshot: --checkpoint A LA_steps/step01800)")
+                   help="ship NAME from CKPT/DIR instead (e.g. a snapshot: --ckpt ckpt --checkpoint A "
+                        "FA_steps/step08000)")
     return p.parse_args()
 
 

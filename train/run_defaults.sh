@@ -5,16 +5,18 @@
 # operations, each step restating what is left; train/task.py), which did not learn
 # (train/README.md); then EA, EB and ED in parallel: the short-task A, B2 and D2 fine-tuned into
 # the chain80 variant (2-6 operations in the short task's own step form, 80 generated positions),
-# not shipped either (train/README.md).
+# not shipped either (train/README.md); then stage F, FA, FB and FD: chain80 again from the same
+# three, with the short chains kept in the stream: the shipped a, b and d (train/stages/ keeps them).
 # Usage: sh train/run_defaults.sh [OUT_ROOT]   (default ckpt); logs in OUT_ROOT/<name>.log
-# PYTHON: interpreter (default python). Then: python train/export_defaults.py --ckpt OUT_ROOT
+# PYTHON: interpreter (default python). Then: python train/export_defaults.py --ckpt OUT_ROOT --kv-cache
 #
 #   A  ModernBERT, char tokenizer, 4500 steps (batch 64, peak lr 2e-3)
 #   B  BERT with relative positions, char tokenizer, another train sample (data seed 1):
 #      4500 steps at lr 1e-3, then stage B2 from B: 3000 steps at lr 1e-3 (fresh optimizer)
 #   C  ModernBERT, byte-level BPE tokenizer, data seed 2, 4500 steps
 #   D  Qwen3 run bidirectionally (A2D), bpe-words tokenizer, data seed 3, then stage D2 from D
-# export_defaults.py ships A's step-3750 snapshot (chosen on validation, see there), B2 (as b), C and D2.
+# export_defaults.py ships FA, FB and FD (as a, b, d). Before stage F it shipped A's step-3750 snapshot
+# (chosen on validation), B2, C and D2: the short task's models, which the later stages start from.
 set -e
 OUT=${1:-ckpt}
 HERE=$(dirname "$0")
@@ -66,7 +68,8 @@ run_chain80 EA A_steps/step03750 15 7e-4 3300 &
 run_chain80 EB B2 13 5e-4 3300 &
 run_chain80 ED D2 14 7e-4 2200 &
 wait
-# Stage F: chain80 again, from the shipped a, b and d, with the short chains kept in the stream
+# Stage F: chain80 again, from the models shipped before it (A's step-3750 snapshot, B2, D2; their copies
+# in models/*/hf were replaced by stage F's own checkpoints when it shipped), with the short chains kept in the stream
 # (--ops 2,2,3,3,4,5,6: about 30% two-operation and 30% three-operation problems) and cosines long
 # enough to end within the limit with the three sharing 2 cores (about 0.5 s a step for A and B,
 # 0.8 s for D, on an Intel Xeon).
@@ -75,7 +78,7 @@ run_mix() { # name, init checkpoint, data seed, peak lr, steps
     --data_seed $3 --seed 5 --lr $4 --steps $5 --warmup 100 --eval_every 1000 --eval_n 100 --batch 32 \
     --n_train 100000 --keep_snapshots --max_minutes 115 > "$OUT/$1.log" 2>&1
 }
-run_mix FA "$HERE/../models/a/hf" 15 7e-4 10000 &
-run_mix FB "$HERE/../models/b/hf" 13 5e-4 10000 &
-run_mix FD "$HERE/../models/d/hf" 14 4e-4 7000 &
+run_mix FA "$OUT/A_steps/step03750" 15 7e-4 10000 &
+run_mix FB "$OUT/B2" 13 5e-4 10000 &
+run_mix FD "$OUT/D2" 14 4e-4 7000 &
 wait
