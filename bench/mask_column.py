@@ -1,6 +1,6 @@
 """What suppressing the [MASK] column costs in parity: the shipped models with and without it.
 
-    python bench/mask_column.py [--n 40] [--models a b c]
+    python bench/mask_column.py [--n 40] [--models a b d]
 
 Exported graphs set the mask token's logit to the float32 minimum (an MDLM never
 proposes [MASK]); LLaDA's and Dream's samplers do not. This loads each shipped graph
@@ -31,10 +31,10 @@ import tie_lite  # noqa: E402
 from common import session_options  # noqa: E402
 from task import make_split  # noqa: E402
 
-STRATEGIES = {  # the shipped layout (gen 32 = reasoning 28 + answer 4, block 4), three rankings
+STRATEGIES = {  # over the shipped layout (gen 80 = reasoning 64 + answer 16, block 16), three rankings
     "schedule top1, 1/step": dict(),
-    "schedule margin, 2/step": dict(steps=16, confidence="margin"),
-    "dream entropy, eps 1e-3": dict(steps=16, strategy="dream", confidence="entropy"),
+    "schedule margin, 2/step": dict(steps=40, confidence="margin"),
+    "dream entropy, eps 1e-3": dict(steps=40, strategy="dream", confidence="entropy"),
 }
 
 
@@ -56,7 +56,7 @@ def unsuppressed(model: tie_lite.Model) -> tie_lite.Model:
 
 
 def measure(shipped, open_, prompts, options) -> dict:
-    config = tie_lite.DecodeConfig(gen_length=32, answer_length=4, block_size=4, **options)
+    config = tie_lite.DecodeConfig(**shipped.manifest.decode_defaults, **options)
     mask_id = shipped.manifest.mask_id
     d_top1, d_entropy, mask_top1, steps, differ, outputs_differ = [], [], 0, 0, 0, 0
     for prompt in prompts:
@@ -88,7 +88,7 @@ def measure(shipped, open_, prompts, options) -> dict:
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=40, help="test-split prompts per model and strategy")
-    p.add_argument("--models", nargs="+", default=["a", "b", "c"])
+    p.add_argument("--models", nargs="+", default=["a", "b", "d"])
     args = p.parse_args()
     prompts = [ex["prompt"] for ex in make_split("test", args.n)]
     print("| model | strategy | positions read | max / median abs. change, top-1 prob | "

@@ -1,6 +1,6 @@
 """Where each shipped model goes wrong: copying the problem's numbers and operators, or the arithmetic.
 
-    python eval/error_kinds.py --split validation --n 300 a b c
+    python eval/error_kinds.py --split validation --n 300 a b d
 
 Decodes each problem with one model (runtime defaults) and classifies a wrong answer by the first
 reasoning step that differs from the reference: a different operand or operator (copy), or the

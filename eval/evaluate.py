@@ -46,7 +46,7 @@ class Variant:
     text_relay: bool = False   # relay through text even between models of one tokenizer (--text-relay)
 
 
-MODELS = ("a", "b", "c", "d")
+MODELS = ("a", "b", "d")
 SCORES = tie_lite.SCORES  # the relay scores, tcc (the default) first
 PROGRESS_EVERY = 100      # problems per generate() call (decoded in batches of 8), a progress line after each
 
@@ -129,9 +129,10 @@ def run_parallel(variant: Variant, models_dir: Path, problems: list, workers: in
 def run_variant(variant: Variant, models: dict, problems: list) -> dict:
     """Per-problem correctness (n,) bool, leader changes, relays and model calls.
 
-    Leader changes are tie_lite.leader_changes with the final pick: with 32 steps and interval 16
-    there is one relay, so the rate is the share of problems whose output comes from the other
-    model than the one that led at step 16."""
+    Leader changes are tie_lite.leader_changes with the final pick: each relay's leader, then the
+    final pick (the shipped models decode 80 positions, so interval 16 relays at steps 16, 32, 48
+    and 64: up to 4 relays and 4 hand-overs a problem), and the rate is the share of hand-overs where
+    the leader changes."""
     chosen = [models[name] for name in variant.models]
     defaults = chosen[0].manifest.decode_defaults
     config = tie_lite.DecodeConfig(**{**defaults, **dict(variant.decode)})

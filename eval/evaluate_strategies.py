@@ -6,10 +6,10 @@ For each strategy and each of A alone, B alone and TIE over A + B (score tcc): e
 accuracy, mean model calls per problem, and decode time relative to the default
 low-confidence schedule (one token per step) of the same row, measured in the same run;
 for TIE also the mean relays per problem. Times are summed over the worker processes; on a shared machine they are
-approximate, the call counts are exact. The strategy ASS is left out: its own block
-layout cannot put the answer on a block boundary of the shipped layout (reasoning 28,
-answer 4), which infilling needs. The learned-policy rows use models/policy
-(train/train_policy.py).
+approximate, the call counts are exact. The strategy ASS is left out: it needs a power-of-two
+generation length, and the shipped layout has 80 positions (reasoning 64, answer 16). The
+step counts below are set for that layout (5 blocks of 16: a step count must be a multiple
+of 5). The learned-policy rows use models/policy (train/train_policy.py).
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ DEFAULT = "schedule, 1 token/step (default)"
 POLICY = str(evaluate.ROOT / "models" / "policy")  # train/train_policy.py --out models/policy
 STRATEGIES = {  # name -> decode options over the manifest defaults
     DEFAULT: (),
-    "schedule, 2 tokens/step": (("steps", 16),),
+    "schedule, 2 tokens/step": (("steps", 40),),  # half the shipped 80 positions
     "threshold 0.9": (("strategy", "threshold"), ("threshold", 0.9)),
     "threshold 0.7": (("strategy", "threshold"), ("threshold", 0.7)),
     "threshold 0.5": (("strategy", "threshold"), ("threshold", 0.5)),
     "top-k 2": (("strategy", "topk"), ("tokens_per_step", 2)),
     "MED budget 0.5": (("strategy", "med"), ("entropy_budget", 0.5)),
     "MED budget 1.0": (("strategy", "med"), ("entropy_budget", 1.0)),
-    "Dream schedule, 16 steps, margin": (("strategy", "dream"), ("steps", 16), ("confidence", "margin")),
+    "Dream schedule, 40 steps, margin": (("strategy", "dream"), ("steps", 40), ("confidence", "margin")),
     "EOSER (0.4, 1.0)": (("eos_gamma", (0.4, 1.0)),),
     "early exit 0.9": (("exit_threshold", 0.9),),
     "threshold 0.7 + early exit 0.9": (("strategy", "threshold"), ("threshold", 0.7), ("exit_threshold", 0.9)),

@@ -97,11 +97,15 @@ def test_policy_composes_with_tie_and_early_exit(threshold_policy):
     for extra in ({}, {"exit_threshold": 0.9}):
         by_policy = tie_lite.DecodeConfig(**defaults, **extra, strategy="policy", policy=str(threshold_policy))
         by_threshold = tie_lite.DecodeConfig(**defaults, **extra, strategy="threshold", threshold=0.5)
-        for prompt in PROMPTS[:2]:
+        relayed = []
+        for prompt in (PROMPTS[0], PROMPTS[3]):
             a = tie_lite.generate(models, prompt, by_policy, ensemble)
             b = tie_lite.generate(models, prompt, by_threshold, ensemble)
             assert a.text == b.text and a.model_calls == b.model_calls and a.relays == b.relays
-            assert a.relays  # the models did hand over
+            relayed.append(bool(a.relays))
+        # the models did hand over; with early exit the shipped models often settle the answer in their
+        # first step and exit before any relay (PROMPTS[0]), PROMPTS[3] not
+        assert all(relayed) if not extra else any(relayed)
 
 
 def test_policy_config_errors():
@@ -143,6 +147,11 @@ def test_cli_policy(threshold_policy, tmp_path):
 
 
 def test_shipped_policy_loads_and_decodes():
+    """The shipped policy was trained on the a and b shipped before the chain80 models, in their layout
+    (its card's "decode": 32 positions, blocks of 4). Its features are relative to the block and the decode
+    (position in the block, share done, progress), so it runs on today's 80 positions in blocks of 16: on
+    this prompt it commits a block a step (5 calls a model). Whether it still pays there is
+    models/README.md's to measure."""
     policy = tie_lite.Policy.load(SHIPPED_POLICY)
     assert policy.card["trained_on"] == ["a", "b"]
     result = run_cli("--prompt", PROMPTS[0], "--policy", str(SHIPPED_POLICY), "--json")
