@@ -28,7 +28,8 @@ INT4_ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits' accuracy_level: 0 unset (
                                         # 3 bfloat16, 4 int8 (where a kernel lacks one, it computes in float32)
 # int4 export: least share of sample positions whose top-1 id equals PyTorch's. The shipped models agree at
 # 91-100% with the default settings (a 98.2, b 100, d 91.1); the short-layout models shipped before them at
-# 87.5% at worst over block sizes 16-128 (d; export/README.md, int4 settings): 4 bits flip near-ties of a trained model, so int8's 0.9 would refuse d at some settings. The
+# 87.5% at worst over block sizes 16-128 (d; export/README.md, int4 settings): 4 bits flip near-ties of a
+# trained model, so int8's 0.9 would refuse d at some settings. The
 # floor catches a graph that is wrong at most positions (a mismatched graph, a wrong family); it is a weak
 # test of a merely degraded one: export's sample canvases are random tokens and a masked tail, easy to
 # predict, and on model a a graph with every block's scales reversed still agrees at 93%. Random-weight

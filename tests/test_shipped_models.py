@@ -24,9 +24,9 @@ def test_shipped_model_loads_and_matches_its_checkpoint(name):
     """tie_lite's statistics from the ONNX graph against the PyTorch checkpoint's, on the sample canvases
     export validates with, held to what float32 arithmetic allows for this model's own numbers
     (tests/tolerances.py): logits within delta = 2 (N + 1) sqrt(K) EPS32 max|z| (4 layers, K = 384 or 512,
-    |z| up to ~16: delta ~ 4e-4; d: 5 layers, K = 448, |z| up to ~21: delta ~ 6e-4), top-1 ids equal except at near-ties (log p1/p2 <= 2 delta), probabilities
-    within p * expm1(2 delta), entropies within 4 delta H. (export's validate() holds them to a fixed
-    PROB_ATOL instead, which is export's to revisit.)"""
+    |z| up to ~16: delta ~ 4e-4; d: 5 layers, K = 448, |z| up to ~21: delta ~ 6e-4), top-1 ids equal except
+    at near-ties (log p1/p2 <= 2 delta), probabilities within p * expm1(2 delta), entropies within 4 delta H.
+    (export's validate() holds them to a fixed PROB_ATOL instead, which is export's to revisit.)"""
     import numpy as np
     from export.families import family_for, read_config
     from export.graph import suppressed_columns

@@ -68,11 +68,11 @@ run_chain80 EA A_steps/step03750 15 7e-4 3300 &
 run_chain80 EB B2 13 5e-4 3300 &
 run_chain80 ED D2 14 7e-4 2200 &
 wait
-# Stage F: chain80 again, from the models shipped before it (A's step-3750 snapshot, B2, D2; their copies
-# in models/*/hf were replaced by stage F's own checkpoints when it shipped), with the short chains kept in the stream
-# (--ops 2,2,3,3,4,5,6: about 30% two-operation and 30% three-operation problems) and cosines long
-# enough to end within the limit with the three sharing 2 cores (about 0.5 s a step for A and B,
-# 0.8 s for D, on an Intel Xeon).
+# Stage F: chain80 again, from the models shipped before it (A's step-3750 snapshot, B2, D2; their
+# copies in models/*/hf were replaced by stage F's own checkpoints when it shipped), with the short
+# chains kept in the stream (--ops 2,2,3,3,4,5,6: about 30% two-operation and 30% three-operation
+# problems) and cosines long enough to end within the limit with the three sharing 2 cores (about
+# 0.5 s a step for A and B, 0.8 s for D, on an Intel Xeon).
 run_mix() { # name, init checkpoint, data seed, peak lr, steps
   nice -n 3 $PY "$HERE/train_mdlm.py" --out "$OUT/$1" --task chain80 --ops 2,2,3,3,4,5,6 --init_from "$2" \
     --data_seed $3 --seed 5 --lr $4 --steps $5 --warmup 100 --eval_every 1000 --eval_n 100 --batch 32 \

@@ -18,15 +18,16 @@ copy a step makes is from the step before it (a first try that labelled the step
 7-16% after 1000 steps: train/README.md). 4-6-operation problems take 48-111 reasoning
 positions: decodes long enough for several TIE relays at interval 16. "hard" is the long
 variant's 4-6-operation problems alone, the evaluation set for that setting. "chain" is 2-6
-operations in the short variant's layout (no restating, R = 60), the layout the shipped models
-know, for fine-tuning them without changing what each step writes (train/README.md). "chain80" is
+operations in the short variant's layout (no restating, R = 60), the layout the first shipped models
+knew, for fine-tuning them without changing what each step writes (train/README.md). "chain80" is
 the same problems in 80 generated positions (R = 64, A = 16): blocks of 8 or 16 then end where the
-answer starts (the runtime needs that), and one position a step makes 4 TIE relays at interval 16.
+answer starts (the runtime needs that), and one position a step makes 4 TIE relays at interval 16; the
+shipped models are trained on it (stage F, train/README.md).
 Every split is still assigned by the hash of the canonical expression, whatever the variant,
 so a problem never changes split.
 
-Length limits (in characters, which bound the token count of both shipped tokenizers: one is
-character-level and the other a byte-level BPE over ASCII) are checked at generation time;
+Length limits (in characters, which bound the token count of the project's tokenizers: character-level,
+a byte-level BPE over ASCII, and one merging only letters) are checked at generation time;
 problems that do not fit are rejected, never truncated.
 """
 
