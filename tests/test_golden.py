@@ -6,15 +6,15 @@ The shipped models decode 80 positions (64 reasoning + 16 answer) in blocks of 1
 each relay's leader is the trajectory with the higher mean top-1 (a at step 16, b from step 32 on), and
 the final pick, tied too, goes to b by the same rule.
 
-How near a tie it sits (tests/tolerances.py; regenerate with the models: the numbers below are for the
-shipped a and b): every token either model writes has log(p1 / p2) >= 4,700 float32 reaches
-(2 (delta + tail): 8.5e-4 for a, 9.2e-4 for b), and the answer positions' top-1 ids that the relays'
-token change counts are made of >= 1,800 reaches. The mean top-1s that pick the leaders are near-certain
+How near a tie it sits (tests/tolerances.py; `python tests/golden_reach.py` measures it again, for
+whichever models are shipped; the numbers below are today's a and b): every token either model writes
+has log(p1 / p2) >= 4,700 float32 reaches (2 (delta + tail): 8.5e-4 for a, 9.2e-4 for b), and the
+answer positions' top-1 ids that the relays' token change counts are made of >= 1,800 reaches. The mean top-1s that pick the leaders are near-certain
 (a 0.9989, b 0.99997 from step 32 on: log ratio 1.0e-3), and a probability p near 1 moves by at most
 2 (1 - p) delta + tail in log, far below that. Within reach is only the order in which a step commits
 positions that are all near-certain (mostly the EOS padding): with every probability jittered by up to a
-reach (x exp(+-9.2e-4), a pessimistic model of exactly that), 6 of 40 decodes committed in another order,
-moved b's score at step 16 to -2 or -4 and so gave the final pick to a; none changed a text, a token or a
+reach (x exp(+-9.2e-4), a pessimistic model of exactly that), 4 of 40 decodes committed in another order,
+moved b's score at step 16 to -2 and so gave the final pick to a; none changed a text, a token or a
 relay's leader. So the texts, tokens and leaders are pinned exactly, the scores to their order, and the
 final pick to either model (both wrote the same text).
 """
