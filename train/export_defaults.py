@@ -36,7 +36,7 @@ HF_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_con
 # run_defaults.sh writes the same names into its OUT_ROOT). Stage F starts from the models shipped
 # before it (ckpt A_steps/step03750, B2, D2: the short task's layout, 32 positions); C (a byte-level BPE
 # ModernBERT) is no longer shipped. A snapshot instead: --ckpt ckpt --checkpoint A FA_steps/step08000.
-CHECKPOINTS = {"A": "FA", "B": "FB", "D": "FD"}
+CHECKPOINTS = {"A": "HA", "B": "FB", "D": "HD"}
 BLOCK_SIZE = 16  # divides chain80's R (64) and A (16), so the answer starts a block of its own
 
 

@@ -82,3 +82,15 @@ run_mix FA "$OUT/A_steps/step03750" 15 7e-4 10000 &
 run_mix FB "$OUT/B2" 13 5e-4 10000 &
 run_mix FD "$OUT/D2" 14 4e-4 7000 &
 wait
+# Stage H: FA and FD trained further (A had not finished learning when its cosine ended; D learns the
+# layout slowly), batch 64, fresh cosines, data seeds of their own, the two sharing 2 cores with one
+# thread each (0.65-0.9 s a step for A, 1.1-1.7 s for D on an Intel Xeon); D's run was stopped by its
+# time limit before the end of its cosine. B ships from stage F.
+run_more() { # name, init checkpoint, data seed, seed, peak lr, warmup, steps, minutes, eval every
+  nice -n 3 $PY "$HERE/train_mdlm.py" --out "$OUT/$1" --task chain80 --ops 2,2,3,3,4,5,6 --init_from "$OUT/$2" \
+    --data_seed $3 --seed $4 --lr $5 --warmup $6 --steps $7 --max_minutes $8 --eval_every $9 --eval_n 100 \
+    --batch 64 --n_train 100000 --keep_snapshots --threads 1 > "$OUT/$1.log" 2>&1
+}
+run_more HA FA 18 7 4e-4 100 3500 85 500 &
+run_more HD FD 17 6 5e-4 200 5000 95 1000 &
+wait
