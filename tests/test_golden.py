@@ -8,9 +8,9 @@ the final pick, tied too, goes to b by the same rule.
 
 How near a tie it sits (tests/tolerances.py; `python tests/golden_reach.py` measures it again, for
 whichever models are shipped; the numbers below are today's a and b): every token either model writes
-has log(p1 / p2) >= 4,700 float32 reaches (2 (delta + tail): 8.5e-4 for a, 9.2e-4 for b), and the
+has log(p1 / p2) >= 5,200 float32 reaches (2 (delta + tail): 8.8e-4 for a, 9.2e-4 for b), and the
 answer positions' top-1 ids that the relays' token change counts are made of >= 1,800 reaches. The mean top-1s that pick the leaders are near-certain
-(a 0.9989, b 0.99997 from step 32 on: log ratio 1.0e-3), and a probability p near 1 moves by at most
+(a 0.9995, b 0.99997 from step 32 on: log ratio 4.3e-4), and a probability p near 1 moves by at most
 2 (1 - p) delta + tail in log, far below that. Within reach is only the order in which a step commits
 positions that are all near-certain (mostly the EOS padding): with every probability jittered by up to a
 reach (x exp(+-9.2e-4), a pessimistic model of exactly that), 4 of 40 decodes committed in another order,

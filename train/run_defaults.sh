@@ -6,16 +6,18 @@
 # (train/README.md); then EA, EB and ED in parallel: the short-task A, B2 and D2 fine-tuned into
 # the chain80 variant (2-6 operations in the short task's own step form, 80 generated positions),
 # not shipped either (train/README.md); then stage F, FA, FB and FD: chain80 again from the same
-# three, with the short chains kept in the stream: the shipped a, b and d (train/stages/ keeps them).
+# three, with the short chains kept in the stream (FB is the shipped b); then stage H, HA and HD: FA and
+# FD trained further, the shipped a and d (train/stages/ keeps HA, FB and HD's step-4000 snapshot).
 # Usage: sh train/run_defaults.sh [OUT_ROOT]   (default ckpt); logs in OUT_ROOT/<name>.log
-# PYTHON: interpreter (default python). Then: python train/export_defaults.py --ckpt OUT_ROOT --kv-cache
+# PYTHON: interpreter (default python). Then: python train/export_defaults.py --ckpt OUT_ROOT --checkpoint D HD_steps/step04000 --kv-cache
 #
 #   A  ModernBERT, char tokenizer, 4500 steps (batch 64, peak lr 2e-3)
 #   B  BERT with relative positions, char tokenizer, another train sample (data seed 1):
 #      4500 steps at lr 1e-3, then stage B2 from B: 3000 steps at lr 1e-3 (fresh optimizer)
 #   C  ModernBERT, byte-level BPE tokenizer, data seed 2, 4500 steps
 #   D  Qwen3 run bidirectionally (A2D), bpe-words tokenizer, data seed 3, then stage D2 from D
-# export_defaults.py ships FA, FB and FD (as a, b, d). Before stage F it shipped A's step-3750 snapshot
+# export_defaults.py ships HA, FB and HD (as a, b, d; from a fresh OUT_ROOT: --checkpoint D
+# HD_steps/step04000, the snapshot chosen on validation). Before stage F it shipped A's step-3750 snapshot
 # (chosen on validation), B2, C and D2: the short task's models, which the later stages start from.
 set -e
 OUT=${1:-ckpt}

@@ -22,7 +22,7 @@ operations in the short variant's layout (no restating, R = 60), the layout the 
 knew, for fine-tuning them without changing what each step writes (train/README.md). "chain80" is
 the same problems in 80 generated positions (R = 64, A = 16): blocks of 8 or 16 then end where the
 answer starts (the runtime needs that), and one position a step makes 4 TIE relays at interval 16; the
-shipped models are trained on it (stage F, train/README.md).
+shipped models are trained on it (stages F and H, train/README.md).
 Every split is still assigned by the hash of the canonical expression, whatever the variant,
 so a problem never changes split.
 
