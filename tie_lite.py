@@ -570,14 +570,18 @@ def answer_converged(top1_prob: np.ndarray, is_masked: np.ndarray, threshold: Op
     return confident or settled
 
 
+def best_indices(values: np.ndarray) -> np.ndarray:
+    """Indices of the highest of values (M,), NaN lowest (all of them if every value is NaN)."""
+    filled = np.where(np.isnan(values), -np.inf, values)
+    return np.flatnonzero(filled == filled.max())
+
+
 def leader_of(scores: np.ndarray, tiebreak: Optional[np.ndarray] = None) -> int:
     """Index of the highest score (M,); ties (and all-NaN) go to the highest `tiebreak` (M,) if given
     (NaN lowest), then to the lower index."""
-    filled = np.where(np.isnan(scores), -np.inf, scores)
-    tied = np.flatnonzero(filled == filled.max())
+    tied = best_indices(scores)
     if tiebreak is not None and tied.size > 1:
-        second = np.where(np.isnan(tiebreak[tied]), -np.inf, tiebreak[tied])
-        tied = tied[second == second.max()]
+        tied = tied[best_indices(tiebreak[tied])]
     return int(tied[0])
 
 
@@ -2555,8 +2559,7 @@ def relay_json(relay: Relay, names: Sequence[str]) -> dict:
 def relay_line(relay: Relay, names: Sequence[str]) -> str:
     """One relay as --trace prints it; a tie of the best scores names the mean top-1 that broke it."""
     line = f"relay at step {relay.steps}: " + "  ".join(f"{n}={s:.4f}" for n, s in zip(names, relay.scores))
-    filled = np.where(np.isnan(relay.scores), -np.inf, relay.scores)  # as leader_of ranks them
-    tied = np.flatnonzero(filled == filled.max())
+    tied = best_indices(np.array(relay.scores))  # as leader_of ranks them
     if relay.top1 and tied.size > 1:
         line += "  tie, mean top-1: " + "  ".join(f"{names[m]}={relay.top1[m]:.4f}" for m in tied)
     return line + f"  -> {names[relay.leader]}" + (" (leader changed)" if relay.changed else "")
