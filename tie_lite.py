@@ -295,9 +295,9 @@ def _require_ints(config, names: Sequence[str]) -> None:
                  f"{name} must be an integer, got {value!r}")
 
 
-SCORES = ("tcc", "top1", "entropy", "margin")
+SCORES = ("tcc", "top1", "entropy", "margin", "pll")
 INTERVAL_UNITS = ("positions", "steps")
-SELECTIONS = ("tcc", "most-selected", "best-model:NAME")
+SELECTIONS = ("tcc", "pll", "most-selected", "best-model:NAME")
 
 
 @dataclass(frozen=True)
@@ -310,28 +310,35 @@ class EnsembleConfig:
                                              "one position per step, the paper's setting; relays keep happening "
                                              "under strategies that commit several a step), or steps",
                                 choices=INTERVAL_UNITS)
-    score: str = option("tcc", "trajectory score: tcc (token change count, free), or top1 / entropy / margin "
+    score: str = option("pll", "trajectory score: pll (pseudo-likelihood of the committed reasoning, averaged over "
+                               "every model), tcc (token change count, free), or top1 / entropy / margin "
                                "(confidence over the answer, averaged over every model)", choices=SCORES)
-    cross_model: bool = option(True, "confidence scores from the source model only (off: averaged over every "
-                                     "model)", flag="--source-only")
-    select: str = option("tcc", "final pick: tcc (lowest token change count, ties to mean top-1), most-selected, "
-                                "or best-model:NAME")
+    cross_model: bool = option(True, "confidence and pll scores from the source model only (off: averaged over "
+                                     "every model)", flag="--source-only")
+    select: str = option("pll", "final pick: pll (highest pseudo-likelihood of the reasoning over every model, "
+                                "ties to mean top-1), tcc (lowest token change count, ties to mean top-1), "
+                                "most-selected, or best-model:NAME")
+    pll_groups: int = option(4, "pll: the committed reasoning is masked in this many interleaved groups, one forward "
+                                "pass per group, judging model and trajectory")
     first_k: Optional[int] = option(None, "track only the first K answer positions (the paper: 8 for code)",
                                     shown="all")
     parallel: bool = option(True, "decode the models one after another (off: in parallel threads)",
                             flag="--sequential")
 
     def __post_init__(self):
-        _require_ints(self, ("interval",) + (("first_k",) if self.first_k is not None else ()))
+        _require_ints(self, ("interval", "pll_groups") + (("first_k",) if self.first_k is not None else ()))
+        _require(self.pll_groups > 0, f"pll_groups must be positive, got {self.pll_groups}")
         _require(self.interval > 0, f"interval must be positive, got {self.interval}")
         _require(self.interval_unit in INTERVAL_UNITS,
                  f"interval_unit must be one of {INTERVAL_UNITS}, got {self.interval_unit!r}")
         _require(self.score in SCORES, f"score must be one of {SCORES}, got {self.score!r}")
-        _require(self.select in SELECTIONS[:2] or (self.select.startswith("best-model:") and self.best_model),
+        _require(self.select in ("tcc", "pll", "most-selected")
+                 or (self.select.startswith("best-model:") and self.best_model),
                  f"select must be one of {SELECTIONS}, got {self.select!r}")
         _require(self.first_k is None or self.first_k > 0, f"first_k must be positive, got {self.first_k}")
-        _require(self.cross_model or self.score != "tcc",
-                 "cross_model=False (source-only scoring) applies to top1/entropy/margin, not tcc")
+        _require(self.cross_model or self.score != "tcc" or self.select == "pll",
+                 "cross_model=False (source-only scoring) applies to top1/entropy/margin/pll scores and the "
+                 "pll final pick, not tcc")
 
     @property
     def best_model(self) -> str:
@@ -551,6 +558,19 @@ def token_change_count(window: Sequence[AnswerSignals]) -> float:
         if now.tracked.any():
             total += float(np.mean(now.top1_id[now.tracked] != nxt.top1_id[now.tracked]))
     return total
+
+
+def interleaved_groups(n: int, groups: int) -> list:
+    """Indices 0..n-1 dealt into `groups` interleaved groups (index i goes to group i % groups),
+    empty groups left out: each a (n_g,) int64 array."""
+    return [g for g in (np.arange(start, n, groups) for start in range(groups)) if g.size]
+
+
+def log_probs_at(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """log softmax(logits (K, V)) at ids (K,): (K,) float64."""
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    return z[np.arange(ids.size), ids] - np.log(np.exp(z).sum(axis=1))
 
 
 def mean_over_tracked(signals: AnswerSignals, metric: str) -> float:
@@ -1870,11 +1890,58 @@ def judge_signals(judge: Run, source: Run, prompt: str, config: DecodeConfig,
     return track_answer(judge.model, canvas.tokens, canvas.answer_idx, stats, first_k)
 
 
+def scored_reasoning(model: Model, canvas: Canvas) -> np.ndarray:
+    """Canvas positions (n,) of the committed reasoning: the reasoning region's clean prefix, up to and
+    including its first stop id."""
+    reasoning_idx = canvas.gen_idx[: canvas.gen_idx.size - canvas.answer_idx.size]  # (R,)
+    ids = canvas.tokens[reasoning_idx]
+    committed = first_index(ids, [model.manifest.mask_id])
+    stop = first_index(ids[:committed], model.manifest.stop_ids)
+    return reasoning_idx[: min(committed, stop + 1)]
+
+
+def reasoning_log_likelihood(model: Model, canvas: Canvas, groups: int) -> tuple[float, int]:
+    """The pseudo-likelihood of the canvas's committed reasoning under `model`: the mean log-probability
+    of each committed token with its interleaved group masked (one forward pass per group), the answer
+    masked throughout; NaN when nothing is committed. Also the forward passes taken."""
+    scored = scored_reasoning(model, canvas)  # (n,)
+    mask_id = model.manifest.mask_id
+    shown = canvas.tokens.copy()  # (L,)
+    shown[canvas.answer_idx] = mask_id  # the answer follows from the reasoning: judge the reasoning alone
+    log_p = np.zeros(scored.size)  # (n,)
+    parts = interleaved_groups(scored.size, groups)
+    canvases = []
+    for part in parts:
+        tokens = shown.copy()  # (L,)
+        tokens[scored[part]] = mask_id
+        canvases.append(tokens)
+    # the groups' canvases in one call where the model batches bit-identically (else one call each)
+    for part, stats in zip(parts, model.batch_stats(canvases, [scored[p] for p in parts], with_logits=True)):
+        log_p[part] = log_probs_at(stats.logits, shown[scored[part]])
+    return (float(log_p.mean()) if scored.size else float("nan")), len(parts)
+
+
+def pll_score(runs: Sequence[Run], m: int, prompt: str, config: DecodeConfig, ensemble: EnsembleConfig) -> float:
+    """Run m's committed reasoning's pseudo-likelihood, averaged over the judging models (every model, or
+    the source only); a judge that sees no committed reasoning abstains."""
+    judges = runs if ensemble.cross_model else [runs[m]]
+    values = []
+    for judge in judges:
+        value, calls = reasoning_log_likelihood(judge.model, view_for(runs[m], judge, prompt, config),
+                                                ensemble.pll_groups)
+        judge.scoring_calls += calls
+        values.append(value)
+    values = [v for v in values if not np.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
 def trajectory_score(runs: Sequence[Run], m: int, prompt: str, config: DecodeConfig,
                      ensemble: EnsembleConfig) -> float:
     """score(T_m), higher = more reliable (docs/method.md, assessment)."""
     if ensemble.score == "tcc":
         return 0.0 - token_change_count(runs[m].window)  # 0.0 - x: no change scores 0.0, not -0.0
+    if ensemble.score == "pll":
+        return pll_score(runs, m, prompt, config, ensemble)
     judges = runs if ensemble.cross_model else [runs[m]]
     values = [mean_over_tracked(judge_signals(j, runs[m], prompt, config, ensemble.first_k), ensemble.score)
               for j in judges]
@@ -1898,10 +1965,13 @@ def relay(runs: Sequence[Run], prompt: str, config: DecodeConfig, ensemble: Ense
                  top1=tuple(float(p) for p in top1))
 
 
-def select_final(runs: Sequence[Run], ensemble: EnsembleConfig) -> int:
+def select_final(runs: Sequence[Run], prompt: str, config: DecodeConfig, ensemble: EnsembleConfig) -> int:
     """Index of the final response (docs/method.md, final selection)."""
     if ensemble.best_model:
         return [r.model.name for r in runs].index(ensemble.best_model)
+    if ensemble.select == "pll":
+        scores = np.array([pll_score(runs, m, prompt, config, ensemble) for m in range(len(runs))])  # (M,)
+        return leader_of(scores, np.array([r.mean_top1 for r in runs]))
     if ensemble.select == "most-selected":
         return leader_of(np.array([r.wins for r in runs], dtype=np.float64))
     return min(range(len(runs)), key=lambda m: (runs[m].whole_tcc, -runs[m].mean_top1, m))
@@ -1994,7 +2064,7 @@ def generate_tie(models: Sequence[Model], prompt: str, config: DecodeConfig, ens
     _check_ensemble(models, config, ensemble)
     runs = tie_runs(models, prompt, config, ensemble, record_history)
     relays, stopped = run_intervals(runs, prompt, config, ensemble, on_step)
-    return tie_result(runs, relays, stopped, config, ensemble)
+    return tie_result(runs, relays, stopped, prompt, config, ensemble)
 
 
 def tie_runs(models: Sequence[Model], prompt: str, config: DecodeConfig, ensemble: EnsembleConfig,
@@ -2005,15 +2075,15 @@ def tie_runs(models: Sequence[Model], prompt: str, config: DecodeConfig, ensembl
             for m, model in enumerate(models)]
 
 
-def tie_result(runs: Sequence[Run], relays: Sequence[Relay], stopped: bool, config: DecodeConfig,
+def tie_result(runs: Sequence[Run], relays: Sequence[Relay], stopped: bool, prompt: str, config: DecodeConfig,
                ensemble: EnsembleConfig) -> GenerateResult:
     """The ensemble's result: every model's own, and the one select_final picks."""
+    chosen = select_final(runs, prompt, config, ensemble)  # first: its scoring passes count as model calls
     candidates = []
     for run in runs:
         text, tokens, answer = finish(run.model, run.state.canvas, config)
         candidates.append(GenerateResult(text, tokens, answer, run.state.steps, stopped, run.model.name,
                                          run.history, model_calls=run.state.steps + run.scoring_calls))
-    chosen = select_final(runs, ensemble)
     calls = sum(c.model_calls for c in candidates)
     return dataclasses.replace(candidates[chosen], candidates=tuple(candidates), chosen=chosen,
                                relays=tuple(relays), model_calls=calls)
@@ -2145,7 +2215,7 @@ def job_result(job: Job, config: DecodeConfig, ensemble: EnsembleConfig) -> Gene
     if len(job.runs) > 1:
         for run in job.runs:
             run.close_window()
-        return tie_result(job.runs, job.relays, job.stopped, config, ensemble)
+        return tie_result(job.runs, job.relays, job.stopped, job.prompt, config, ensemble)
     run = job.runs[0]
     text, tokens, answer = finish(run.model, run.state.canvas, config)
     return GenerateResult(text, tokens, answer, run.state.steps, job.stopped, run.model.name, run.history,
@@ -2218,9 +2288,9 @@ def generate(models, prompt: str | Sequence[str], config: DecodeConfig = DecodeC
     and on_step returning False stops that prompt only. A model loaded with kv_cache
     batches its full passes, and its cached steps by the number of rows they recompute
     (steps of one row go one canvas per call). An int8 model, a cache graph exported
-    before its manifest recorded cache_layout, TIE's scoring passes (scores other than
-    tcc) and a learned policy step one canvas per call; a given answer needs a single
-    prompt.
+    before its manifest recorded cache_layout, TIE's scoring passes (the cross-model scores
+    and the pll final pick; pll's groups go together in one call) and a learned policy step
+    one prompt at a time; a given answer needs a single prompt.
     """
     models = [models] if isinstance(models, Model) else list(models)
     if not models:
@@ -2550,10 +2620,16 @@ def result_json(result: GenerateResult, with_history: bool) -> dict:
     return out
 
 
+def json_number(x: float) -> Optional[float]:
+    """x, or None for NaN (an undefined score or top-1): JSON has no NaN."""
+    return None if np.isnan(x) else x
+
+
 def relay_json(relay: Relay, names: Sequence[str]) -> dict:
-    """A relay as --json and --stream write it: models named, never indexed."""
-    return {"steps": relay.steps, "scores": dict(zip(names, relay.scores)), "leader": names[relay.leader],
-            "changed": relay.changed, "top1": dict(zip(names, relay.top1))}
+    """A relay as --json and --stream write it: models named, never indexed; undefined values null."""
+    return {"steps": relay.steps, "scores": {n: json_number(s) for n, s in zip(names, relay.scores)},
+            "leader": names[relay.leader], "changed": relay.changed,
+            "top1": {n: json_number(p) for n, p in zip(names, relay.top1)}}
 
 
 def relay_line(relay: Relay, names: Sequence[str]) -> str:

@@ -4,10 +4,13 @@
                             [--models-dir models]
                             [--only NAME ...] [--interval N] [--block-size N] [--kv-cache prefix|dual [--kv-window N]]
 
-Prints one table: each model alone, post-generation selection and TIE (tcc) for
-every pair, TIE with every other score for every pair, and TIE over the trios; for each,
+Prints one table: each model alone; for every pair post-generation selection (no
+relay) by each final pick (pll, tcc) and TIE with every score (the final pick the
+score's own for pll and tcc, pll for the others); and TIE with the defaults over
+the trios; for each,
 accuracy, the paired-bootstrap 95% interval of its accuracy minus the best single
-model's and minus the best of its own models alone, the leader change rate, relays
+model's, minus the best of its own models alone and, for TIE, minus post-generation
+selection over the same models by the same final pick, the leader change rate, relays
 per problem and mean model calls per problem. Rows whose models are missing from
 --models-dir are skipped. Tune on --split validation; report on test. Decoding
 settings come from the models' manifests (the layout they were trained on).
@@ -47,7 +50,8 @@ class Variant:
 
 
 MODELS = ("a", "b", "d")
-SCORES = tie_lite.SCORES  # the relay scores, tcc (the default) first
+SCORES = tie_lite.SCORES  # the relay scores
+PICKS = ("pll", "tcc")    # the final picks that post-generation rows compare
 PROGRESS_EVERY = 100      # problems per generate() call (decoded in batches of 8), a progress line after each
 
 
@@ -55,15 +59,23 @@ def label(names) -> str:
     return "+".join(n.upper() for n in names)
 
 
+def final_pick(score: str) -> str:
+    """The final pick of a TIE row relaying by `score`: the score's own where it is also a pick (pll,
+    tcc), else the default."""
+    return score if score in PICKS else tie_lite.EnsembleConfig.select
+
+
 def variants(interval: int = tie_lite.EnsembleConfig.interval) -> list[Variant]:
-    """Every model alone, then for each pair post-generation selection (no relay: the interval is
-    past any decode) and TIE with each score (tcc first), and TIE tcc over each trio."""
+    """Every model alone, then for each pair post-generation selection by each final pick (no relay:
+    the interval is past any decode) and TIE with each score, and TIE with the defaults over each trio."""
     E = functools.partial(tie_lite.EnsembleConfig, interval=interval)
     rows = [Variant(f"{label([m])} alone", (m,)) for m in MODELS]
     for pair in itertools.combinations(MODELS, 2):
-        rows += [Variant(f"post-generation {label(pair)}", pair, tie_lite.EnsembleConfig(interval=10_000)),
-                 *(Variant(f"TIE {label(pair)} {score}", pair, E(score=score)) for score in SCORES)]
-    rows += [Variant(f"TIE {label(trio)} tcc", trio, E(score="tcc")) for trio in itertools.combinations(MODELS, 3)]
+        rows += [*(Variant(f"post-generation {label(pair)} {pick}", pair,
+                           tie_lite.EnsembleConfig(interval=10_000, select=pick)) for pick in PICKS),
+                 *(Variant(f"TIE {label(pair)} {score}", pair, E(score=score, select=final_pick(score)))
+                   for score in SCORES)]
+    rows += [Variant(f"TIE {label(trio)} {E().score}", trio, E()) for trio in itertools.combinations(MODELS, 3)]
     return rows
 
 
@@ -171,6 +183,13 @@ def difference(r: dict, best: dict | None) -> str:
     return f"{100 * (r['correct'].mean() - best['correct'].mean()):+.1f} ({lo:+.1f}, {hi:+.1f})"
 
 
+def post_generation_of(name: str, models: tuple) -> str | None:
+    """The post-generation row a TIE row is compared with: the same models and final pick."""
+    if not name.startswith("TIE "):
+        return None
+    return f"post-generation {label(models)} {final_pick(name.rsplit(' ', 1)[1])}"
+
+
 def table(rows: dict, models: dict) -> str:
     """rows: name -> run result; models: name -> the model names the row decodes with."""
     def best_alone(names):
@@ -180,13 +199,15 @@ def table(rows: dict, models: dict) -> str:
 
     best = best_alone([m for m in MODELS if f"{label([m])} alone" in rows])
     lines = ["| variant | accuracy | minus best single (95% CI) | minus its best single (95% CI) "
-             "| leader change rate | relays / problem | model calls / problem |", "|---|---|---|---|---|---|---|"]
+             "| minus post-generation (95% CI) | leader change rate | relays / problem | model calls / problem |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         own = difference(r, best_alone(models[name])) if len(models[name]) > 1 else ""
+        after = difference(r, rows.get(post_generation_of(name, models[name])))
         rate = "" if r["change_rate"] is None else f"{100 * r['change_rate']:.0f}%"
         relays = f"{r['relays_per_problem']:.2f}" if len(models[name]) > 1 else ""
-        lines.append(f"| {name} | {100 * r['correct'].mean():.1f} | {difference(r, best)} | {own} | {rate} "
-                     f"| {relays} | {r['calls']:.0f} |")
+        lines.append(f"| {name} | {100 * r['correct'].mean():.1f} | {difference(r, best)} | {own} | {after} "
+                     f"| {rate} | {relays} | {r['calls']:.0f} |")
     return "\n".join(lines)
 
 

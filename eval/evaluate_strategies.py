@@ -2,7 +2,7 @@
 
     python eval/evaluate_strategies.py --split test --n 1000 [--workers 2] [--interval N] [--interval-unit steps]
 
-For each strategy and each of A alone, B alone and TIE over A + B (score tcc): exact-match
+For each strategy and each of A alone, B alone and TIE over A + B (the default score and pick): exact-match
 accuracy, mean model calls per problem, and decode time relative to the default
 low-confidence schedule (one token per step) of the same row, measured in the same run;
 for TIE also the mean relays per problem. Times are summed over the worker processes; on a shared machine they are
@@ -84,7 +84,8 @@ def main() -> int:
         if relays:
             cells.append(f"{results['TIE A+B']['relays_per_problem']:.2f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    print(f"split {args.split}, {len(problems)} problems (seed {args.seed}); TIE: score tcc, interval "
+    print(f"split {args.split}, {len(problems)} problems (seed {args.seed}); TIE: score {ensemble.score}, final "
+          f"pick {ensemble.select}, interval "
           f"{args.interval} {args.interval_unit}; time: relative to the default schedule of the same column\n")
     print("\n".join(lines))
     return 0

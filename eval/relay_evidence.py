@@ -199,7 +199,7 @@ def handover_counts(records: list) -> Counter:
                 if m != r["leader"]:
                     counts["handovers"] += 1
                     counts[("correct" if was else "wrong") + "->" + ("correct" if now else "wrong")] += 1
-            tied = len(set(r["scores"])) == 1
+            tied = tie_lite.best_indices(np.array(r["scores"], dtype=np.float64)).size > 1  # as leader_of ranks
             counts["tied"] += tied
             if any(r["before"]) and not all(r["before"]):
                 counts["split"] += 1

@@ -31,7 +31,7 @@ def stats(self, tokens, positions, with_logits=False):
     name = self.manifest.name
     live = np.abs(s.logits) < 1e30
     mode["zmax"][name] = max(mode["zmax"].get(name, 0.0), float(np.abs(s.logits[live]).max()))
-    if mode["record"]:
+    if mode["record"] and not with_logits:  # a decode step's read (pll's scoring passes read logits)
         calls.setdefault(name, []).append((positions.copy(), s.top_ids.copy(), s.top_probs.astype(np.float64)))
     if mode["jitter"]:
         r = mode["jitter"][name]

@@ -182,7 +182,7 @@ CATALOGUE = [
     ("unknown score", "pair", [*M, "--score", "loud"], "invalid choice: 'loud'"),
     ("unknown selection", "pair", [*M, "--select", "loudest"], "select must be one of"),
     ("best-model names no model", "pair", [*M, "--select", "best-model:nobody"], "nobody"),
-    ("source-only with tcc", "pair", [*M, "--source-only"], "source-only"),
+    ("source-only with tcc", "pair", [*M, "--score", "tcc", "--select", "tcc", "--source-only"], "source-only"),
     ("first-k zero", "pair", [*M, "--first-k", "0"], "first_k must be positive"),
     ("first-k past the answer", "pair", [*M, "--first-k", "17"], "first_k 17 exceeds the answer's 16"),
     ("one model twice", "same pair", M, "two models named 'b'"),

@@ -40,7 +40,7 @@ def test_cli_sampling_is_seeded(tiny_bert):
 
 def test_cli_ensemble_json_and_trace(tiny_bert, tiny_modernbert):
     result = run_cli("--models", str(tiny_bert[1]), str(tiny_modernbert[1]), "--prompt", "the cat",
-                     "--gen-length", "48", "--answer-length", "16", "--interval", "8", "--score", "entropy",
+                     "--gen-length", "48", "--answer-length", "16", "--interval", "8", "--score", "entropy", "--select", "tcc",
                      "--json", "--trace")
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)

@@ -101,7 +101,10 @@ def test_policy_composes_with_tie_and_early_exit(threshold_policy):
         for prompt in (PROMPTS[0], PROMPTS[3]):
             a = tie_lite.generate(models, prompt, by_policy, ensemble)
             b = tie_lite.generate(models, prompt, by_threshold, ensemble)
-            assert a.text == b.text and a.model_calls == b.model_calls and a.relays == b.relays
+            assert a.text == b.text and a.model_calls == b.model_calls
+            assert [(r.steps, r.leader, r.changed) for r in a.relays] == [(r.steps, r.leader, r.changed) for r in b.relays]
+            for r, s in zip(a.relays, b.relays):
+                np.testing.assert_array_equal(r.scores, s.scores)  # NaN (nothing to judge yet) equals NaN
             relayed.append(bool(a.relays))
         # the models did hand over; with early exit the shipped models often settle the answer in their
         # first step and exit before any relay (PROMPTS[0]), PROMPTS[3] not

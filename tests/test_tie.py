@@ -62,6 +62,21 @@ def test_mean_over_tracked_is_nan_for_an_empty_set():
     assert np.isnan(tie_lite.mean_over_tracked(signals([1, 2], [False, False]), "top1"))
 
 
+# --- pseudo-likelihood numerics ------------------------------------------------------------------
+
+def test_interleaved_groups_deal_every_index_once():
+    assert [g.tolist() for g in tie_lite.interleaved_groups(5, 2)] == [[0, 2, 4], [1, 3]]
+    assert [g.tolist() for g in tie_lite.interleaved_groups(2, 4)] == [[0], [1]]  # no empty groups
+    assert tie_lite.interleaved_groups(0, 4) == []
+
+
+def test_log_probs_at_hand_computed():
+    logits = np.array([[0.0, np.log(3.0)], [1000.0, 1000.0]], np.float32)  # (2, 2): p = (1/4, 3/4), (1/2, 1/2)
+    got = tie_lite.log_probs_at(logits, np.array([1, 0]))
+    # log(3) rounded to float32 moves p by its relative rounding (<= EPS32): log p by about as much
+    assert got == pytest.approx([np.log(0.75), np.log(0.5)], abs=4 * EPS32)
+
+
 # --- token change count -------------------------------------------------------------------------
 
 def test_token_change_count_normalises_by_tracked_set_size():
@@ -126,11 +141,24 @@ def test_leader_change_rate():
     (dict(select="best-model:"), "best-model:"),
     (dict(select="loudest"), "loudest"),
     (dict(first_k=0), "first_k"),
-    (dict(cross_model=False), "cross_model"),
+    (dict(pll_groups=0), "pll_groups"),
+    (dict(pll_groups=1.5), "pll_groups"),
+    (dict(score="tcc", select="tcc", cross_model=False), "cross_model"),
 ])
 def test_ensemble_config_rejects_bad_values(kwargs, named):
     with pytest.raises(tie_lite.ConfigError, match=named):
         EnsembleConfig(**kwargs)
+
+
+def test_source_only_applies_to_a_pll_final_pick():
+    assert not EnsembleConfig(score="tcc", select="pll", cross_model=False).cross_model
+
+
+def test_relay_json_writes_undefined_values_as_null():
+    relay = tie_lite.Relay(steps=8, scores=(float("nan"), -0.5), leader=1, changed=False, top1=(float("nan"), 0.9))
+    out = tie_lite.relay_json(relay, ["a", "b"])
+    assert json.loads(json.dumps(out, allow_nan=False)) == {
+        "steps": 8, "scores": {"a": None, "b": -0.5}, "leader": "b", "changed": False, "top1": {"a": None, "b": 0.9}}
 
 
 # --- with models ---------------------------------------------------------------------------------
@@ -167,8 +195,9 @@ def test_one_model_is_the_single_model_decode(bert):
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("score", ["tcc", "top1", "entropy", "margin"])
-def test_a_model_ensembled_with_itself_gives_its_single_output(bert, tiny_bert, score, tmp_path):
+@pytest.mark.parametrize("score", ["tcc", "top1", "entropy", "margin", "pll"])
+@pytest.mark.parametrize("select", ["tcc", "pll"])
+def test_a_model_ensembled_with_itself_gives_its_single_output(bert, tiny_bert, score, select, tmp_path):
     # exact, not within float32's reach: the twin is the same graph at the same thread count, so its
     # statistics are bitwise bert's and the scores tie exactly (ties -> model 0). The tokens would survive
     # float32-sized differences (logits jittered by +-delta, tests/tolerances.py, in each model apart),
@@ -178,10 +207,88 @@ def test_a_model_ensembled_with_itself_gives_its_single_output(bert, tiny_bert, 
     (tmp_path / "twin" / "tie_lite.json").write_text(json.dumps({**manifest, "name": "twin"}))
     twin = tie_lite.Model.load(tmp_path / "twin", threads=1)
     alone = tie_lite.generate(bert, PROMPT, INFILL)
-    both = tie_lite.generate([bert, twin], PROMPT, INFILL, EnsembleConfig(interval=8, score=score))
+    both = tie_lite.generate([bert, twin], PROMPT, INFILL, EnsembleConfig(interval=8, score=score, select=select))
     assert both.tokens.tolist() == alone.tokens.tolist()
     assert [c.tokens.tolist() for c in both.candidates] == [alone.tokens.tolist()] * 2
     assert len(both.relays) == 48 // 8 - 1 and all(r.leader == 0 for r in both.relays)  # ties -> model 0
+    assert both.chosen == 0
+
+
+def canvas_with(model, reasoning_ids, answer_ids=()):
+    """INFILL's canvas of PROMPT with the reasoning region starting with reasoning_ids, the rest masked
+    (or the given answer ids at the answer's start)."""
+    canvas = tie_lite.build_canvas(model, PROMPT, INFILL)
+    canvas.tokens[canvas.gen_idx[: len(reasoning_ids)]] = reasoning_ids
+    canvas.tokens[canvas.answer_idx[: len(answer_ids)]] = answer_ids
+    return canvas
+
+
+@pytest.mark.torch
+def test_scored_reasoning_is_the_clean_prefix_through_its_first_stop(bert):
+    words = bert.encode("the cat is big").tolist()
+    eos, mask = bert.manifest.eos_id, bert.manifest.mask_id
+    canvas = canvas_with(bert, words + [mask] + words)  # after a mask: not committed yet
+    assert tie_lite.scored_reasoning(bert, canvas).tolist() == canvas.gen_idx[: len(words)].tolist()
+    canvas = canvas_with(bert, words + [eos, eos] + words)  # ended: its first stop id is scored too
+    assert tie_lite.scored_reasoning(bert, canvas).tolist() == canvas.gen_idx[: len(words) + 1].tolist()
+    assert tie_lite.scored_reasoning(bert, canvas_with(bert, [])).size == 0
+
+
+@pytest.mark.torch
+def test_reasoning_log_likelihood_masks_each_group_and_the_answer(bert):
+    words = bert.encode("the cat is big .").tolist()  # 5 or more tokens: 2 groups both non-empty
+    canvas = canvas_with(bert, words)
+    scored = canvas.gen_idx[: len(words)]
+    mask = bert.manifest.mask_id
+    expected = []
+    for i, position in enumerate(scored):  # one group per token: each token masked alone
+        tokens = canvas.tokens.copy()
+        tokens[position] = mask
+        probs = tie_lite.softmax(bert.stats(tokens, np.array([position]), with_logits=True).logits)  # (1, V)
+        expected.append(np.log(probs[0, words[i]]))
+    value, calls = tie_lite.reasoning_log_likelihood(bert, canvas, groups=len(words))
+    # float32 softmax then log against log_probs_at's float64 log-sum-exp: a few float32 roundings per token
+    assert calls == len(words) and value == pytest.approx(np.mean(expected), abs=16 * EPS32)
+    grouped, calls = tie_lite.reasoning_log_likelihood(bert, canvas, groups=2)
+    assert calls == 2 and grouped != pytest.approx(value, abs=16 * EPS32)  # neighbours masked together
+    # the answer is masked throughout: whatever it holds does not move the score
+    answered = canvas_with(bert, words, answer_ids=words[:3])
+    assert tie_lite.reasoning_log_likelihood(bert, answered, groups=2)[0] == grouped
+    assert np.isnan(tie_lite.reasoning_log_likelihood(bert, canvas_with(bert, []), groups=2)[0])
+
+
+@pytest.mark.torch
+def test_pll_final_pick_is_the_reasoning_every_judge_finds_likeliest(bert, modernbert):
+    runs = [make_run(bert), make_run(modernbert)]
+    for run, text in zip(runs, ["the cat is big .", "is is the the ."]):
+        words = bert.encode(text)  # the tiny models share one tokenizer
+        run.state.tokens[run.state.canvas.gen_idx[: len(words)]] = words
+    ensemble = EnsembleConfig(select="pll", pll_groups=2)
+    mean = [np.mean([tie_lite.reasoning_log_likelihood(judge.model, run.state.canvas, 2)[0] for judge in runs])
+            for run in runs]
+    assert mean[0] != mean[1]
+    for top1 in ((0.1, 0.9), (0.9, 0.1)):  # the mean top-1 only breaks ties
+        for run, p in zip(runs, top1):
+            run.top1_total, run.top1_steps = p, 1
+        assert tie_lite.select_final(runs, PROMPT, INFILL, ensemble) == int(np.argmax(mean))
+
+
+@pytest.mark.torch
+def test_pll_relay_and_final_pick_count_their_forward_passes(bert, modernbert):
+    words = bert.encode("the cat is big .").tolist()  # 5 or more tokens: every group non-empty below
+    runs = [make_run(bert), make_run(modernbert)]
+    for run in runs:
+        run.state.tokens[run.state.canvas.gen_idx[: len(words)]] = words
+    ensemble = EnsembleConfig(score="pll", select="pll", pll_groups=3)
+    record = tie_lite.relay(runs, PROMPT, INFILL, ensemble, previous=None)
+    assert record.scores[0] == record.scores[1]  # the same reasoning under the same judges: a tie
+    assert [r.scoring_calls for r in runs] == [2 * 3, 2 * 3]  # each model judges both trajectories
+    runs[1].top1_total, runs[1].top1_steps = 0.9, 1  # the tie goes to the higher mean top-1
+    assert tie_lite.select_final(runs, PROMPT, INFILL, ensemble) == 1
+    assert [r.scoring_calls for r in runs] == [4 * 3, 4 * 3]
+    alone = EnsembleConfig(score="pll", cross_model=False, pll_groups=3)
+    tie_lite.relay(runs, PROMPT, INFILL, alone, previous=None)
+    assert [r.scoring_calls for r in runs] == [5 * 3, 5 * 3]  # source only: each judges its own
 
 
 @pytest.mark.torch
@@ -225,7 +332,7 @@ def test_source_only_scoring_uses_only_the_source_model(bert, modernbert):
 
 @pytest.mark.torch
 def test_two_models_ensemble_runs_and_reports(bert, modernbert):
-    result = tie_lite.generate([bert, modernbert], PROMPT, INFILL, EnsembleConfig(interval=16))
+    result = tie_lite.generate([bert, modernbert], PROMPT, INFILL, EnsembleConfig(interval=16, score="tcc", select="tcc"))
     assert len(result.candidates) == 2 and result.candidates[result.chosen].text == result.text
     assert len(result.relays) == 2 and all(len(r.scores) == 2 for r in result.relays)
     assert result.model_calls == 2 * 48  # tcc scoring needs no extra forward passes
@@ -246,9 +353,9 @@ def test_final_selection_rules(bert, modernbert):
     runs = [make_run(bert), make_run(modernbert), make_run(bert)]
     for run, (tcc, pairs, top1, wins) in zip(runs, [(2.0, 4, 0.5, 3), (1.0, 4, 0.4, 1), (1.0, 4, 0.6, 3)]):
         run.tcc_total, run.pairs, run.top1_total, run.top1_steps, run.wins = tcc, pairs, top1, 1, wins
-    assert tie_lite.select_final(runs, EnsembleConfig()) == 2  # lowest TCC, tie -> higher mean top-1
-    assert tie_lite.select_final(runs, EnsembleConfig(select="most-selected")) == 0  # tie -> lower index
-    assert tie_lite.select_final(runs, EnsembleConfig(select=f"best-model:{modernbert.name}")) == 1
+    assert tie_lite.select_final(runs, "", None, EnsembleConfig(select="tcc")) == 2  # lowest TCC, tie -> higher mean top-1
+    assert tie_lite.select_final(runs, "", None, EnsembleConfig(select="most-selected")) == 0  # tie -> lower index
+    assert tie_lite.select_final(runs, "", None, EnsembleConfig(select=f"best-model:{modernbert.name}")) == 1
 
 
 @pytest.mark.torch
@@ -308,10 +415,13 @@ def test_text_relay_carries_an_ended_reasoning(bert, char):
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("score", ["tcc", "entropy"])
+@pytest.mark.parametrize("score", ["tcc", "entropy", "pll"])
 def test_cross_tokenizer_ensemble_completes(bert, char, score):
-    result = tie_lite.generate([bert, char], PROMPT, INFILL, EnsembleConfig(interval=16, score=score))
-    assert len(result.candidates) == 2 and len(result.relays) == 2
+    ensemble = EnsembleConfig(interval=16, score=score, select="pll" if score == "pll" else "tcc")
+    result = tie_lite.generate([bert, char], PROMPT, INFILL, ensemble)
+    # relays stop once a model has finished, and a text relay can hand a model a reasoning that has ended
+    # (which pll's leader may do: which leader wins between random models is not pinned)
+    assert len(result.candidates) == 2 and len(result.relays) in ((1, 2) if score == "pll" else (2,))
     assert all(c.steps >= 48 - 16 for c in result.candidates)
     assert all(isinstance(c.answer, str) for c in result.candidates)
 
@@ -339,7 +449,7 @@ def test_models_finishing_apart_each_decode_to_their_end():
     models = [tie_lite.Model.load(ROOT / "models" / name / "onnx", threads=1) for name in ("a", "b")]
     config = DecodeConfig(**models[0].manifest.decode_defaults, strategy="threshold", threshold=0.5,
                           exit_threshold=0.9)
-    result = tie_lite.generate(models, "Calculate 6 * 3 + 2.", config, EnsembleConfig(interval=2),
+    result = tie_lite.generate(models, "Calculate 6 * 3 + 2.", config, EnsembleConfig(interval=2, score="tcc", select="tcc"),
                                record_history=True)
     assert [c.steps for c in result.candidates] == [3, 2]
     for candidate, model in zip(result.candidates, models):

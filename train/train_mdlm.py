@@ -12,6 +12,7 @@ one prompt-length bucket at a time so every sequence in a batch has the same len
 """
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -161,9 +162,14 @@ def main(argv=None):
     ap.add_argument("--max_minutes", type=float, default=30.0, help="stop (and save) after this much time")
     ap.add_argument("--init_from", default=None,
                     help="continue from this checkpoint dir (weights + tokenizer; fresh optimizer and schedule)")
+    ap.add_argument("--ema", type=float, default=0.0,
+                    help="keep an exponential moving average of the weights with this decay (e.g. 0.999) and "
+                         "evaluate and save it instead of the raw weights; 0 = off")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--smoke", action="store_true", help="tiny model, few steps, seconds")
     args = ap.parse_args(argv)
+    if not 0.0 <= args.ema < 1.0:
+        raise SystemExit(f"--ema must be in [0, 1), got {args.ema}")
     if args.smoke:
         args.hidden, args.layers, args.heads, args.intermediate = 32, 1, 2, 64
         args.steps, args.warmup, args.batch, args.n_train = 20, 5, 8, 500
@@ -212,20 +218,28 @@ def main(argv=None):
 
     n_resp = layout.R + layout.A
     history, start, step, loss_avg = [], time.time(), 0, None
+    ema = copy.deepcopy(model).eval() if args.ema else None  # the weights evaluated and saved, if on
+    for p in (ema.parameters() if ema else ()):
+        p.requires_grad_(False)
 
     def do_eval(step):
-        acc, _, _ = evaluate(model, layout, val)
+        shown = ema if ema is not None else model
+        acc, _, _ = evaluate(shown, layout, val)
+        record = {"step": step, "val_acc": acc}
+        if ema is not None:  # the raw weights too, to see what the average buys
+            record["val_acc_raw"] = evaluate(model, layout, val)[0]
         model.train()
         elapsed = time.time() - start
-        history.append({"step": step, "val_acc": acc, "minutes": round(elapsed / 60, 2)})
+        history.append({**record, "minutes": round(elapsed / 60, 2)})
         extra = {"n_params": n_params, "step": step, "val_acc_quick": acc, "val_n_quick": len(val),
                  "train_minutes": round(elapsed / 60, 2), "history": history}
-        save(model, tok, layout, args, args.out, extra)
+        save(shown, tok, layout, args, args.out, extra)
         if args.keep_snapshots:
             snap = f"{args.out.rstrip('/')}_steps/step{step:05d}"
             shutil.rmtree(snap, ignore_errors=True)
             shutil.copytree(args.out, snap)
-        print(f"step {step} val_acc {acc:.3f} ({len(val)}) loss {loss_avg:.4f} "
+        raw = f" raw {record['val_acc_raw']:.3f}" if ema is not None else ""
+        print(f"step {step} val_acc {acc:.3f}{raw} ({len(val)}) loss {loss_avg:.4f} "
               f"{elapsed / 60:.1f} min", flush=True)
 
     model.train()
@@ -250,6 +264,10 @@ def main(argv=None):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if ema is not None:
+            with torch.no_grad():
+                for pe, pm in zip(ema.parameters(), model.parameters()):
+                    pe.lerp_(pm, 1.0 - args.ema)
         step += 1
         loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
         if step % 50 == 0:
