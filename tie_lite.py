@@ -2026,12 +2026,20 @@ def step_hook(on_step: Optional[OnStep], stop: threading.Event) -> Callable:
     return hook
 
 
+def relay_budget(config: DecodeConfig, ensemble: EnsembleConfig) -> int:
+    """The most relays one decode makes: one per interval of the generation, as many as a decode that
+    never loses a committed position can reach. A text relay inside a block drops the positions the
+    leader committed after its first masked one, so without a bound two models could hand such
+    trajectories back and forth forever; past it the models decode to their own end."""
+    return config.gen_length // ensemble.interval
+
+
 def run_intervals(runs: Sequence[Run], prompt: str, config: DecodeConfig, ensemble: EnsembleConfig,
                   on_step: Optional[OnStep]) -> tuple[list, bool]:
     """The TIE cycle: decode an interval, assess, relay. Once any trajectory is complete (models
     can finish apart: early exit, unequal step counts under threshold strategies, text relays
-    between tokenizers), relaying stops and the others decode to their own end, so every
-    candidate is a whole answer. Returns (relays, stopped)."""
+    between tokenizers), or the relay budget is spent, relaying stops and the others decode to
+    their own end, so every candidate is a whole answer. Returns (relays, stopped)."""
     stop, relays = threading.Event(), []
     hook = step_hook(on_step, stop)
     pool = ThreadPoolExecutor(max_workers=len(runs)) if ensemble.parallel else None
@@ -2042,7 +2050,7 @@ def run_intervals(runs: Sequence[Run], prompt: str, config: DecodeConfig, ensemb
             list(pool.map(lambda job: job(), jobs)) if pool else [job() for job in jobs]
             if stop.is_set() or all(finished(r) for r in runs):
                 break
-            if any(finished(r) for r in runs):
+            if any(finished(r) for r in runs) or len(relays) >= relay_budget(config, ensemble):
                 continue
             relays.append(relay(runs, prompt, config, ensemble, relays[-1] if relays else None))
             if hook(relays[-1]) is False:
@@ -2150,14 +2158,16 @@ def start_job(models: Sequence[Model], index: int, prompt: str, config: DecodeCo
     return Job(index, prompt, runs, [0] * len(runs))
 
 
-def wants_step(job: Job, m: int, ensemble: EnsembleConfig) -> bool:
+def wants_step(job: Job, m: int, config: DecodeConfig, ensemble: EnsembleConfig) -> bool:
     """Whether model m steps this prompt now: not done, and in an ensemble its interval not done (or,
-    once another model has finished, decoding to its own end, as run_intervals does)."""
+    once another model has finished or the relay budget is spent, decoding to its own end, as
+    run_intervals does)."""
     if job.stopped or job.finished(m):
         return False
     if len(job.runs) == 1 or job.progress[m] < ensemble.interval:
         return True
-    return any(job.finished(other) for other in range(len(job.runs)))
+    return (any(job.finished(other) for other in range(len(job.runs)))
+            or len(job.relays) >= relay_budget(config, ensemble))
 
 
 def take_event(job: Job, m: int, event: StepEvent, ensemble: EnsembleConfig, on_step: Optional[OnStep]) -> None:
@@ -2178,7 +2188,7 @@ def step_jobs(jobs: Sequence[Job], models: Sequence[Model], config: DecodeConfig
               on_step: Optional[OnStep], pool: Optional[ThreadPoolExecutor]) -> None:
     """One step of every prompt that wants one: each model steps all of its canvases in one call
     (decode_steps), the models in parallel threads when `pool` is given; then the events are reported."""
-    wanting = [[job for job in jobs if wants_step(job, m, ensemble)] for m in range(len(models))]
+    wanting = [[job for job in jobs if wants_step(job, m, config, ensemble)] for m in range(len(models))]
 
     def step(m: int) -> list:
         return decode_steps(models[m], [job.runs[m].state for job in wanting[m]], config)
@@ -2200,7 +2210,8 @@ def settle_job(job: Job, config: DecodeConfig, ensemble: EnsembleConfig, on_step
     finished = [job.finished(m) for m in range(len(job.runs))]
     if job.stopped or all(finished):
         return True
-    if len(job.runs) == 1 or any(finished) or min(job.progress) < ensemble.interval:
+    if (len(job.runs) == 1 or any(finished) or min(job.progress) < ensemble.interval
+            or len(job.relays) >= relay_budget(config, ensemble)):
         return False
     previous = job.relays[-1] if job.relays else None
     job.relays.append(dataclasses.replace(relay(job.runs, job.prompt, config, ensemble, previous), prompt=job.index))

@@ -16,7 +16,8 @@ log, far below that; the final pick's log ratio is 0.013, 14 reaches. Within rea
 which a step commits positions that are all near-certain (mostly the EOS padding), and a relay at a block
 boundary sees every position of its blocks committed whatever the order: with every probability jittered
 by up to a reach (x exp(+-9.2e-4), a pessimistic model of exactly that), none of 40 decodes changed a
-score, a leader, the final pick, a text or a token. So all of them are pinned exactly.
+leader, the final pick, a text or a token (the jitter leaves pll's logits alone: what keeps the scores
+equal is that the two canvases are one, judged alike). So all of them are pinned exactly.
 """
 
 from __future__ import annotations

@@ -458,3 +458,21 @@ def test_models_finishing_apart_each_decode_to_their_end():
         assert not np.any(last.tokens[answer_idx] == model.manifest.mask_id)
         assert candidate.answer
     assert result.model_calls == 3 + 2  # tcc scores from the histories: no extra forward passes
+
+
+def test_text_relays_inside_blocks_stop_at_the_relay_budget():
+    """a and d relay through text at interval 8, inside blocks of 16: each hand-over drops what the leader
+    committed after its first masked position (here the EOS padding it fills first), and under pll the
+    two once handed such trajectories back and forth for good. The budget, one relay per interval of the
+    generation, ends that: then both decode to their own end."""
+    from conftest import ROOT
+
+    models = [tie_lite.Model.load(ROOT / "models" / name / "onnx", threads=1) for name in ("a", "d")]
+    config = DecodeConfig(**models[0].manifest.decode_defaults)
+    ensemble = EnsembleConfig(interval=8)
+    assert tie_lite.relay_budget(config, ensemble) == config.gen_length // 8
+    prompt = "Calculate 6 * 3 + 2 - 5 + 9 - 4."
+    for result in (tie_lite.generate(models, prompt, config, ensemble),
+                   tie_lite.generate(models, [prompt, prompt], config, ensemble)[1]):  # the batched path too
+        assert 0 < len(result.relays) <= config.gen_length // 8 and not result.stopped
+        assert all(c.answer is not None for c in result.candidates)
