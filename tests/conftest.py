@@ -106,6 +106,17 @@ def run_cli(*args: str, module: str | None = None, timeout: float = 120,
                           input=stdin if stdin is not None else "")
 
 
+def run_export(capsys, *args: str) -> subprocess.CompletedProcess:
+    """`python -m export ARGS` run in this process (torch is imported once, not once a test), its exit code
+    and output returned as run_cli returns them; test_export_cli_writes_a_loadable_folder runs the command."""
+    from export.__main__ import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["python", "-m", "export", *args], code, out, err)
+
+
 def assert_one_line_error(result, message):
     """Exit code 2, no traceback, and exactly one stderr line: "error: ...message..."."""
     assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)

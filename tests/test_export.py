@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, assert_one_line_error, run_cli
+from conftest import ROOT, assert_one_line_error, run_cli, run_export
 from tolerances import float32_reach, model_dims, near_ties
 
 
@@ -147,21 +147,19 @@ def test_export_cli_writes_a_loadable_folder(tiny_char, tmp_path):
     assert run.returncode == 0, run.stderr
 
 
-@pytest.mark.slow  # python -m export: torch's import alone takes seconds
 @pytest.mark.torch
-def test_export_cli_refuses_unsupported_family(tmp_path):
+def test_export_cli_refuses_unsupported_family(tmp_path, capsys):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)).save_pretrained(tmp_path / "gpt2")
-    result = run_cli(str(tmp_path / "gpt2"), str(tmp_path / "out"), module="export", timeout=300)
+    result = run_export(capsys, str(tmp_path / "gpt2"), str(tmp_path / "out"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
 
 
-@pytest.mark.slow  # python -m export: torch's import alone takes seconds
 @pytest.mark.torch
-def test_export_cli_missing_source(tmp_path):
-    result = run_cli(str(tmp_path / "missing"), str(tmp_path / "out"), module="export", timeout=300)
+def test_export_cli_missing_source(tmp_path, capsys):
+    result = run_export(capsys, str(tmp_path / "missing"), str(tmp_path / "out"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "error: " in result.stderr
 
@@ -172,15 +170,14 @@ def test_roberta_max_length_excludes_its_position_offset(tiny_roberta):
     assert manifest["family"] == "roberta" and manifest["max_length"] == 128
 
 
-@pytest.mark.slow  # python -m export: torch's import alone takes seconds
 @pytest.mark.torch
-def test_export_refuses_custom_code_without_trust_and_says_what_it_would_run(tmp_path):
+def test_export_refuses_custom_code_without_trust_and_says_what_it_would_run(tmp_path, capsys):
     source = tmp_path / "custom"
     source.mkdir()
     (source / "config.json").write_text(json.dumps({"model_type": "Dream", "auto_map": {
         "AutoConfig": "configuration_mything.MyConfig", "AutoModel": "modeling_mything.MyModel"}}))
     (source / "configuration_mything.py").write_text("raise SystemExit('must not run')\n")
-    result = run_cli(str(source), str(tmp_path / "out"), module="export", timeout=300)
+    result = run_export(capsys, str(source), str(tmp_path / "out"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "contains custom Python code; pass --trust-remote-code" in result.stderr
 
@@ -246,7 +243,7 @@ def test_int4_export_quantizes_every_weight_matmul_records_its_agreement_and_dec
         export_model(tiny_bert[0], tmp_path / "strict", int4=True, int4_min_agreement=1.0, log=lambda m: None)
 
 
-def test_int4_refuses_int8_and_what_matmulnbits_cannot_take(tmp_path):
+def test_int4_refuses_int8_and_what_matmulnbits_cannot_take(tmp_path, capsys):
     """Before loading anything: --int4 with --int8, a block size that is no power of two >= 16, an accuracy
     level MatMulNBits does not define."""
     from export import ExportError, ExportOptions
@@ -261,10 +258,10 @@ def test_int4_refuses_int8_and_what_matmulnbits_cannot_take(tmp_path):
     for size in (16, 32, 64, 128, 256):
         assert ExportOptions(int4=True, int4_block_size=size).int4_block_size == size
     source = str(ROOT / "models" / "a" / "hf")
-    assert_one_line_error(run_cli(source, str(tmp_path / "out"), "--int4", "--int8", module="export"),
+    assert_one_line_error(run_export(capsys, source, str(tmp_path / "out"), "--int4", "--int8"),
                           "int4 and int8 exclude each other (--int4, --int8)")
-    assert_one_line_error(run_cli(source, str(tmp_path / "out"), "--int4", "--int4-block-size", "24",
-                                  module="export"), "int4_block_size must be a power of two >= 16")
+    assert_one_line_error(run_export(capsys, source, str(tmp_path / "out"), "--int4", "--int4-block-size", "24"),
+                          "int4_block_size must be a power of two >= 16")
     assert not (tmp_path / "out").exists()
 
 

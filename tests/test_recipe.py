@@ -17,7 +17,7 @@ from conftest import ROOT, run_cli
 def test_training_smoke_exports_and_decodes(tmp_path):
     ckpt = tmp_path / "ckpt" / "A"
     subprocess.run([sys.executable, str(ROOT / "train" / "train_mdlm.py"), "--smoke", "--task", "chain80",
-                    "--out", str(ckpt)], check=True, capture_output=True, cwd=ROOT, timeout=300)  # the shipped layout
+                    "--decode_frac", "0.5", "--out", str(ckpt)], check=True, capture_output=True, cwd=ROOT, timeout=300)  # the shipped layout
     subprocess.run([sys.executable, str(ROOT / "train" / "export_defaults.py"), "--ckpt", str(ckpt.parent),
                     "--models-dir", str(tmp_path / "models"), "--only", "A", "--plain-names"],
                    check=True, capture_output=True, cwd=ROOT, timeout=300)
@@ -28,6 +28,32 @@ def test_training_smoke_exports_and_decodes(tmp_path):
     result = run_cli("--model", str(tmp_path / "models" / "a" / "onnx"), "--prompt", "Compute 7 - 6 + 8.", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["steps"] == layout["R"] + layout["A"]
+
+
+def test_decode_like_masks_clean_the_blocks_before_and_mask_those_after():
+    """Per row: blocks before the drawn one clean, later ones all masked, the drawn one masked at the row's
+    level; only the drawn block's masked positions scored. Levels 0 and 1 pin the drawn block down."""
+    sys.path.insert(0, str(ROOT / "train"))
+    pytest.importorskip("torch")
+    import numpy as np
+    from train_mdlm import decode_like_mask
+
+    rng = np.random.default_rng(0)
+    block, n_resp, rows = 4, 12, 300
+    t = rng.random(rows)
+    t[:100], t[100:200] = 0.0, 1.0
+    masked, scored = decode_like_mask(rng, rows, n_resp, block, t)
+    assert masked.shape == scored.shape == (rows, n_resp) and not (scored & ~masked).any()
+    for row, level in zip(masked, t):
+        first = int(np.argmax(row)) // block * block if row.any() else n_resp - block  # the drawn block
+        assert not row[:first].any() and row[first + block:].all()
+        if level == 1.0:
+            assert row[first:first + block].all()
+    starts = {int(np.flatnonzero(r)[0]) for r, level in zip(masked[100:200], t[100:200])}
+    assert starts == {0, 4, 8}  # every block is drawn
+    assert not scored[:100].any() and (scored[100:200].sum(1) == block).all()
+    with pytest.raises(ValueError, match="block 5 does not divide the 12 response positions"):
+        decode_like_mask(rng, 1, n_resp, 5, t[:1])
 
 
 def test_token_kinds_tell_results_from_operands():

@@ -76,7 +76,7 @@ def test_the_observer_sees_each_relay_hand_over_the_leaders_trajectory(models, n
     config = relay_evidence.task_config(chosen[0], variant)
     ensemble = tie_lite.EnsembleConfig(interval=8, score=select, select=select)
     relays = 0
-    for problem in task.make_split("validation", 6, seed=3, variant=variant):
+    for problem in task.make_split("validation", 3, seed=3, variant=variant):
         record = relay_evidence.decode_problem(chosen, problem, config, ensemble)
         result = tie_lite.generate(chosen, problem["prompt"], config, ensemble)
         assert [r["leader"] for r in record["relays"]] == [r.leader for r in result.relays]
@@ -87,7 +87,7 @@ def test_the_observer_sees_each_relay_hand_over_the_leaders_trajectory(models, n
             pick = min(range(len(chosen)), key=lambda m: (record["whole_tcc"][m], -record["mean_top1"][m], m))
             assert pick == record["chosen"] == result.chosen
         relays += len(record["relays"])
-    assert relays >= 6
+    assert relays >= 3
 
 
 def test_the_observers_relayed_canvas_is_the_one_the_runtime_hands_over(models, monkeypatch):

@@ -59,8 +59,8 @@ def test_shipped_models_solve_the_task():
     for name in tie_lite.DEFAULT_MODELS:
         model = tie_lite.Model.load(ROOT / "models" / name / "onnx")
         config = tie_lite.DecodeConfig(**model.manifest.decode_defaults)
-        correct = sum(task.is_correct(tie_lite.generate(model, p["prompt"], config).answer or "", p)
-                      for p in problems)
+        results = tie_lite.generate(model, [p["prompt"] for p in problems], config, batch_size=len(problems))
+        correct = sum(task.is_correct(r.answer or "", p) for r, p in zip(results, problems))
         assert correct >= 30, f"model {name}: {correct}/40"
 
 
@@ -81,10 +81,10 @@ def test_the_text_relay_loses_nothing_on_the_shipped_pair(monkeypatch):
     sys.path.insert(0, str(ROOT / "train"))
     import task
 
-    prompts = [p["prompt"] for p in task.make_split("test", 40, seed=0)]
+    prompts = [p["prompt"] for p in task.make_split("test", 12, seed=0)]
     pair = [tie_lite.Model.load(ROOT / "models" / name / "onnx") for name in tie_lite.DEFAULT_MODELS]
-    by_ids = [tie_lite.generate(pair, prompt) for prompt in prompts]
+    by_ids = tie_lite.generate(pair, prompts, batch_size=len(prompts))  # as each alone: tests/test_batch.py
     monkeypatch.setattr(tie_lite, "same_tokenizer", lambda a, b: False)
-    by_text = [tie_lite.generate(pair, prompt) for prompt in prompts]
+    by_text = tie_lite.generate(pair, prompts, batch_size=len(prompts))
     assert sum(len(r.relays) for r in by_ids) >= len(prompts)  # the relay did happen
     assert [r.text for r in by_text] == [r.text for r in by_ids]

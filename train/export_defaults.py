@@ -31,13 +31,13 @@ from export.families import family_for, read_config  # noqa: E402
 
 HF_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
             "special_tokens_map.json", "training_args.json")
-# shipped model -> checkpoint: stages F (B) and H (A, D) of train/run_defaults.sh (chain80, 2-6 operations
-# with the short chains kept in the stream), kept in the repository in train/stages/ (the default --ckpt;
-# train/stages/HD is the step-4000 snapshot of HD, chosen on validation: from a fresh run_defaults.sh's
-# OUT_ROOT pass --checkpoint D HD_steps/step04000). Stage F starts from the models shipped before it
+# shipped model -> checkpoint: stages F (B), H (A) and K (D) of train/run_defaults.sh (chain80, 2-6
+# operations with the short chains kept in the stream), kept in the repository in train/stages/ (the
+# default --ckpt; train/stages/KD is the step-1000 snapshot of KD, chosen on validation: from a fresh
+# run_defaults.sh's OUT_ROOT pass --checkpoint D KD_steps/step01000). Stage F starts from the models shipped before it
 # (ckpt A_steps/step03750, B2, D2: the short task's layout, 32 positions); C (a byte-level BPE
 # ModernBERT) is no longer shipped. A snapshot instead: --ckpt ckpt --checkpoint A HA_steps/step03000.
-CHECKPOINTS = {"A": "HA", "B": "FB", "D": "HD"}
+CHECKPOINTS = {"A": "HA", "B": "FB", "D": "KD"}
 BLOCK_SIZE = 16  # divides chain80's R (64) and A (16), so the answer starts a block of its own
 
 

@@ -7,17 +7,18 @@
 # the chain80 variant (2-6 operations in the short task's own step form, 80 generated positions),
 # not shipped either (train/README.md); then stage F, FA, FB and FD: chain80 again from the same
 # three, with the short chains kept in the stream (FB is the shipped b); then stage H, HA and HD: FA and
-# FD trained further, the shipped a and d (train/stages/ keeps HA, FB and HD's step-4000 snapshot).
+# FD trained further (HA is the shipped a); then stage K: HD's step-4000 snapshot trained as the decode
+# reads it (--decode_frac), the shipped d (train/stages/ keeps HA, FB and KD's step-1000 snapshot).
 # Usage: sh train/run_defaults.sh [OUT_ROOT]   (default ckpt); logs in OUT_ROOT/<name>.log
-# PYTHON: interpreter (default python). Then: python train/export_defaults.py --ckpt OUT_ROOT --checkpoint D HD_steps/step04000 --kv-cache
+# PYTHON: interpreter (default python). Then: python train/export_defaults.py --ckpt OUT_ROOT --checkpoint D KD_steps/step01000 --kv-cache
 #
 #   A  ModernBERT, char tokenizer, 4500 steps (batch 64, peak lr 2e-3)
 #   B  BERT with relative positions, char tokenizer, another train sample (data seed 1):
 #      4500 steps at lr 1e-3, then stage B2 from B: 3000 steps at lr 1e-3 (fresh optimizer)
 #   C  ModernBERT, byte-level BPE tokenizer, data seed 2, 4500 steps
 #   D  Qwen3 run bidirectionally (A2D), bpe-words tokenizer, data seed 3, then stage D2 from D
-# export_defaults.py ships HA, FB and HD (as a, b, d; from a fresh OUT_ROOT: --checkpoint D
-# HD_steps/step04000, the snapshot chosen on validation). Before stage F it shipped A's step-3750 snapshot
+# export_defaults.py ships HA, FB and KD (as a, b, d; from a fresh OUT_ROOT: --checkpoint D
+# KD_steps/step01000, the snapshot chosen on validation). Before stage F it shipped A's step-3750 snapshot
 # (chosen on validation), B2, C and D2: the short task's models, which the later stages start from.
 set -e
 OUT=${1:-ckpt}
@@ -96,3 +97,11 @@ run_more() { # name, init checkpoint, data seed, seed, peak lr, warmup, steps, m
 run_more HA FA 18 7 4e-4 100 3500 85 500 &
 run_more HD FD 17 6 5e-4 200 5000 95 1000 &
 wait
+# Stage K: D trained as the decode reads it (--decode_frac 0.5: half of each batch masked as a blockwise
+# decode sees its canvas, train_mdlm.decode_like_mask), from HD's step-4000 snapshot, batch 64, peak lr
+# 3e-4 on a 3000-step cosine, one thread (2.5 s a step beside an evaluation on the other core); the
+# step-1000 snapshot, chosen on validation, is the shipped d (the run was stopped there).
+nice -n 5 $PY "$HERE/train_mdlm.py" --out "$OUT/KD" --task chain80 --ops 2,2,3,3,4,5,6 \
+  --init_from "$OUT/HD_steps/step04000" --steps 3000 --batch 64 --lr 3e-4 --warmup 100 --decode_frac 0.5 \
+  --data_seed 23 --seed 7 --n_train 100000 --eval_every 500 --eval_n 100 --keep_snapshots --max_minutes 85 \
+  --threads 1 > "$OUT/KD.log" 2>&1
