@@ -217,6 +217,9 @@ def main(argv=None):
     else:
         tok = build_tokenizer(args.tokenizer, train, bpe_vocab=args.bpe_vocab)
     layout = Layout(tok, R=variant.R, A=variant.A, max_length=variant.max_length)
+    if args.decode_frac and (args.block < 1 or layout.R % args.block or layout.A % args.block):
+        raise SystemExit(f"--block must divide the task's reasoning ({layout.R}) and answer ({layout.A}) "
+                         f"positions, as a decode's blocks do; got {args.block}")
     buckets = bucket_by_prompt_length(layout, train)
     keys = sorted(buckets)
     weights = np.array([len(buckets[k]) for k in keys], dtype=np.float64)
