@@ -2338,7 +2338,7 @@ def generate_list(models: Sequence[Model], prompts: list, config: DecodeConfig, 
 # CLI
 # ---------------------------------------------------------------------------
 
-DEFAULT_MODELS = ("a", "b")        # the shipped default pair, folders under models/ holding onnx/
+DEFAULT_MODELS = ("b", "d")        # the shipped default pair, folders under models/ holding onnx/
                                    # (see models/README.md)
 
 

@@ -3,8 +3,9 @@
     python bench/batch.py [--prompts 64] [--batch-sizes 1 4 8 16 32 64] [--rounds 3] [--threads N]
                           [--kv-cache prefix|dual]
 
-Decodes the first N test problems of train/task.py (the shipped models' task) with model a
-alone and with TIE a+b (the shipped defaults: the manifest's lengths, schedule, score and final pick), in one
+Decodes the first N test problems of train/task.py (the shipped models' task) with the default
+pair's first model alone and with TIE over the pair (the shipped defaults, b + d: the manifest's lengths,
+schedule, score and final pick), in one
 process, interleaved: per round and setup, N separate generate() calls, then the batched API
 at each batch size. Models are loaded as the CLI loads them (load_models: TIE splits the
 thread budget between its models). Prints, per setup and batch size, the median over rounds
@@ -160,7 +161,8 @@ def main() -> int:
         print("statistics, batched against one canvas per call:")
         for model in pair:
             stats_check(model, prompts, config)
-    for name, models in (("a alone", alone), (f"TIE a+b ({tie_lite.EnsembleConfig.score})", pair)):
+    names, score = tie_lite.DEFAULT_MODELS, tie_lite.EnsembleConfig.score
+    for name, models in ((f"{names[0]} alone", alone), (f"TIE {'+'.join(names)} ({score})", pair)):
         tie_lite.generate(models, prompts[:2], config)  # warm-up
         bench(name, models, prompts, config, args)
     return 0

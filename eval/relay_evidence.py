@@ -243,7 +243,10 @@ def model_rows(label: str, records: list, names: list) -> list:
     """Per model: relay wins (on track / off / off while another model was on), mean score on and off
     track, final picks (correct / wrong while another candidate was right)."""
     relays = [r for rec in records for r in rec["relays"]]
-    mean = lambda xs: f"{np.mean(xs):+.3f}" if xs else ""  # noqa: E731
+    def mean(xs):  # a trajectory with no committed reasoning scores NaN (its judges abstain): left out
+        xs = [x for x in xs if not np.isnan(x)]
+        return f"{np.mean(xs):+.3f}" if xs else ""
+
     rows = []
     for m, name in enumerate(names):
         won = [r for r in relays if r["leader"] == m]

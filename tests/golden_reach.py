@@ -1,7 +1,9 @@
 """How near a tie the default command's pinned output sits (tests/test_golden.py's docstring), for the
 shipped default pair: each model's float32 reach (tests/tolerances.py), the smallest log(p1 / p2) of a
-committed token and of an answer position in reaches, and 40 decodes with every probability jittered by
-up to a reach: which of them change the scores, the leaders, the final pick, a text or a token.
+committed token and of an answer position in reaches, the gap between the best and the next score at
+every relay and at the final pick (and, where they tie exactly, between their tie-breaking mean top-1s),
+and 40 decodes with every probability jittered by up to a reach: which of them change the scores, the
+leaders, the final pick, a text or a token.
 
     python tests/golden_reach.py      # ~30 s
 """
@@ -40,7 +42,19 @@ def stats(self, tokens, positions, with_logits=False):
     return s if with_logits else tie_lite.Stats(s.top_ids, s.top_probs, s.entropy, None)
 
 
+picks = []
+orig_leader_of = tie_lite.leader_of
+
+
+def leader_of(scores, tiebreak=None):
+    if mode["record"]:
+        tiebreak = None if tiebreak is None else np.array(tiebreak, np.float64)
+        picks.append((np.array(scores, np.float64), tiebreak))
+    return orig_leader_of(scores, tiebreak)
+
+
 tie_lite.Model.stats = stats
+tie_lite.leader_of = leader_of
 mode["record"] = True
 base = tie_lite.generate(models, PROMPT, record_history=True)
 mode["record"] = False
@@ -69,6 +83,19 @@ for cand in base.candidates:
         if rows:
             worst_answer = min(worst_answer, lr[rows].min() / reach[n])
     print(n, "steps", len(rec), "min log(p1/p2)/reach: committed", round(worst_commit, 1), "answer positions", round(worst_answer, 1))
+
+
+# a score is a mean of log-probabilities, each within a reach of its judge's: a gap between two scores
+# can move by at most twice the largest reach
+worst = max(reach.values())
+for i, (scores, tiebreak) in enumerate(picks):
+    what = f"relay {i + 1}" if i < len(base.relays) else "final pick"
+    top = np.sort(scores)[::-1]
+    line = f"{what}: scores {np.round(scores, 5).tolist()}, gap {(top[0] - top[1]) / (2 * worst):.1f} x 2 reaches"
+    if top[0] == top[1] and tiebreak is not None:
+        t = np.sort(tiebreak)[::-1]
+        line += f"; tied exactly, mean top-1s {np.round(tiebreak, 5).tolist()}, log ratio {np.log(t[0] / t[1]):.2e}"
+    print(line)
 
 
 def summary(r):
