@@ -87,7 +87,9 @@ STEPPED = ("schedule", "dream", "ass")     # strategies whose step count is set 
 COUNTED = ("schedule", "topk", "dream", "ass")  # strategies that commit a number of positions a step
 DECODE_OPTIONS = ("gen_length", "answer_length", "block_size")  # lengths a manifest may recommend
 FALLBACK_LENGTHS = {"gen_length": 64, "answer_length": 0, "block_size": 16}  # when neither caller nor model sets one
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+             "openvino": "OpenVINOExecutionProvider"}  # openvino: a plugin (pip install 'tie-lite[openvino]')
+OPENVINO_PLUGIN = "onnxruntime_ep_openvino"  # the Python package that carries OpenVINO's plugin library
 KV_CACHE_MODES = ("prefix", "dual")  # rows a cached step recomputes: block and all after it / block only
 
 
@@ -799,8 +801,9 @@ class Model:
              kv_cache: Optional[str] = None, kv_window: Optional[int] = None) -> "Model":
         """Load an exported model folder.
 
-        provider: "cpu", "cuda" or "cuda:N" (GPU N); a provider that onnxruntime cannot
-        give the session is an error, never a silent fallback to the CPU.
+        provider: "cpu", "cuda", "cuda:N" (GPU N) or "openvino" (Intel CPUs, float32; needs the
+        openvino extra); a provider that onnxruntime cannot give the session is an error, never a
+        silent fallback to onnxruntime's own CPU kernels.
         kv_cache: run the folder's cache.onnx (block key/value cache, approximate decoding):
         "prefix" keeps the keys/values before the current block and recomputes the block and
         everything after it each step (Fast-dLLM's prefix cache); "dual" keeps those after the
@@ -849,8 +852,11 @@ class Model:
         """Whether canvases stepped together in one call get each canvas's own statistics, bit for bit. Not
         with int8 dynamic quantization: its activations' scale is one per call (the whole batch's range).
         With kv_cache, only a cache.onnx exported with fresh keys first (manifest cache_layout): one exported
-        before sums a padded canvas's scores in another order."""
+        before sums a padded canvas's scores in another order. Not under OpenVINO, whose kernels block a
+        batch's rows otherwise than one canvas's (statistics off by ~1e-6)."""
         if self.manifest.extra.get("quantization") == "int8-dynamic":
+            return False
+        if self.session.get_providers()[0] == PROVIDERS["openvino"]:
             return False
         return not self.kv_cache or self.manifest.extra.get("cache_layout") == CACHE_LAYOUT
 
@@ -1137,11 +1143,63 @@ def _load_tokenizer(folder: Path, manifest: Manifest):
 
 
 def parse_provider(provider: str) -> tuple[str, dict]:
-    """("CPUExecutionProvider", {}) or ("CUDAExecutionProvider", {"device_id": N}) from "cpu" / "cuda[:N]"."""
+    """("CPUExecutionProvider", {}), ("CUDAExecutionProvider", {"device_id": N}) or
+    ("OpenVINOExecutionProvider", {}) from "cpu" / "cuda[:N]" / "openvino"."""
     name, _, device = provider.partition(":")
     if name not in PROVIDERS or (device and not (name == "cuda" and device.isdigit())):
-        raise ConfigError(f"provider must be cpu, cuda or cuda:N, got {provider!r}")
+        raise ConfigError(f"provider must be cpu, cuda, cuda:N or openvino, got {provider!r}")
     return PROVIDERS[name], ({"device_id": int(device)} if device else {})
+
+
+def openvino_devices() -> list:
+    """OpenVINO's CPU devices (onnxruntime OrtEpDevice) that its onnxruntime plugin offers on this machine,
+    registering the plugin first; empty on a CPU it does not run on (e.g. AMD's)."""
+    import onnxruntime as ort
+
+    try:
+        import onnxruntime_ep_openvino as plugin
+        library = plugin.get_library_path()
+    except (ImportError, OSError):  # not installed, or installed without its library
+        raise ModelError(f"provider 'openvino' needs OpenVINO's onnxruntime plugin ({OPENVINO_PLUGIN}): "
+                         "pip install 'tie-lite[openvino]'") from None
+    if not hasattr(ort, "register_execution_provider_library"):
+        raise ModelError(f"provider 'openvino' needs onnxruntime 1.32 or later (plugin providers); "
+                         f"this is {ort.__version__}")
+    _register_plugin(PROVIDERS["openvino"], library)
+    return [d for d in ort.get_ep_devices()
+            if d.ep_name == PROVIDERS["openvino"] and d.ep_metadata.get("ov_device") == "CPU"]
+
+
+@functools.cache
+def _register_plugin(name: str, library: str) -> None:
+    """Register a provider plugin's library with this process's onnxruntime, once (a second registration
+    fails); one that the embedding app registered already is left as it is."""
+    import onnxruntime as ort
+
+    try:
+        ort.register_execution_provider_library(name, library)
+    except Exception as exc:  # onnxruntime's own exception types
+        if "already registered" not in str(exc):
+            raise ModelError(f"cannot register the onnxruntime plugin {library}: {_first_line(exc)}") from None
+
+
+def _add_openvino(options, threads: Optional[int]) -> None:
+    """Give the session options OpenVINO's CPU device, computing in float32 (on CPUs with bfloat16
+    units OpenVINO's default is bfloat16, which changes tokens) with `threads` threads (None: its own
+    choice, every core), not pinned to cores (pinned, TIE's two one-thread models shared one core)."""
+    devices = openvino_devices()
+    if not devices:
+        raise ModelError("provider 'openvino': OpenVINO's plugin offers no CPU device on this machine "
+                         "(it runs on Intel CPUs); use provider 'cpu'")
+    cpu = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": "NO"}
+    if threads:
+        cpu["INFERENCE_NUM_THREADS"] = str(threads)
+    options.add_provider_for_devices(devices[:1], {"load_config": json.dumps({"CPU": cpu})})
+
+
+def _first_line(exc: Exception) -> str:
+    """The first line of an exception's message, or its type's name when it has none."""
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _open_session(path: Path, provider: str, threads: Optional[int], check: Optional[Callable] = None):
@@ -1150,18 +1208,22 @@ def _open_session(path: Path, provider: str, threads: Optional[int], check: Opti
     if not path.is_file():
         raise ModelError(f"ONNX graph not found: {path}")
     wanted, provider_options = parse_provider(provider)
-    if wanted not in ort.get_available_providers():
-        raise ModelError(f"provider {provider!r} is not available in this onnxruntime "
-                         f"(available: {', '.join(ort.get_available_providers())})")
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or 0
+    options.intra_op_num_threads = threads or 0  # onnxruntime's CPU provider, also for nodes a plugin leaves it
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if wanted == PROVIDERS["openvino"]:
+        _add_openvino(options, threads)
+        providers = None  # the session options name the plugin's device
+    elif wanted in ort.get_available_providers():
+        providers = [(wanted, provider_options)]
+    else:
+        raise ModelError(f"provider {provider!r} is not available in this onnxruntime "
+                         f"(available: {', '.join(ort.get_available_providers())})")
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=[(wanted, provider_options)])
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types for corrupt graphs
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"cannot load ONNX graph {path}: {first_line}") from None
+        raise ModelError(f"cannot load ONNX graph {path}: {_first_line(exc)}") from None
     if session.get_providers()[0] != wanted:
         raise ModelError(f"onnxruntime did not give the session the {wanted} provider")
     (check or _check_graph_io)(session, path)
@@ -2417,7 +2479,7 @@ def _add_prompt_options(p: argparse.ArgumentParser) -> None:
 def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     r = p.add_argument_group("runtime")
     r.add_argument("--provider", default="cpu",
-                   help="cpu, cuda or cuda:N; for an ensemble, one per model separated by commas (default: cpu)")
+                   help="cpu, cuda, cuda:N or openvino; for an ensemble, one per model separated by commas (default: cpu)")
     r.add_argument("--threads", type=int, default=None,
                    help=f"onnxruntime threads in all, at most {THREADS_PER_CORE} per core (default: every core)")
     r.add_argument("--kv-cache", nargs="?", const="prefix", choices=KV_CACHE_MODES,

@@ -35,6 +35,8 @@ probability, entropy and margin is the same, so its sort's tie-break, the lower 
 tie-lite's blocks of G/S masks, one step each, commit exactly those. The K/V-cache pair cannot
 match (the cache pays only with several steps per block, where tie-lite ranks by confidence):
 it decodes blocks of --cache-block masks, the same S steps, and its agreement is not comparable.
+The "(openvino)" pairs run tie-lite with --provider openvino (pip install '.[openvino]'); without
+--pairs they run where OpenVINO's plugin offers a device (Intel CPUs).
 
 Each decode runs in a fresh process (the model loaded there), llama.cpp and tie-lite alternating,
 a warm-up pair first, then --repeats pairs; the table gives the median ratio of the decode loops'
@@ -47,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import hashlib
 import itertools
 import json
@@ -144,15 +147,23 @@ def llama_source_tree(work: Path) -> Path:
     return unpacked / "vendor" / "llama.cpp"
 
 
+NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"  # see build_llama
+
+
 def build_llama(work: Path, jobs: int) -> Path:
-    """Configure and build LLAMA_TARGETS (CPU, Release, static) in work/build; returns that folder."""
+    """Configure and build LLAMA_TARGETS (CPU, Release, static) in work/build; returns that folder.
+
+    For this CPU (GGML_NATIVE), but with Intel's AMX compiled out: on a Xeon with AMX its quantized matmul
+    (ggml_backend_amx_mul_mat) crashes this model's Q8_0 and Q4_0 decodes with a segmentation fault, with or
+    without --no-repack (llama.cpp issue 20824). On CPUs without AMX the flags change nothing."""
     source, build = llama_source_tree(work), work / "build"
     if build.is_dir() and llama_source_of(build) != source.resolve():
         shutil.rmtree(build)  # configured for another source tree
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
     run(["cmake", "-S", source, "-B", build, *generator, "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF",
          "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_APP=OFF",
-         "-DLLAMA_BUILD_EXAMPLES=ON", "-DLLAMA_BUILD_TOOLS=ON", "-DGGML_NATIVE=ON"])
+         "-DLLAMA_BUILD_EXAMPLES=ON", "-DLLAMA_BUILD_TOOLS=ON", "-DGGML_NATIVE=ON",
+         f"-DCMAKE_C_FLAGS={NO_AMX}", f"-DCMAKE_CXX_FLAGS={NO_AMX}"])
     run(["cmake", "--build", build, "--target", *LLAMA_TARGETS, "-j", str(jobs)])
     return build
 
@@ -441,7 +452,7 @@ import json, sys, time
 import numpy as np
 import tie_lite
 job = json.load(sys.stdin)
-model = tie_lite.Model.load(job["onnx"], threads=job["threads"], kv_cache=job["kv_cache"])
+model = tie_lite.Model.load(job["onnx"], threads=job["threads"], kv_cache=job["kv_cache"], provider=job["provider"])
 prompt = np.array(job["prompt_ids"], np.int64)  # (P,)
 tokens = np.concatenate([prompt, np.full(job["gen"], model.manifest.mask_id, np.int64)])  # (L,)
 gen_idx = np.arange(prompt.size, tokens.size)  # (G,)
@@ -456,9 +467,10 @@ print(json.dumps({"ids": state.tokens[gen_idx].tolist(), "seconds": seconds, "st
 
 
 def tie_lite_decode(onnx: Path, ids: list, gen: int, block: int, steps: int, threads: int,
-                    kv_cache: Optional[str]) -> Run:
+                    kv_cache: Optional[str], provider: str = "cpu") -> Run:
     """One tie-lite decode of the prompt ids (the canvas built from ids, not text), greedy."""
-    job = dict(onnx=str(onnx), prompt_ids=ids, gen=gen, block=block, steps=steps, threads=threads, kv_cache=kv_cache)
+    job = dict(onnx=str(onnx), prompt_ids=ids, gen=gen, block=block, steps=steps, threads=threads, kv_cache=kv_cache,
+               provider=provider)
     text, seconds, peak = measured([sys.executable, "-c", TIE_LITE_CHILD], json.dumps(job), cwd=ROOT)
     result = json.loads(text.strip().splitlines()[-1])
     if result["steps"] != steps:
@@ -475,18 +487,36 @@ class Pair:
     onnx: str                   # export variant
     kv_cache: Optional[str] = None
     matched: bool = True        # the same algorithm on both sides (module docstring)
+    provider: str = "cpu"       # tie-lite's (--provider); openvino needs pip install '.[openvino]', an Intel CPU
 
 
 PAIRS = (Pair("f32 / fp32", "f32", "fp32"), Pair("f16 / fp32", "f16", "fp32"), Pair("Q8_0 / int8", "q8_0", "int8"),
          Pair("Q4_0 / int4", "q4_0", "int4"),
          Pair("f32 / fp32 + K/V cache", "f32", "fp32-cache", kv_cache="prefix", matched=False),
          Pair("Q8_0 / int8 + K/V cache", "q8_0", "int8-cache", kv_cache="prefix", matched=False),
-         Pair("Q4_0 / int4 + K/V cache", "q4_0", "int4-cache", kv_cache="prefix", matched=False))
+         Pair("Q4_0 / int4 + K/V cache", "q4_0", "int4-cache", kv_cache="prefix", matched=False),
+         Pair("f32 / fp32 (openvino)", "f32", "fp32", provider="openvino"),
+         Pair("Q8_0 / int8 (openvino)", "q8_0", "int8", provider="openvino"),
+         Pair("Q4_0 / int4 (openvino)", "q4_0", "int4", provider="openvino"))
 
 
 def selected_pairs(args) -> list:
-    """The pairs --pairs names, in table order (every pair without it)."""
-    return [pair for pair in PAIRS if not args.pairs or pair.label in args.pairs]
+    """The pairs --pairs names, in table order (without it every pair whose tie-lite provider runs here)."""
+    if args.pairs:
+        return [pair for pair in PAIRS if pair.label in args.pairs]
+    return [pair for pair in PAIRS if pair.provider == "cpu" or openvino_offered()]
+
+
+@functools.cache
+def openvino_offered() -> bool:
+    """Whether tie-lite's openvino provider runs here (its plugin installed, offering a CPU device)."""
+    sys.path.insert(0, str(ROOT))
+    import tie_lite
+
+    try:
+        return bool(tie_lite.openvino_devices())
+    except tie_lite.TieLiteError:
+        return False
 
 
 def time_pair(pair: Pair, llama, lite, repeats: int) -> dict:
@@ -577,7 +607,7 @@ def measure(args) -> int:
         llama = lambda: llama_decode(cli, ggufs[pair.gguf], text, args.gen, length, args.steps,  # noqa: E731
                                      args.threads, vocab)
         lite = lambda: tie_lite_decode(onnx[pair.onnx], ids, args.gen, block, args.steps,  # noqa: E731
-                                       args.threads, pair.kv_cache)
+                                       args.threads, pair.kv_cache, pair.provider)
         if not pair.matched:
             print(f"{pair.label}: tie-lite DecodeConfig(gen_length={args.gen}, block_size={block}, "
                   f"steps={args.steps}), confidence order: not the same algorithm as llama.cpp's", flush=True)

@@ -4,6 +4,7 @@
     python bench/vs_pytorch.py --model-dir HF_FOLDER --onnx-dir ONNX_FOLDER
     python bench/vs_pytorch.py --model-dir models/a/hf --onnx-dir models/a/onnx --length 127 --gen 16
     python bench/vs_pytorch.py --length 512 --gen 16 --int8 --kv-cache prefix
+    python bench/vs_pytorch.py --length 256 --gen 16 --repeats 2 --provider openvino
 
 The PyTorch side is LLaDA's generate() loop (its repository's generate.py, greedy,
 one block): transformers model, full logits over the canvas every step, argmax,
@@ -25,6 +26,8 @@ given size (ModernBERT-base: hidden 768, 22 layers, vocab 50368). Needs torch.
 --kv-cache MODE also times tie-lite with the block key/value cache (export --kv-cache,
 approximate: a full pass when the block starts, then only the recomputed rows), in
 float32 and, with --int8, in int8, and prints the share of its tokens equal to PyTorch's.
+--provider openvino also times the float32 exact decode on OpenVINO's onnxruntime plugin (Intel CPUs;
+pip install '.[openvino]') and prints its share of the exact ceiling.
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ def parse_args():
     p.add_argument("--reference", choices=("llada", "float32"), default="llada",
                    help="the PyTorch loop the variants (K/V cache, int8) are timed against")
     p.add_argument("--int8", action="store_true", help="also time a dynamically quantized int8 copy")
+    p.add_argument("--provider", default="cpu", help="also time the float32 exact decode on this tie-lite "
+                   "provider (e.g. openvino, which needs pip install '.[openvino]' and an Intel CPU)")
     p.add_argument("--kv-cache", choices=("prefix", "dual"), help="also time decoding with the block K/V cache")
     p.add_argument("--kv-window", type=int, help="with --kv-cache: positions before the block also recomputed "
                    "(default: the block's size)")
@@ -196,10 +201,11 @@ def import_time() -> float:
 
 
 def peak_rss(onnx_dir: Path, prompt_text: str, gen: int, threads: int, kv_cache=None,
-             kv_window=None) -> tuple[float, float]:
+             kv_window=None, provider: str = "cpu") -> tuple[float, float]:
     """(peak resident MB, graph MB) of a fresh process that loads the export and decodes once."""
     code = ("import sys, tie_lite; "
             f"m = tie_lite.Model.load({str(onnx_dir)!r}, threads={threads}, kv_cache={kv_cache!r}, "
+            f"provider={provider!r}, "
             f"kv_window={kv_window!r}); "
             f"tie_lite.generate(m, sys.stdin.read(), tie_lite.DecodeConfig(gen_length={gen}, block_size={gen})); "
             "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
@@ -248,19 +254,23 @@ def decoded(engine, prompt_text: str, config) -> list:
 
 
 def time_variant(label: str, folder: Path, kv_cache, args, prompt_text: str, config, reference,
-                 expected: list) -> None:
-    """Time one more tie-lite variant against the PyTorch loop, interleaved; print ratio, agreement, RSS."""
+                 expected: list, provider: str = "cpu", ceiling: float = 0.0) -> None:
+    """Time one more tie-lite variant against the PyTorch loop, interleaved; print ratio, agreement, RSS
+    (and, given the exact ceiling, the ratio's share of it)."""
     import tie_lite
 
     window = args.kv_window if kv_cache else None
-    engine = tie_lite.Model.load(folder, threads=args.threads, kv_cache=kv_cache, kv_window=window)
+    engine = tie_lite.Model.load(folder, threads=args.threads, kv_cache=kv_cache, kv_window=window,
+                                 provider=provider)
     tie_lite.generate(engine, prompt_text, tie_lite.DecodeConfig(gen_length=2, block_size=2))  # warm-up
     t_torch, t_lite = timed_decodes(engine, prompt_text, config, args.repeats, reference)
     got = decoded(engine, prompt_text, config)
     same = sum(a == b for a, b in zip(got, expected)) / len(expected)
-    print(f"{label}: PyTorch loop ({args.reference}) / tie-lite: {np.median(t_torch) / np.median(t_lite):.2f}x; "
+    speedup = np.median(t_torch) / np.median(t_lite)
+    share = f" ({speedup / ceiling:.0%} of the exact ceiling)" if ceiling else ""
+    print(f"{label}: PyTorch loop ({args.reference}) / tie-lite: {speedup:.2f}x{share}; "
           f"generated positions equal to PyTorch's: {same:.0%} (accuracy: eval/evaluate.py on such exports)")
-    rss, graph = peak_rss(folder, prompt_text, args.gen, args.threads, kv_cache, window)
+    rss, graph = peak_rss(folder, prompt_text, args.gen, args.threads, kv_cache, window, provider)
     print(f"{label} peak RSS {rss:.0f} MB; graph {graph:.0f} MB, so 1.3 x graph + 150 MB = {1.3 * graph + 150:.0f} MB")
 
 
@@ -321,6 +331,10 @@ def main() -> int:
         rss, graph = peak_rss(onnx_dir, prompt_text, args.gen, args.threads)
         print(f"peak RSS {rss:.0f} MB; graph {graph:.0f} MB, so 1.3 x graph + 150 MB = {1.3 * graph + 150:.0f} MB")
         variants = [("fp32 + K/V cache", onnx_dir, args.kv_cache)] if args.kv_cache else []
+        if args.provider != "cpu":
+            time_variant(f"fp32, exact, provider {args.provider}", onnx_dir, None, args, prompt_text, config,
+                         reference, expected, provider=args.provider,
+                         ceiling=ceiling if args.reference == "llada" else 0.0)
         if args.int8:
             int8_dir = quantized_copy(onnx_dir, Path(tmp) / "int8", model)
             variants.append(("int8", int8_dir, None))

@@ -163,7 +163,7 @@ CATALOGUE = [
     ("unknown strategy", None, ["--strategy", "psychic"], "invalid choice: 'psychic'"),
     ("history without json", None, ["--history"], "--history needs --json"),
     # runtime
-    ("unknown provider", None, ["--provider", "tpu"], "provider must be cpu, cuda or cuda:N"),
+    ("unknown provider", None, ["--provider", "tpu"], "provider must be cpu, cuda, cuda:N or openvino"),
     ("bad CUDA device", None, ["--provider", "cuda:x"], "cuda:x"),
     ("CUDA where it is not available", None, ["--provider", "cuda"], "provider 'cuda' is not available"),
     ("threads zero", None, ["--threads", "0"], "threads must be an integer in [1, "),
