@@ -852,8 +852,8 @@ class Model:
         """Whether canvases stepped together in one call get each canvas's own statistics, bit for bit. Not
         with int8 dynamic quantization: its activations' scale is one per call (the whole batch's range).
         With kv_cache, only a cache.onnx exported with fresh keys first (manifest cache_layout): one exported
-        before sums a padded canvas's scores in another order. Not under OpenVINO, whose kernels block a
-        batch's rows otherwise than one canvas's (statistics off by ~1e-6)."""
+        before sums a padded canvas's scores in another order. Not under OpenVINO: a canvas's statistics in a
+        batch differ from its own call's in the last bits (~1e-6)."""
         if self.manifest.extra.get("quantization") == "int8-dynamic":
             return False
         if self.session.get_providers()[0] == PROVIDERS["openvino"]:
@@ -1186,7 +1186,7 @@ def _register_plugin(name: str, library: str) -> None:
 def _add_openvino(options, threads: Optional[int]) -> None:
     """Give the session options OpenVINO's CPU device, computing in float32 (on CPUs with bfloat16
     units OpenVINO's default is bfloat16, which changes tokens) with `threads` threads (None: its own
-    choice, every core), not pinned to cores (pinned, TIE's two one-thread models shared one core)."""
+    choice, every core), not pinned to cores (pinned, TIE's two one-thread models ran slower)."""
     devices = openvino_devices()
     if not devices:
         raise ModelError("provider 'openvino': OpenVINO's plugin offers no CPU device on this machine "

@@ -74,8 +74,8 @@ def test_openvino_statistics_agree_with_onnxruntimes(device, name):
 
 
 def test_openvino_batched_prompts_decode_as_alone(device):
-    """OpenVINO's kernels block a batch's rows otherwise than one canvas's (statistics off by ~1e-6), so a
-    model under it steps batched canvases one call each: batched prompts decode exactly as alone."""
+    """Under OpenVINO a canvas's statistics in a batch differ from its own call's in the last bits (~1e-6),
+    so a model under it steps batched canvases one call each: batched prompts decode exactly as alone."""
     ov = tie_lite.Model.load(ROOT / "models" / "b" / "onnx", provider="openvino")
     assert not ov.batches_exactly
     prompts = ["Compute 7 - 6 + 8.", "Compute 2 + 3 - 4 + 9.", "What is 5 + 5?"]  # different lengths
