@@ -5,7 +5,8 @@
 Runs the graph the runtime runs (statistics at --gathered positions) on a canvas of
 --length tokens, discards the first (warm-up) run, and prints each operator type's
 share of the summed kernel time, then the matmuls grouped by their node name with the
-layer index removed (e.g. /model/layers.N/mlp/Wi/MatMul -> /model/mlp/Wi/MatMul). The
+layer index removed (`group_name`: /model/layers.N/mlp/Wi/MatMul and, in graphs whose layers are
+written out by export/cache.py, /Wi_N/MatMul -> /Wi/MatMul; attention's /MatMul_N -> /MatMul). The
 profiler's own cost inflates the total; the shares are what this script is for.
 
 --isolated also prints, for each matmul group whose weight is a constant, its rate in the model
@@ -99,6 +100,12 @@ def kernel_events(onnx_dir: Path, length: int, gathered: int, runs: int, threads
     return events[len(events) // (runs + 1):]
 
 
+def group_name(node: str) -> str:
+    """A node's name without its layer: /layers.N removed, and the tracer's _N suffixes of repeated
+    module names (/Wi_3/MatMul, /MatMul_7)."""
+    return re.sub(r"_\d+(?=/|$)", "", re.sub(r"/layers\.\d+", "", node))
+
+
 def main() -> int:
     args = parse_args()
     if not (args.onnx_dir / "model.onnx").is_file():
@@ -111,7 +118,7 @@ def main() -> int:
         op = event["args"]["op_name"]
         by_op[op] += event["dur"]
         if op == "MatMul":
-            matmuls[re.sub(r"/layers\.\d+", "", event["name"].removesuffix("_kernel_time"))] += event["dur"]
+            matmuls[group_name(event["name"].removesuffix("_kernel_time"))] += event["dur"]
     total = sum(by_op.values())
     print(f"{args.onnx_dir}: L={args.length}, {args.gathered} gathered, {args.threads} threads, {args.runs} runs")
     print("operator type: share of kernel time")
@@ -133,7 +140,7 @@ def print_isolated(events: list, onnx_dir: Path, threads: int) -> None:
         node = event["name"].removesuffix("_kernel_time")
         if event["args"]["op_name"] == "MatMul" and node in weights:
             rows = int(np.prod(list(event["args"]["input_type_shape"][0].values())[0][:-1]))
-            groups[re.sub(r"/layers\.\d+", "", node)].append((rows, *weights[node], event["dur"]))
+            groups[group_name(node)].append((rows, *weights[node], event["dur"]))
     print("matmuls by a weight: GFLOP/s in the model / alone (onnxruntime) / alone (numpy)")
     for name, calls in sorted(groups.items(), key=lambda item: -sum(c[3] for c in item[1])):
         m, k, n, _ = calls[0]

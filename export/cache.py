@@ -47,6 +47,8 @@ read from the logits at i - 1, the runtime gathers (and recomputes) row i - 1
 
 The layers are written here per family, from the transformers modules' own
 weights and submodules, because the cache changes what attention reads.
+model.onnx runs them too (export/graph.py: nothing kept, every row), and in both
+graphs the last layer runs at the gathered rows only (gathered_last).
 """
 
 from __future__ import annotations
@@ -74,62 +76,105 @@ def fresh_names(layers: int) -> list:
     return layer_names("keys", layers) + layer_names("values", layers)
 
 
-def attend(query: Tensor, key: Tensor, value: Tensor, past_key: Tensor, past_value: Tensor,
-           allowed_past: Tensor, allowed_fresh: Tensor, scale: float,
+def attend(query: Tensor, key: Tensor, value: Tensor, past_key: Tensor | None, past_value: Tensor | None,
+           allowed_past: Tensor | None, allowed_fresh: Tensor, scale: float,
            extra_past: Tensor | None = None, extra_fresh: Tensor | None = None) -> Tensor:
-    """Attention of the Q recomputed rows over the canvas: over the kept keys/values of canvas
-    positions 0..P-1 (P = L on a cached step, 0 on a full pass) and over the rows' own fresh ones,
-    which stand in for the kept ones at the rows' positions (allowed_past is False there). Nothing
-    kept is copied. query (B, h, Q, d); key/value (B, g, Q, d) and past (B, g, P, d), g key/value
-    heads (grouped-query attention: g divides h, and query head i reads key/value head i // (h / g),
-    as transformers' repeat_kv and LLaDA's repeat_interleave pair them; g = h without it);
-    allowed_past (B, 1, 1|Q, P) and allowed_fresh (B, 1, 1|Q, Q) bool; extra_* (B, h, Q, P|Q) added
-    before scaling (relative positions). Returns (B, Q, h*d).
+    """Attention of R query rows over the canvas: over the kept keys/values of canvas positions
+    0..P-1 (P = L on a cached step, 0 on a full pass; None: nothing kept, as in model.onnx) and over
+    the Q recomputed rows' own fresh ones, which stand in for the kept ones at the rows' positions
+    (allowed_past is False there). Nothing kept is copied. query (B, h, R, d), R = Q or, in the last
+    layer, the K gathered rows; key/value (B, g, Q, d) and past (B, g, P, d), g key/value heads
+    (grouped-query attention: g divides h, and query head i reads key/value head i // (h / g), as
+    transformers' repeat_kv and LLaDA's repeat_interleave pair them; g = h without it);
+    allowed_past (B, 1, 1|R, P) and allowed_fresh (B, 1, 1|R, Q) bool; extra_* (B, h, R, P|Q) added to
+    the scores and scaled with them (relative positions). Returns (B, R, h*d).
 
     The fresh rows come first in the softmax and the kept positions after them, so that a batch of
     canvases of different lengths, whose kept keys are padded at the end (masked), sums each canvas's
     scores in the same order as a call of its own: its batched statistics equal its own bit for bit."""
     batch, heads, count, dim = query.shape
-    groups = key.shape[1]
-    grouped = query.reshape(batch, groups, heads // groups * count, dim)  # (B, g, h/g * Q, d): a group's heads
-    scores = torch.cat([torch.matmul(grouped, key.transpose(-1, -2)),         # (B, g, h/g * Q, Q)
-                        torch.matmul(grouped, past_key.transpose(-1, -2))], -1)  # (B, g, h/g * Q, P)
-    scores = scores.reshape(batch, heads, count, -1)  # (B, h, Q, Q + P)
-    if extra_past is not None:
-        scores = scores + torch.cat([extra_fresh, extra_past], -1)
-    allowed = torch.cat([allowed_fresh, allowed_past], -1)  # (B, 1, 1|Q, Q + P)
-    scores = (scores * scale).masked_fill(~allowed, torch.finfo(scores.dtype).min)
-    probs = torch.softmax(scores, dim=-1).reshape(batch, groups, heads // groups * count, -1)  # (B, g, h/g * Q, Q + P)
-    context = torch.matmul(probs[..., :count], value) + torch.matmul(probs[..., count:], past_value)  # (B, g, h/g * Q, d)
+    groups, fresh = key.shape[1], key.shape[2]
+    kept = past_key is not None
+    grouped = (query * scale).reshape(batch, groups, heads // groups * count, dim)  # (B, g, h/g * R, d): by group
+    scores = torch.matmul(grouped, key.transpose(-1, -2))  # (B, g, h/g * R, Q)
+    if kept:
+        scores = torch.cat([scores, torch.matmul(grouped, past_key.transpose(-1, -2))], -1)  # (B, g, h/g * R, Q + P)
+    scores = scores.reshape(batch, heads, count, -1)  # (B, h, R, Q [+ P])
+    if extra_fresh is not None:
+        scores = scores + (torch.cat([extra_fresh, extra_past], -1) if kept else extra_fresh) * scale
+    allowed = torch.cat([allowed_fresh, allowed_past], -1) if kept else allowed_fresh  # (B, 1, 1|R, Q [+ P])
+    # masked by adding a bias of the mask's own (small) shape, not by a Where over every score: that
+    # Where took 9.6% of the ModernBERT-base-sized forward's kernel time at L = 512, every Add together
+    # 4.0% after (python bench/op_profile.py DIR --gathered 16)
+    bias = torch.where(allowed, 0.0, torch.finfo(scores.dtype).min)  # (B, 1, 1|R, Q [+ P])
+    probs = torch.softmax(scores + bias, dim=-1)  # (B, h, R, Q [+ P])
+    probs = probs.reshape(batch, groups, heads // groups * count, -1)  # (B, g, h/g * R, Q [+ P])
+    if kept:
+        context = torch.matmul(probs[..., :fresh], value) + torch.matmul(probs[..., fresh:], past_value)
+    else:
+        context = torch.matmul(probs, value)  # (B, g, h/g * R, d)
     return context.reshape(batch, heads, count, dim).transpose(1, 2).reshape(batch, count, heads * dim)
 
 
-def visible(rows: Tensor, attention_mask: Tensor, kept: int) -> tuple[Tensor, Tensor]:
+def at_rows(x: Tensor | None, gather: Tensor, dim: int) -> Tensor | None:
+    """x's entries at the gathered rows along `dim`, its rows axis (x batched on dim 0; gather (B, K)
+    indices into that axis); None for None."""
+    if x is None:
+        return None
+    index = gather.reshape(gather.shape[0], *[1] * (dim - 1), gather.shape[1], *[1] * (x.dim() - dim - 1))
+    sizes = list(x.shape)
+    sizes[dim] = gather.shape[1]
+    return torch.gather(x, dim, index.expand(sizes))
+
+
+def visible(rows: Tensor, attention_mask: Tensor, kept: int | None) -> tuple[Tensor | None, Tensor]:
     """Which kept positions (B, P) and which fresh rows (B, Q) the rows may attend to: the
-    attention mask's, minus the kept positions the rows themselves replace."""
+    attention mask's, minus the kept positions the rows themselves replace (None: nothing kept)."""
+    if kept is None:
+        return None, attention_mask.gather(1, rows).bool()
     canvas = torch.arange(kept, device=rows.device)  # (P,)
     replaced = (rows[:, :, None] == canvas[None, None, :]).any(dim=1)  # (B, P)
     return attention_mask[:, :kept].bool() & ~replaced, attention_mask.gather(1, rows).bool()
 
 
+def _kept(past_keys: list) -> int | None:
+    """P, the kept positions of past_keys (N tensors (B, g, P, d)), or None when they are N Nones."""
+    return None if past_keys[0] is None else past_keys[0].shape[2]
+
+
+def _kept_too(x, make):
+    """make(x), or None for None: a mask or term over the kept positions, absent when nothing is kept."""
+    return None if x is None else make(x)
+
+
+def gathered_last(index: int, layers, gather: Tensor | None) -> bool:
+    """Whether layer `index` of `layers` runs at the gathered rows only: the last layer, given gather.
+    Its keys and values are every row's (the cache keeps them), its queries, attention, MLP and
+    residual stream only the gathered rows': the rest of its output is never read."""
+    return gather is not None and index == len(layers) - 1
+
+
 def _modernbert_layers(model, input_ids: Tensor, rows: Tensor, past_keys: list, past_values: list,
-                       attention_mask: Tensor) -> tuple[Tensor, list, list]:
+                       attention_mask: Tensor, gather: Tensor | None = None) -> tuple[Tensor, list, list]:
     """ModernBERT's encoder over the Q rows: rotary at the rows' canvas positions, the local layers'
-    sliding window measured in canvas positions. past_keys/past_values: N tensors (B, h, P, d).
-    Returns hidden (B, Q, H), and the rows' keys and values: N tensors (B, h, Q, d) each."""
+    sliding window measured in canvas positions. past_keys/past_values: N tensors (B, h, P, d), or N
+    Nones (nothing kept). Returns hidden (B, Q, H) (with gather (B, K): (B, K, H), the last layer run
+    at the gathered rows only, see `gathered_last`), and the rows' keys and values: N tensors (B, h, Q, d)."""
     from transformers.models.modernbert.modeling_modernbert import apply_rotary_pos_emb
 
     base, config = model.model, model.config
     batch, count = input_ids.shape
     hidden = base.embeddings(input_ids=input_ids)  # (B, Q, H)
-    kept = past_keys[0].shape[2]
-    see_past, see_fresh = visible(rows, attention_mask, kept)  # (B, P), (B, Q)
-    canvas = torch.arange(kept, device=rows.device)  # (P,)
+    kept = _kept(past_keys)
+    see_past, see_fresh = visible(rows, attention_mask, kept)  # (B, P) or None, (B, Q)
     half = config.local_attention // 2
-    near_past = (rows[:, :, None] - canvas[None, None, :]).abs() <= half  # (B, Q, P)
     near_fresh = (rows[:, :, None] - rows[:, None, :]).abs() <= half  # (B, Q, Q)
-    everywhere = see_past[:, None, None, :], see_fresh[:, None, None, :]  # (B, 1, 1, P), (B, 1, 1, Q)
-    in_window = (see_past[:, None, :] & near_past)[:, None], (see_fresh[:, None, :] & near_fresh)[:, None]
+    everywhere = _kept_too(see_past, lambda m: m[:, None, None, :]), see_fresh[:, None, None, :]  # (B, 1, 1, P|Q)
+    in_window = None, (see_fresh[:, None, :] & near_fresh)[:, None]  # (B, 1, Q, Q)
+    if kept is not None:
+        canvas = torch.arange(kept, device=rows.device)  # (P,)
+        near_past = (rows[:, :, None] - canvas[None, None, :]).abs() <= half  # (B, Q, P)
+        in_window = (see_past[:, None, :] & near_past)[:, None], in_window[1]  # (B, 1, Q, P), (B, 1, Q, Q)
     keys, values = [], []
     for i, layer in enumerate(base.layers):
         attn = layer.attn
@@ -138,6 +183,10 @@ def _modernbert_layers(model, input_ids: Tensor, rows: Tensor, past_keys: list, 
         query, key, value = qkv.transpose(3, 1).unbind(dim=2)  # (B, h, Q, d) each
         query, key = apply_rotary_pos_emb(query, key, cos, sin)
         allowed = everywhere if attn.local_attention == (-1, -1) else in_window
+        if gathered_last(i, base.layers, gather):
+            query, hidden = at_rows(query, gather, 2), at_rows(hidden, gather, 1)  # (B, h, K, d), (B, K, H)
+            if allowed is in_window:  # one mask row per query row
+                allowed = tuple(at_rows(m, gather, 2) for m in allowed)  # (B, 1, K, P|Q)
         context = attend(query, key, value, past_keys[i], past_values[i], *allowed, attn.head_dim ** -0.5)
         hidden = hidden + attn.Wo(context)
         hidden = hidden + layer.mlp(layer.mlp_norm(hidden))
@@ -146,16 +195,18 @@ def _modernbert_layers(model, input_ids: Tensor, rows: Tensor, past_keys: list, 
 
 
 def _bert_layers(model, input_ids: Tensor, rows: Tensor, past_keys: list, past_values: list,
-                 attention_mask: Tensor) -> tuple[Tensor, list, list]:
-    """BERT's encoder over the Q rows, with absolute or relative_key positions read at the rows."""
+                 attention_mask: Tensor, gather: Tensor | None = None) -> tuple[Tensor, list, list]:
+    """BERT's encoder over the Q rows, with absolute or relative_key positions read at the rows
+    (arguments and returns as _modernbert_layers')."""
     bert = model.bert
     batch, count = input_ids.shape
     hidden = bert.embeddings(input_ids=input_ids, position_ids=rows)  # (B, Q, H)
-    kept = past_keys[0].shape[2]
-    see_past, see_fresh = visible(rows, attention_mask, kept)  # (B, P), (B, Q)
-    allowed = see_past[:, None, None, :], see_fresh[:, None, None, :]  # (B, 1, 1, P), (B, 1, 1, Q)
-    canvas = torch.arange(kept, device=rows.device)  # (P,)
-    distances = rows[:, :, None] - canvas[None, None, :], rows[:, :, None] - rows[:, None, :]  # (B, Q, P|Q)
+    kept = _kept(past_keys)
+    see_past, see_fresh = visible(rows, attention_mask, kept)  # (B, P) or None, (B, Q)
+    allowed = _kept_too(see_past, lambda m: m[:, None, None, :]), see_fresh[:, None, None, :]  # (B, 1, 1, P|Q)
+    canvas = None if kept is None else torch.arange(kept, device=rows.device)  # (P,)
+    distances = (_kept_too(canvas, lambda c: rows[:, :, None] - c[None, None, :]),
+                 rows[:, :, None] - rows[:, None, :])  # (B, Q, P) or None, (B, Q, Q)
     keys, values = [], []
     for i, layer in enumerate(bert.encoder.layer):
         self_attn = layer.attention.self
@@ -165,11 +216,15 @@ def _bert_layers(model, input_ids: Tensor, rows: Tensor, past_keys: list, past_v
             return x.view(batch, count, heads, dim).transpose(1, 2)  # (B, h, Q, d)
 
         query, key, value = (split(proj(hidden)) for proj in (self_attn.query, self_attn.key, self_attn.value))
+        if gathered_last(i, bert.encoder.layer, gather):
+            query, hidden = at_rows(query, gather, 2), at_rows(hidden, gather, 1)  # (B, h, K, d), (B, K, H)
+            distances = tuple(at_rows(d, gather, 1) for d in distances)  # (B, K, P|Q)
         relative = ()
         if self_attn.position_embedding_type == "relative_key":
             offset = self_attn.max_position_embeddings - 1
-            relative = tuple(torch.einsum("bhqd,bqkd->bhqk", query, self_attn.distance_embedding(distance + offset))
-                             for distance in distances)  # (B, h, Q, P), (B, h, Q, Q)
+            relative = tuple(_kept_too(distance, lambda d: torch.einsum(
+                "bhqd,bqkd->bhqk", query, self_attn.distance_embedding(d + offset)))
+                for distance in distances)  # (B, h, R, P) or None, (B, h, R, Q)
         context = attend(query, key, value, past_keys[i], past_values[i], *allowed, dim ** -0.5, *relative)
         attended = layer.attention.output(context, hidden)
         hidden = layer.output(layer.intermediate(attended), attended)
@@ -184,17 +239,18 @@ def _split_heads(x: Tensor, dim: int, norm=None) -> Tensor:
 
 
 def _decoder_layers(model, input_ids: Tensor, rows: Tensor, past_keys: list, past_values: list,
-                    attention_mask: Tensor) -> tuple[Tensor, list, list]:
+                    attention_mask: Tensor, gather: Tensor | None = None) -> tuple[Tensor, list, list]:
     """A Llama-layout decoder (transformers' Qwen3, Qwen2 and Llama classes; Dream's code has their
     layout) run bidirectionally over the Q rows: rotary at the rows' canvas positions, computed by the
     model's own rotary module and applied by its own apply_rotary_pos_emb; Qwen3's q_norm / k_norm per
     head before it; keys and values with the key/value heads (grouped-query attention in `attend`).
-    Sliding windows are not applied, as the plain graph's bidirectional 4D mask does not apply them."""
+    Sliding windows are not applied, as the plain graph's bidirectional 4D mask does not apply them.
+    Arguments and returns as _modernbert_layers'."""
     base = model.model
     hidden = base.embed_tokens(input_ids)  # (B, Q, H)
     cos, sin = base.rotary_emb(hidden, position_ids=rows)  # (B, Q, d) each
-    see_past, see_fresh = visible(rows, attention_mask, past_keys[0].shape[2])  # (B, P), (B, Q)
-    allowed = see_past[:, None, None, :], see_fresh[:, None, None, :]  # (B, 1, 1, P), (B, 1, 1, Q)
+    see_past, see_fresh = visible(rows, attention_mask, _kept(past_keys))  # (B, P) or None, (B, Q)
+    allowed = _kept_too(see_past, lambda m: m[:, None, None, :]), see_fresh[:, None, None, :]  # (B, 1, 1, P|Q)
     rotary = sys.modules[type(base.layers[0].self_attn).__module__].apply_rotary_pos_emb  # the model's own
     keys, values = [], []
     for i, layer in enumerate(base.layers):
@@ -204,6 +260,8 @@ def _decoder_layers(model, input_ids: Tensor, rows: Tensor, past_keys: list, pas
         key = _split_heads(attn.k_proj(normed), attn.head_dim, getattr(attn, "k_norm", None))    # (B, g, Q, d)
         value = _split_heads(attn.v_proj(normed), attn.head_dim)                                  # (B, g, Q, d)
         query, key = rotary(query, key, cos, sin)
+        if gathered_last(i, base.layers, gather):
+            query, hidden = at_rows(query, gather, 2), at_rows(hidden, gather, 1)  # (B, h, K, d), (B, K, H)
         scale = getattr(attn, "scaling", attn.head_dim ** -0.5)
         context = attend(query, key, value, past_keys[i], past_values[i], *allowed, scale)
         hidden = hidden + attn.o_proj(context)
@@ -213,20 +271,21 @@ def _decoder_layers(model, input_ids: Tensor, rows: Tensor, past_keys: list, pas
 
 
 def _llada_code_layers(model, input_ids: Tensor, rows: Tensor, past_keys: list, past_values: list,
-                       attention_mask: Tensor) -> tuple[Tensor, list, list]:
+                       attention_mask: Tensor, gather: Tensor | None = None) -> tuple[Tensor, list, list]:
     """LLaDA's own code (LLaDAModelLM; its LLaDALlamaBlock layout: attn_norm, q/k/v_proj, optional
     full-width q_norm / k_norm, attn_out, ff_norm, ff_proj * up_proj, ff_out) over the Q rows: rotary
-    from each block's rotary_emb table read at the rows' canvas positions. Hidden states after ln_f."""
+    from each block's rotary_emb table read at the rows' canvas positions. Hidden states after ln_f;
+    arguments and returns as _modernbert_layers'."""
     transformer, config = model.model.transformer, model.config
     hidden = transformer.wte(input_ids)  # (B, Q, H)
     if getattr(config, "input_emb_norm", False):
         hidden = hidden * config.d_model ** 0.5
-    see_past, see_fresh = visible(rows, attention_mask, past_keys[0].shape[2])  # (B, P), (B, Q)
-    allowed = see_past[:, None, None, :], see_fresh[:, None, None, :]  # (B, 1, 1, P), (B, 1, 1, Q)
+    see_past, see_fresh = visible(rows, attention_mask, _kept(past_keys))  # (B, P) or None, (B, Q)
+    allowed = _kept_too(see_past, lambda m: m[:, None, None, :]), see_fresh[:, None, None, :]  # (B, 1, 1, P|Q)
     dim = config.d_model // config.n_heads
     rotary = transformer.blocks[0].rotary_emb  # the blocks share one table (LLaDA's BufferCache)
     sin, cos = rotary.get_rotary_embedding(config.max_sequence_length, hidden.device)  # (1, 1, Lmax, d) each
-    at_rows = sin[0, 0][rows][:, None], cos[0, 0][rows][:, None]  # (B, 1, Q, d) each
+    at_canvas = sin[0, 0][rows][:, None], cos[0, 0][rows][:, None]  # (B, 1, Q, d) each
     keys, values = [], []
     for i, block in enumerate(transformer.blocks):
         normed = block.attn_norm(hidden)
@@ -234,7 +293,9 @@ def _llada_code_layers(model, input_ids: Tensor, rows: Tensor, past_keys: list, 
         if getattr(block, "q_norm", None) is not None:
             query, key = block.q_norm(query), block.k_norm(key)
         query, key, value = (_split_heads(x, dim) for x in (query, key, value))  # (B, h|g, Q, d)
-        query, key = (block.rotary_emb.apply_rotary_pos_emb(*at_rows, x) for x in (query, key))
+        query, key = (block.rotary_emb.apply_rotary_pos_emb(*at_canvas, x) for x in (query, key))
+        if gathered_last(i, transformer.blocks, gather):
+            query, hidden = at_rows(query, gather, 2), at_rows(hidden, gather, 1)  # (B, h, K, d), (B, K, H)
         context = attend(query, key, value, past_keys[i], past_values[i], *allowed, dim ** -0.5)
         hidden = hidden + block.attn_out(context)
         normed = block.ff_norm(hidden)
@@ -302,10 +363,32 @@ class CachedStep(torch.nn.Module):
         logits at the gathered rows, then the rows' keys and values per layer (B, h, Q, d)."""
         layers = len(past) // 2
         hidden, keys, values = self.layers(self.model, input_ids, rows, list(past[:layers]), list(past[layers:]),
-                                           attention_mask)
-        index = gather.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])  # (B, K, H)
-        logits = self.family.head(self.model, torch.gather(hidden, 1, index))  # (B, K, Vg)
+                                           attention_mask, with_spare_row(gather))  # (B, K + 1, H)
+        logits = self.family.head(self.model, hidden[:, :-1])  # (B, K, Vg): the gathered rows'
         return (*confidence_statistics(logits, self.is_suppressed, self.top_k), *keys, *values)
+
+
+def hidden_at(model, family, input_ids: Tensor, attention_mask: Tensor, positions: Tensor) -> Tensor:
+    """model.onnx's encoder for the families written here: the final hidden states (B, K, H) at
+    `positions` (B, K) of canvases input_ids (B, L), every layer over every row but the last, which
+    runs at `positions` only (gathered_last); nothing kept, rows 0..L-1. The same values as the
+    model's own forward gathered at `positions`, for 1/N of its matmul work less."""
+    batch, length = input_ids.shape
+    rows = torch.arange(length, device=input_ids.device)[None].expand(batch, -1)  # (B, L)
+    nothing = [None] * cache_shape(model.config)[0]
+    hidden, _, _ = CACHED_LAYERS[family.name](model, input_ids, rows, nothing, nothing, attention_mask,
+                                              with_spare_row(positions))  # (B, K + 1, H)
+    return hidden[:, :-1]
+
+
+def with_spare_row(gather: Tensor) -> Tensor:
+    """gather (B, K) and a copy of its first column: (B, K + 1). The last layer runs at one row more than
+    is read, so its attention products never have a single query row: onnxruntime multiplies one row by
+    another kernel (a matrix-vector product) than several, which rounds differently, and a canvas read
+    at one position would get other bits in a call of its own than batched with canvases read at more
+    (tie_lite's batching promises the same bits). One row of the last layer costs little; the LM head
+    runs at the K rows read."""
+    return torch.cat([gather, gather[:, :1]], dim=1)
 
 
 def dummy_inputs(config, max_length: int, length: int = 24, count: int = 8) -> tuple[Tensor, ...]:

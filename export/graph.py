@@ -7,8 +7,9 @@ position). It takes
     attention_mask  (B, L) int64
     positions       (B, K) int64   positions whose predictions are wanted
 
-gathers the encoder's hidden states at `positions` *before* the LM head, and
-returns per gathered position
+runs the last transformer layer and the LM head at `positions` only (every
+other layer at every position: the last layer's keys and values are every
+position's), and returns per gathered position
 
     top_ids    (B, K, k) int64    the k most probable token ids, most probable first
     top_probs  (B, K, k) float32  their softmax probabilities
@@ -19,6 +20,11 @@ Columns the tokenizer cannot decode (graph vocabulary wider than the
 tokenizer's) and the mask token itself (an MDLM never predicts [MASK], as in
 MDLM's SUBS parameterisation) are suppressed: their logits are set to the
 float32 minimum before the softmax, so they get probability 0 everywhere.
+
+The layers are those export/cache.py writes per family (ModernBERT, BERT, the
+Llama-layout decoders, LLaDA); families it does not write (RoBERTa, some BERT
+and LLaDA variants) run the model's own forward over every position and gather
+the hidden states after it.
 """
 
 from __future__ import annotations
@@ -87,16 +93,24 @@ class _PositionsGenerator(DummyInputGenerator):
 
 
 class _StatsPatcher(ModelPatcher):
-    """Replaces the masked LM's forward by encoder -> gather -> LM head -> statistics."""
+    """Replaces the masked LM's forward by layers (the last at the gathered positions; or the model's own
+    encoder, then a gather) -> LM head -> statistics."""
 
     def __init__(self, config: "StatsOnnxConfig", model, model_kwargs=None):
+        from .cache import hidden_at, unsupported_reason  # cache.py imports this module
+
         super().__init__(config, model, model_kwargs)
         family, is_suppressed, top_k = config.family, config.is_suppressed, config.top_k
+        written_out = unsupported_reason(family, model.config) is None  # its layers are in export/cache.py
 
         def patched_forward(input_ids, attention_mask, positions):  # called with GRAPH_INPUTS as keywords
-            hidden = family.hidden(model, input_ids, attention_mask)  # (B, L, H)
-            index = positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])  # (B, K, H)
-            logits = family.head(model, torch.gather(hidden, 1, index))  # (B, K, Vg)
+            if written_out:  # the last layer at the gathered positions only
+                gathered = hidden_at(model, family, input_ids, attention_mask, positions)  # (B, K, H)
+            else:
+                hidden = family.hidden(model, input_ids, attention_mask)  # (B, L, H)
+                index = positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])  # (B, K, H)
+                gathered = torch.gather(hidden, 1, index)
+            logits = family.head(model, gathered)  # (B, K, Vg)
             return confidence_statistics(logits, is_suppressed, top_k).named()
 
         self.patched_forward = patched_forward

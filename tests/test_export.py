@@ -346,11 +346,11 @@ def test_int8_keeps_the_first_layer_in_float32(tmp_path):
     fp32 = tmp_path / "fp32"
     export_model(source, fp32, kv_cache=True, log=lambda m: None)
     model = AutoModelForMaskedLM.from_pretrained(source)
-    first = first_layer_matmuls(fp32 / "model.onnx", model)
-    assert sorted(first) == sorted(f"/bert/encoder/layer.0/{n}/MatMul" for n in (
-        "attention/self/query", "attention/self/key", "attention/self/value", "attention/output/dense",
-        "intermediate/dense", "output/dense"))
-    assert len(first_layer_matmuls(fp32 / "cache.onnx", model)) == 6
+    for graph in ("model.onnx", "cache.onnx"):  # the first layer's six are the graph's first weight matmuls
+        g = onnx.load(str(fp32 / graph)).graph
+        weights = {t.name for t in g.initializer}
+        in_order = [n.name for n in g.node if n.op_type == "MatMul" and n.input[1] in weights]
+        assert sorted(first_layer_matmuls(fp32 / graph, model)) == sorted(in_order[:6]), graph
     for all_layers in (False, True):
         out = tmp_path / f"int8-{all_layers}"
         export_model(source, out, kv_cache=True, int8=True, int8_first_layer_fp32=not all_layers,
@@ -442,3 +442,59 @@ def test_export_without_its_extras_says_what_to_install(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     last = result.stderr.strip().splitlines()[-1]  # after export's progress lines
     assert last.startswith("error: python -m export needs the export extras") and 'pip install ".[export]"' in last
+
+
+LAST_LAYER_CASES = {  # the last layer attending through a sliding window, or by relative distances
+    "modernbert-local": ("modernbert", dict(layers=3, global_attn_every_n_layers=3, local_attention=16)),
+    "bert-relative": ("bert", dict(layers=2, position_embedding_type="relative_key")),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+@pytest.mark.parametrize("case", LAST_LAYER_CASES)
+def test_the_last_layer_runs_at_the_gathered_positions_only(tmp_path, case):
+    """model.onnx runs its last layer's queries, attention and MLP at the gathered positions only (its MLP
+    output has K + 1 rows, not L: one spare, export/cache.py's with_spare_row), and its statistics there, asked in any order, equal those of PyTorch's full
+    forward at those positions as far as float32 reaches (tests/tolerances.py)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from onnx import numpy_helper
+
+    import tie_lite
+    from export import export_model
+    from export.families import family_for, read_config
+    from export.graph import confidence_statistics, suppressed_columns
+    from tiny import save_tiny
+    from tolerances import assert_statistics_agree
+
+    arch, options = LAST_LAYER_CASES[case]
+    hf, out = save_tiny(tmp_path / "hf", arch, seed=5, **options), tmp_path / "onnx"
+    export_model(hf, out, log=lambda m: None)
+    model = tie_lite.Model.load(out)
+    tokens = model.encode("what is two plus three ? " * 6)  # longer than the 16-position window
+    positions = np.array([tokens.size - 1, 3, tokens.size - 12, 0, 17])  # (K,), in no order
+
+    family = family_for(read_config(hf)["model_type"])
+    torch_model = family.load(str(hf), False).eval()
+    with torch.no_grad():
+        ids = torch.from_numpy(tokens)[None]  # (1, L)
+        logits = family.full_logits(torch_model, ids, torch.ones_like(ids))[:, positions]  # (1, K, Vg)
+    m = model.manifest
+    is_suppressed = suppressed_columns(m.graph_vocab_size, m.vocab_size, [m.mask_id])
+    want = {k: v[0].numpy() for k, v in confidence_statistics(logits, is_suppressed, m.top_k).named().items()}
+    assert_statistics_agree(model.stats(tokens, positions, with_logits=True), want, *model_dims(out, tokens.size))
+
+    last = (torch_model.model.layers[-1].mlp.Wo if arch == "modernbert"
+            else torch_model.bert.encoder.layer[-1].output.dense).weight.detach().numpy()  # (out, in)
+    graph = onnx.load(str(out / "model.onnx"))
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.graph.initializer}
+    (node,) = [n for n in graph.graph.node if n.op_type == "MatMul" and n.input[1] in weights
+               and np.array_equal(weights[n.input[1]], last.T)]
+    graph.graph.output.append(onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None))
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = {"input_ids": tokens[None], "attention_mask": np.ones((1, tokens.size), np.int64),
+            "positions": positions[None]}
+    assert session.run([node.output[0]], feed)[0].shape[:2] == (1, positions.size + 1)
