@@ -42,6 +42,8 @@ def quantize(graph: Path, variant: str, model) -> None:
         text = variant[len("exclude-"):]
         options["nodes_to_exclude"] = [n.name for n in onnx.load(str(graph)).graph.node
                                        if n.op_type == "MatMul" and text in n.name]
+        if not options["nodes_to_exclude"]:  # e.g. layers.0/ in a graph whose layers export/cache.py wrote
+            sys.exit(f"error: no MatMul node of {graph} has {text!r} in its name")
     if variant == "matmul-only":
         options["op_types_to_quantize"] = ["MatMul"]
     quantize_int8(graph, **options)
@@ -64,7 +66,8 @@ def main() -> int:
             src, dest = args.models_dir / name / "onnx", args.out / variant.replace("/", "_") / name / "onnx"
             shutil.rmtree(dest, ignore_errors=True)
             shutil.copytree(src, dest)
-            if variant.startswith("exclude-"):  # cache.onnx's node names carry no layer index
+            if variant.startswith("exclude-"):  # cache.onnx's node names carry no layer index (nor do
+                # those of a model.onnx exported since its layers are export/cache.py's)
                 (dest / "cache.onnx").unlink(missing_ok=True)
             for graph in ("model.onnx", "cache.onnx"):
                 if (dest / graph).is_file():

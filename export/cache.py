@@ -149,8 +149,9 @@ def _kept_too(x, make):
 
 def gathered_last(index: int, layers, gather: Tensor | None) -> bool:
     """Whether layer `index` of `layers` runs at the gathered rows only: the last layer, given gather.
-    Its keys and values are every row's (the cache keeps them), its queries, attention, MLP and
-    residual stream only the gathered rows': the rest of its output is never read."""
+    Its query, key and value projections run at every row (the cache keeps the keys and values), its
+    attention, output projection, MLP and residual stream at the gathered rows only: the rest of its
+    output is never read."""
     return gather is not None and index == len(layers) - 1
 
 
@@ -371,8 +372,8 @@ class CachedStep(torch.nn.Module):
 def hidden_at(model, family, input_ids: Tensor, attention_mask: Tensor, positions: Tensor) -> Tensor:
     """model.onnx's encoder for the families written here: the final hidden states (B, K, H) at
     `positions` (B, K) of canvases input_ids (B, L), every layer over every row but the last, which
-    runs at `positions` only (gathered_last); nothing kept, rows 0..L-1. The same values as the
-    model's own forward gathered at `positions`, for 1/N of its matmul work less."""
+    runs at `positions` only (gathered_last); nothing kept, rows 0..L-1. The values of the model's
+    own forward gathered at `positions` (up to float32 rounding), for most of one layer's matmuls less."""
     batch, length = input_ids.shape
     rows = torch.arange(length, device=input_ids.device)[None].expand(batch, -1)  # (B, L)
     nothing = [None] * cache_shape(model.config)[0]
