@@ -7,9 +7,9 @@ position). It takes
     attention_mask  (B, L) int64
     positions       (B, K) int64   positions whose predictions are wanted
 
-runs the last transformer layer and the LM head at `positions` only (every
-other layer at every position: the last layer's keys and values are every
-position's), and returns per gathered position
+runs the last transformer layer's attention and MLP, and the LM head, at
+`positions` only (every other layer, and the last one's query, key and value
+projections, at every position), and returns per gathered position
 
     top_ids    (B, K, k) int64    the k most probable token ids, most probable first
     top_probs  (B, K, k) float32  their softmax probabilities

@@ -91,8 +91,8 @@ def test_batched_statistics_are_bit_identical_to_one_canvas_per_call(fixture, re
 @pytest.mark.parametrize("fixture", ["tiny_bert", "tiny_modernbert"])
 def test_a_canvas_read_at_one_position_is_bit_identical_batched_with_canvases_read_at_more(fixture, request):
     """model.onnx's last layer runs at the read positions and one spare row, so its attention never multiplies
-    a single query row, which onnxruntime does with another kernel (a matrix-vector product) than several:
-    without the spare row a third of such canvases got other last bits alone than batched."""
+    a single query row, which onnxruntime does with another kernel (a matrix-vector product) than several
+    (without the spare row this fails on both models: such canvases got other last bits alone than batched)."""
     model = tie_lite.Model.load(request.getfixturevalue(fixture)[1])
     canvases, positions = random_canvases(model, 24, seed=4)
     positions = [p[:1] if i % 2 else p for i, p in enumerate(positions)]  # every other canvas read at one position

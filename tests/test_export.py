@@ -454,9 +454,10 @@ LAST_LAYER_CASES = {  # the last layer attending through a sliding window, or by
 @pytest.mark.torch
 @pytest.mark.parametrize("case", LAST_LAYER_CASES)
 def test_the_last_layer_runs_at_the_gathered_positions_only(tmp_path, case):
-    """model.onnx runs its last layer's queries, attention and MLP at the gathered positions only (its MLP
-    output has K + 1 rows, not L: one spare, export/cache.py's with_spare_row), and its statistics there, asked in any order, equal those of PyTorch's full
-    forward at those positions as far as float32 reaches (tests/tolerances.py)."""
+    """model.onnx runs its last layer's attention and MLP at the gathered positions only (its MLP output has
+    K + 1 rows, not L: one spare, export/cache.py's with_spare_row), and its statistics there, asked in any
+    order, equal those of PyTorch's full forward at those positions as far as float32 reaches
+    (tests/tolerances.py)."""
     import numpy as np
     import onnx
     import onnxruntime as ort
