@@ -130,11 +130,12 @@ def at_rows(x: Tensor | None, gather: Tensor, dim: int) -> Tensor | None:
 def visible(rows: Tensor, attention_mask: Tensor, kept: int | None) -> tuple[Tensor | None, Tensor]:
     """Which kept positions (B, P) and which fresh rows (B, Q) the rows may attend to: the
     attention mask's, minus the kept positions the rows themselves replace (None: nothing kept)."""
+    fresh = attention_mask.gather(1, rows).bool()  # (B, Q)
     if kept is None:
-        return None, attention_mask.gather(1, rows).bool()
+        return None, fresh
     canvas = torch.arange(kept, device=rows.device)  # (P,)
     replaced = (rows[:, :, None] == canvas[None, None, :]).any(dim=1)  # (B, P)
-    return attention_mask[:, :kept].bool() & ~replaced, attention_mask.gather(1, rows).bool()
+    return attention_mask[:, :kept].bool() & ~replaced, fresh
 
 
 def _kept(past_keys: list) -> int | None:
@@ -142,9 +143,10 @@ def _kept(past_keys: list) -> int | None:
     return None if past_keys[0] is None else past_keys[0].shape[2]
 
 
-def _kept_too(x, make):
-    """make(x), or None for None: a mask or term over the kept positions, absent when nothing is kept."""
-    return None if x is None else make(x)
+def for_every_row(see_past: Tensor | None, see_fresh: Tensor) -> tuple[Tensor | None, Tensor]:
+    """visible()'s masks as attend takes them when every query row sees the same positions:
+    (B, 1, 1, P) (None when nothing is kept) and (B, 1, 1, Q)."""
+    return None if see_past is None else see_past[:, None, None, :], see_fresh[:, None, None, :]
 
 
 def gathered_last(index: int, layers, gather: Tensor | None) -> bool:
@@ -170,7 +172,7 @@ def _modernbert_layers(model, input_ids: Tensor, rows: Tensor, past_keys: list, 
     see_past, see_fresh = visible(rows, attention_mask, kept)  # (B, P) or None, (B, Q)
     half = config.local_attention // 2
     near_fresh = (rows[:, :, None] - rows[:, None, :]).abs() <= half  # (B, Q, Q)
-    everywhere = _kept_too(see_past, lambda m: m[:, None, None, :]), see_fresh[:, None, None, :]  # (B, 1, 1, P|Q)
+    everywhere = for_every_row(see_past, see_fresh)
     in_window = None, (see_fresh[:, None, :] & near_fresh)[:, None]  # (B, 1, Q, Q)
     if kept is not None:
         canvas = torch.arange(kept, device=rows.device)  # (P,)
@@ -204,10 +206,13 @@ def _bert_layers(model, input_ids: Tensor, rows: Tensor, past_keys: list, past_v
     hidden = bert.embeddings(input_ids=input_ids, position_ids=rows)  # (B, Q, H)
     kept = _kept(past_keys)
     see_past, see_fresh = visible(rows, attention_mask, kept)  # (B, P) or None, (B, Q)
-    allowed = _kept_too(see_past, lambda m: m[:, None, None, :]), see_fresh[:, None, None, :]  # (B, 1, 1, P|Q)
-    canvas = None if kept is None else torch.arange(kept, device=rows.device)  # (P,)
-    distances = (_kept_too(canvas, lambda c: rows[:, :, None] - c[None, None, :]),
-                 rows[:, :, None] - rows[:, None, :])  # (B, Q, P) or None, (B, Q, Q)
+    allowed = for_every_row(see_past, see_fresh)
+    to_fresh = rows[:, :, None] - rows[:, None, :]  # (B, Q, Q)
+    if kept is None:
+        distances = None, to_fresh
+    else:
+        canvas = torch.arange(kept, device=rows.device)  # (P,)
+        distances = rows[:, :, None] - canvas[None, None, :], to_fresh  # (B, Q, P), (B, Q, Q)
     keys, values = [], []
     for i, layer in enumerate(bert.encoder.layer):
         self_attn = layer.attention.self
@@ -223,9 +228,9 @@ def _bert_layers(model, input_ids: Tensor, rows: Tensor, past_keys: list, past_v
         relative = ()
         if self_attn.position_embedding_type == "relative_key":
             offset = self_attn.max_position_embeddings - 1
-            relative = tuple(_kept_too(distance, lambda d: torch.einsum(
-                "bhqd,bqkd->bhqk", query, self_attn.distance_embedding(d + offset)))
-                for distance in distances)  # (B, h, R, P) or None, (B, h, R, Q)
+            relative = tuple(None if d is None else torch.einsum(
+                "bhqd,bqkd->bhqk", query, self_attn.distance_embedding(d + offset))
+                for d in distances)  # (B, h, R, P) or None, (B, h, R, Q)
         context = attend(query, key, value, past_keys[i], past_values[i], *allowed, dim ** -0.5, *relative)
         attended = layer.attention.output(context, hidden)
         hidden = layer.output(layer.intermediate(attended), attended)
@@ -251,7 +256,7 @@ def _decoder_layers(model, input_ids: Tensor, rows: Tensor, past_keys: list, pas
     hidden = base.embed_tokens(input_ids)  # (B, Q, H)
     cos, sin = base.rotary_emb(hidden, position_ids=rows)  # (B, Q, d) each
     see_past, see_fresh = visible(rows, attention_mask, _kept(past_keys))  # (B, P) or None, (B, Q)
-    allowed = _kept_too(see_past, lambda m: m[:, None, None, :]), see_fresh[:, None, None, :]  # (B, 1, 1, P|Q)
+    allowed = for_every_row(see_past, see_fresh)
     rotary = sys.modules[type(base.layers[0].self_attn).__module__].apply_rotary_pos_emb  # the model's own
     keys, values = [], []
     for i, layer in enumerate(base.layers):
@@ -282,7 +287,7 @@ def _llada_code_layers(model, input_ids: Tensor, rows: Tensor, past_keys: list, 
     if getattr(config, "input_emb_norm", False):
         hidden = hidden * config.d_model ** 0.5
     see_past, see_fresh = visible(rows, attention_mask, _kept(past_keys))  # (B, P) or None, (B, Q)
-    allowed = _kept_too(see_past, lambda m: m[:, None, None, :]), see_fresh[:, None, None, :]  # (B, 1, 1, P|Q)
+    allowed = for_every_row(see_past, see_fresh)
     dim = config.d_model // config.n_heads
     rotary = transformer.blocks[0].rotary_emb  # the blocks share one table (LLaDA's BufferCache)
     sin, cos = rotary.get_rotary_embedding(config.max_sequence_length, hidden.device)  # (1, 1, Lmax, d) each
