@@ -21,11 +21,14 @@ import hashlib
 import itertools
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import textwrap
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +93,9 @@ FALLBACK_LENGTHS = {"gen_length": 64, "answer_length": 0, "block_size": 16}  # w
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
              "openvino": "OpenVINOExecutionProvider"}  # openvino: a plugin (pip install 'tie-lite[openvino]')
 OPENVINO_PLUGIN = "onnxruntime_ep_openvino"  # the Python package that carries OpenVINO's plugin library
+OPENVINO_CACHE_ENV = "TIE_LITE_OPENVINO_CACHE"  # where OpenVINO's compiled graphs are kept (default: the user's cache)
+COMPILED_GRAPH = "compiled.onnx"  # an OpenVINO cache entry's graph: one EPContext node, its blob beside it
+COMPILED_SOURCE = "source.json"   # what an OpenVINO cache entry was compiled from (the entry's key hashes it)
 KV_CACHE_MODES = ("prefix", "dual")  # rows a cached step recomputes: block and all after it / block only
 
 
@@ -798,7 +804,7 @@ class Model:
 
     @classmethod
     def load(cls, folder, provider: str = "cpu", threads: Optional[int] = None,
-             kv_cache: Optional[str] = None, kv_window: Optional[int] = None) -> "Model":
+             kv_cache: Optional[str] = None, kv_window: Optional[int] = None, openvino_cache=True) -> "Model":
         """Load an exported model folder.
 
         provider: "cpu", "cuda", "cuda:N" (GPU N) or "openvino" (Intel CPUs, float32; needs the
@@ -811,10 +817,16 @@ class Model:
         kv_window: with kv_cache, also recompute this many positions right before the block
         (None: as many as the block has; 0: none; at most the max length; a window longer than
         the positions before the block recomputes all of them), whose kept keys/values go stale first.
+        openvino_cache: with provider "openvino", where the graph compiled for OpenVINO is kept, so that
+        later loads skip compiling it (faster, and less memory than the graph's own weights): True for
+        openvino_cache_dir()'s default folder, a folder, or False for none. An entry is used while the
+        graph's files, onnxruntime, the plugin, the CPU and the settings (threads) are the ones it was
+        compiled with; compiling a changed graph removes the entries of its earlier files.
         """
         parse_provider(provider)
         _check_kv_options(kv_cache, kv_window)
         check_threads(threads)
+        cache_dir = openvino_cache_dir(openvino_cache) if provider == "openvino" else None
         folder = Path(folder)
         if not folder.is_dir():
             raise ModelError(f"model path is not a folder: {folder}" if folder.exists()
@@ -824,13 +836,13 @@ class Model:
             raise ConfigError(f"kv_window {kv_window} exceeds {folder}'s max length {manifest.max_length}")
         tokenizer = _load_tokenizer(folder, manifest)
         if not kv_cache:
-            session = _open_session(folder / "model.onnx", provider, threads)
+            session = _open_session(folder / "model.onnx", provider, threads, cache_dir)
             _check_widths(session, manifest, folder / "model.onnx")
             return cls(folder, manifest, tokenizer, session)
         if not (folder / CACHE_GRAPH).is_file():
             raise ModelError(f"{folder} has no {CACHE_GRAPH} for --kv-cache: export it with "
                              "`python -m export SOURCE OUT_DIR --kv-cache`")
-        session = _open_session(folder / CACHE_GRAPH, provider, threads, check=_check_cache_io)
+        session = _open_session(folder / CACHE_GRAPH, provider, threads, cache_dir, check=_check_cache_io)
         _check_widths(session, manifest, folder / CACHE_GRAPH)
         return cls(folder, manifest, tokenizer, session, kv_cache=kv_cache, kv_window=kv_window)
 
@@ -1183,10 +1195,11 @@ def _register_plugin(name: str, library: str) -> None:
             raise ModelError(f"cannot register the onnxruntime plugin {library}: {_first_line(exc)}") from None
 
 
-def _add_openvino(options, threads: Optional[int]) -> None:
+def _add_openvino(options, threads: Optional[int]) -> dict:
     """Give the session options OpenVINO's CPU device, computing in float32 (on CPUs with bfloat16
     units OpenVINO's default is bfloat16, which changes tokens) with `threads` threads (None: its own
-    choice, every core), not pinned to cores (pinned, TIE's two one-thread models ran slower)."""
+    choice, every core), not pinned to cores (pinned, TIE's two one-thread models ran slower). Returns
+    what a graph compiled with these options depends on: the plugin's version, the CPU, the settings."""
     devices = openvino_devices()
     if not devices:
         raise ModelError("provider 'openvino': OpenVINO's plugin offers no CPU device on this machine "
@@ -1194,7 +1207,130 @@ def _add_openvino(options, threads: Optional[int]) -> None:
     cpu = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": "NO"}
     if threads:
         cpu["INFERENCE_NUM_THREADS"] = str(threads)
-    options.add_provider_for_devices(devices[:1], {"load_config": json.dumps({"CPU": cpu})})
+    load_config = json.dumps({"CPU": cpu}, sort_keys=True)
+    options.add_provider_for_devices(devices[:1], {"load_config": load_config})
+    meta = devices[0].ep_metadata
+    return {"plugin": meta.get("version"), "cpu": meta.get("FULL_DEVICE_NAME"),
+            "capabilities": meta.get("OPTIMIZATION_CAPABILITIES"), "load_config": load_config}
+
+
+def openvino_cache_dir(openvino_cache=True) -> Optional[Path]:
+    """The folder Model.load keeps graphs compiled for OpenVINO in (None: none kept). For True:
+    $TIE_LITE_OPENVINO_CACHE, else the user's cache folder ($XDG_CACHE_HOME, ~/.cache, or on Windows
+    %LOCALAPPDATA%) / tie-lite / openvino; for False, None; a folder (str or path) as given."""
+    if openvino_cache is False:
+        return None
+    if openvino_cache is True:
+        folder = os.environ.get(OPENVINO_CACHE_ENV) or _user_cache_dir()
+        if folder is None:
+            return None
+    elif isinstance(openvino_cache, (str, os.PathLike)) and os.fspath(openvino_cache):
+        folder = openvino_cache
+    else:
+        raise ConfigError(f"openvino_cache must be True, False or a folder, got {openvino_cache!r}")
+    try:
+        folder = Path(folder).expanduser()
+        is_file = folder.exists() and not folder.is_dir()
+    except (RuntimeError, OSError) as exc:  # ~user unknown, no home folder, a parent not searchable
+        raise ConfigError(f"cannot use the OpenVINO cache {os.fspath(folder)!r}: {exc}") from None
+    if is_file:
+        raise ConfigError(f"the OpenVINO cache {folder} is a file, not a folder")
+    return folder
+
+
+def _user_cache_dir() -> Optional[Path]:
+    """The user's cache folder / tie-lite / openvino; None where there is no home folder."""
+    base = os.environ.get("LOCALAPPDATA") if os.name == "nt" else os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = Path.home() / ".cache"
+        except RuntimeError:  # no home folder (e.g. a service without HOME)
+            return None
+    return Path(base) / "tie-lite" / "openvino"
+
+
+def _compiled_session(path: Path, options, cache: Path, target: dict) -> tuple:
+    """(session or None, problem or None): a session of `path` compiled for OpenVINO, from its entry in
+    the `cache` folder, compiled into one first when none matches (_graph_files, onnxruntime's version,
+    `target` from _add_openvino). None and why, when the entry can neither be read nor written."""
+    import onnxruntime as ort
+
+    try:
+        source = {"graph": str(path.resolve()), "files": _graph_files(path), "onnxruntime": ort.__version__,
+                  **target}
+        key = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
+        entry = cache / f"{key}-{path.parent.parent.name}-{path.parent.name}-{path.stem}"  # never a dot first
+        compiled = str(entry / COMPILED_GRAPH)
+        if (entry / COMPILED_GRAPH).is_file():
+            try:
+                return ort.InferenceSession(compiled, sess_options=options), None
+            except Exception:  # a damaged entry (onnxruntime's own exception types): compiled again below
+                shutil.rmtree(entry, ignore_errors=True)
+        _compile_entry(path, options, cache, entry, source)
+        return ort.InferenceSession(compiled, sess_options=options), None
+    except Exception as exc:  # OSError (unwritable, disk full, another user's entry), or onnxruntime's
+        return None, (f"cannot keep OpenVINO's compiled {path} in {cache} ({_first_line(exc)}); "
+                      "compiled it for this load only")
+
+
+def _graph_files(path: Path) -> list:
+    """[name, size, modification and change times, inode] of a graph file and its external data files
+    beside it (named after it: model.onnx.data, model.onnx_data): what an OpenVINO cache entry is keyed
+    by, so that a graph exported or copied anew, even with its old times kept, is compiled again."""
+    stats = [(f.name, f.stat()) for f in sorted(path.parent.glob(path.name + "*"))]
+    return [[name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino] for name, st in stats]
+
+
+STAGING_MAX_AGE = 24 * 3600  # seconds after which an OpenVINO cache's staging folder is a killed compile's
+
+
+def _compile_entry(path: Path, options, cache: Path, entry: Path, source: dict) -> None:
+    """Compile `path` for OpenVINO into `entry` (COMPILED_GRAPH, its blob beside it, the weights of any
+    nodes left to onnxruntime in a data file, COMPILED_SOURCE): in a staging folder renamed at the end,
+    so a process never sees half an entry. Removed on the way: the entries of the graph's earlier files
+    (those of other settings stay: a model alone and in TIE has two), and staging folders older than
+    STAGING_MAX_AGE. Compiled at onnxruntime's full optimization level, as a session of the graph itself
+    is (a lower level changes the last bits)."""
+    import onnxruntime as ort
+
+    cache.mkdir(parents=True, exist_ok=True)
+    _drop_stale(cache, source)
+    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=cache))
+    try:
+        os.chmod(staging, 0o755)  # mkdtemp's 0o700 would hide the entry from other users of a shared cache
+        compiler = ort.ModelCompiler(options, str(path), external_initializers_file_path=COMPILED_GRAPH + ".data",
+                                     graph_optimization_level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+        compiler.compile_to_file(str(staging / COMPILED_GRAPH))
+        (staging / COMPILED_SOURCE).write_text(json.dumps(source, indent=1) + "\n")
+        try:
+            os.rename(staging, entry)
+        except OSError:
+            if not (entry / COMPILED_GRAPH).is_file():  # else another process compiled it meanwhile
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _drop_stale(cache: Path, source: dict) -> None:
+    """Remove the cache's entries compiled from earlier files of source's graph, and staging folders left
+    by compiles killed more than STAGING_MAX_AGE ago."""
+    for folder in cache.iterdir():
+        if folder.name.startswith("."):
+            if folder.is_dir() and time.time() - folder.stat().st_mtime > STAGING_MAX_AGE:
+                shutil.rmtree(folder, ignore_errors=True)
+            continue
+        kept = _compiled_from(folder / COMPILED_SOURCE)
+        if kept.get("graph") == source["graph"] and kept.get("files") != source["files"]:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _compiled_from(source_file: Path) -> dict:
+    """What an OpenVINO cache entry was compiled from (its COMPILED_SOURCE); empty when unreadable."""
+    try:
+        source = json.loads(source_file.read_text())
+    except (OSError, ValueError):
+        return {}
+    return source if isinstance(source, dict) else {}
 
 
 def _first_line(exc: Exception) -> str:
@@ -1202,7 +1338,10 @@ def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def _open_session(path: Path, provider: str, threads: Optional[int], check: Optional[Callable] = None):
+def _open_session(path: Path, provider: str, threads: Optional[int], openvino_cache: Optional[Path] = None,
+                  check: Optional[Callable] = None):
+    """An onnxruntime session of the graph `path` on `provider`; under OpenVINO compiled once into the
+    folder `openvino_cache` (None: compiled at every load)."""
     import onnxruntime as ort
 
     if not path.is_file():
@@ -1212,18 +1351,25 @@ def _open_session(path: Path, provider: str, threads: Optional[int], check: Opti
     options.intra_op_num_threads = threads or 0  # onnxruntime's CPU provider, also for nodes a plugin leaves it
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = target = None
     if wanted == PROVIDERS["openvino"]:
-        _add_openvino(options, threads)
+        target = _add_openvino(options, threads)
         providers = None  # the session options name the plugin's device
     elif wanted in ort.get_available_providers():
         providers = [(wanted, provider_options)]
     else:
         raise ModelError(f"provider {provider!r} is not available in this onnxruntime "
                          f"(available: {', '.join(ort.get_available_providers())})")
-    try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-    except Exception as exc:  # onnxruntime raises its own exception types for corrupt graphs
-        raise ModelError(f"cannot load ONNX graph {path}: {_first_line(exc)}") from None
+    problem = None
+    if target is not None and openvino_cache is not None:
+        session, problem = _compiled_session(path, options, openvino_cache, target)
+    if session is None:
+        try:
+            session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types for corrupt graphs
+            raise ModelError(f"cannot load ONNX graph {path}: {_first_line(exc)}") from None
+    if problem:  # the graph loads, only its compiled copy cannot be kept
+        warnings.warn(problem, stacklevel=3)
     if session.get_providers()[0] != wanted:
         raise ModelError(f"onnxruntime did not give the session the {wanted} provider")
     (check or _check_graph_io)(session, path)
@@ -2482,6 +2628,12 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
                    help="cpu, cuda, cuda:N or openvino; for an ensemble, one per model separated by commas (default: cpu)")
     r.add_argument("--threads", type=int, default=None,
                    help=f"onnxruntime threads in all, at most {THREADS_PER_CORE} per core (default: every core)")
+    kept = r.add_mutually_exclusive_group()
+    kept.add_argument("--openvino-cache", metavar="DIR",
+                      help=f"with --provider openvino: keep the compiled graphs in DIR, later runs load them "
+                           f"(default: ${OPENVINO_CACHE_ENV}, else ~/.cache/tie-lite/openvino)")
+    kept.add_argument("--no-openvino-cache", action="store_true",
+                      help="with --provider openvino: compile the graphs at every run, keeping nothing")
     r.add_argument("--kv-cache", nargs="?", const="prefix", choices=KV_CACHE_MODES,
                    help="reuse keys/values within a block (cache.onnx; approximate, faster on long canvases): "
                         "prefix (the default) recomputes the block and all after it, dual the block only")
@@ -2647,10 +2799,10 @@ def model_dirs(args: argparse.Namespace) -> list[Path]:
     return dirs
 
 
-def load_models(dirs: Sequence[Path], provider: str, threads: Optional[int],
-                kv_cache: Optional[str] = None, kv_window: Optional[int] = None) -> list[Model]:
+def load_models(dirs: Sequence[Path], provider: str, threads: Optional[int], kv_cache: Optional[str] = None,
+                kv_window: Optional[int] = None, openvino_cache=True) -> list[Model]:
     """Load every model, splitting the thread budget between them (the first ones take the remainder);
-    provider is one, or one per model."""
+    provider is one, or one per model; openvino_cache as Model.load's."""
     check_threads(threads)
     providers = provider.split(",")
     if len(providers) not in (1, len(dirs)):
@@ -2660,7 +2812,13 @@ def load_models(dirs: Sequence[Path], provider: str, threads: Optional[int],
     budget = threads or max(os.cpu_count() or 1, len(dirs))
     shares = [budget // len(dirs) + (i < budget % len(dirs)) for i in range(len(dirs))]
     return [Model.load(d, provider=providers[i % len(providers)], threads=shares[i], kv_cache=kv_cache,
-                       kv_window=kv_window) for i, d in enumerate(dirs)]
+                       kv_window=kv_window, openvino_cache=openvino_cache) for i, d in enumerate(dirs)]
+
+
+def cli_models(args: argparse.Namespace) -> list[Model]:
+    """The models the CLI's arguments name, loaded as they say."""
+    kept = False if args.no_openvino_cache else True if args.openvino_cache is None else args.openvino_cache
+    return load_models(model_dirs(args), args.provider, args.threads, args.kv_cache, args.kv_window, kept)
 
 
 def decode_config(args: argparse.Namespace, models: Sequence[Model]) -> DecodeConfig:
@@ -2812,7 +2970,7 @@ def run_cli(args: argparse.Namespace) -> GenerateResult:
         check_text(args.answer, "--answer")
     check_options(args)
     ensemble = config_from_args(args, EnsembleConfig)
-    models = load_models(model_dirs(args), args.provider, args.threads, args.kv_cache, args.kv_window)
+    models = cli_models(args)
     config = decode_config(args, models)
     if config.policy is not None:
         load_policy(config.policy)  # a bad policy folder fails here, before any decoding
@@ -2848,7 +3006,7 @@ def batch_lines(args: argparse.Namespace):
     prompts = read_prompts(args)
     check_options(args)
     ensemble = config_from_args(args, EnsembleConfig)
-    models = load_models(model_dirs(args), args.provider, args.threads, args.kv_cache, args.kv_window)
+    models = cli_models(args)
     config = decode_config(args, models)
     if config.policy is not None:
         load_policy(config.policy)
@@ -2874,17 +3032,25 @@ def batch_lines(args: argparse.Namespace):
         progress.clear()
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """The CLI's warnings: one `warning:` line on stderr."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """The CLI: 0 on success, 2 with one `error:` line on bad input, 130 on Ctrl-C. An ignored SIGINT
-    (a background job) stays ignored, and the caller's handler is restored on return."""
+    """The CLI: 0 on success, 2 with one `error:` line on bad input, 130 on Ctrl-C; warnings as one
+    `warning:` line each. An ignored SIGINT (a background job) stays ignored, and the caller's handlers
+    are restored on return."""
     handles_sigint = (threading.current_thread() is threading.main_thread()
                       and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN)
     previous = signal.getsignal(signal.SIGINT) if handles_sigint else None
     if handles_sigint:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on, Ctrl-C is handled below
+    shown, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         return _run_main(argv)
     finally:
+        warnings.showwarning = shown
         if handles_sigint:
             signal.signal(signal.SIGINT, previous)
 

@@ -2,6 +2,7 @@
 
     python bench/decoder_cache.py --work DIR                  # Qwen2.5-0.5B's shapes, L = 512
     python bench/decoder_cache.py --work DIR --small          # a tiny model: a functional check
+    python bench/decoder_cache.py --work DIR --length 96 --gen 64 --steps 32 --block 8 --precisions int8
 
 The model is bench/vs_llama_cpp.py's random Dream (Qwen2 weights of Qwen2.5-0.5B's shapes,
 Dream's config conventions), built in DIR, or reused from there when that script built it
@@ -9,13 +10,14 @@ Dream's config conventions), built in DIR, or reused from there when that script
 (`python -m export HF OUT --family dream --kv-cache`, and with `--int8 --int8-min-agreement 0`).
 
 One prompt of L - G random word ids, then G masks in one block, one token a step (G steps):
-the setting of bench/vs_pytorch.py's cache rows. Each precision decodes it exactly (model.onnx,
-every step a full forward) and with `kv_cache="prefix"` (cache.onnx: a full pass when the block
-starts, then each step recomputes the block's rows only, over the kept keys and values), and
-with "dual" as well. Every decode runs in a fresh process that loads the model, the variants
-alternate (a warm-up round first, then --repeats rounds), and the table gives the median decode
-time, the exact decode's over each variant's, the share of generated positions equal to the
-exact decode's (a random model's near-ties make the cache's approximation visible; accuracy
+the setting of bench/vs_pytorch.py's cache rows; or --block B and --steps S: blocks of B masks,
+G / S tokens a step (bench/vs_llama_cpp.py's cache pairs). Each precision decodes it exactly
+(model.onnx, every step a full forward) and with `kv_cache="prefix"` (cache.onnx: a full pass when
+a block starts, then each step recomputes the block's rows, as many before it and every row after
+it, over the kept keys and values), and with "dual" (the block's rows and those before it only).
+Every decode runs in a fresh process that loads the model, the variants alternate (a warm-up
+round first, then --repeats rounds), and the table gives the median decode time, the exact
+decode's over each variant's, the share of generated positions equal to the exact decode's (a random model's near-ties make the cache's approximation visible; accuracy
 on a trained model is measured in bench/README.md), and peak RSS (VmHWM). Needs torch to
 build the model. Never run in CI.
 """
@@ -46,13 +48,23 @@ def parse_args(argv=None):
                    help="folder for the model and its exports (bench/vs_llama_cpp.py's --work reuses its model)")
     p.add_argument("--small", action="store_true", help=f"a tiny Dream-shaped model ({peer.SMALL})")
     p.add_argument("--length", type=int, default=512, help="canvas length L (prompt + G)")
-    p.add_argument("--gen", type=int, default=16, help="generated positions G: one block, one token a step")
+    p.add_argument("--gen", type=int, default=16, help="generated positions G")
+    p.add_argument("--block", type=int, help="masks a block (default: G, one block)")
+    p.add_argument("--steps", type=int, help="steps in all, G / S tokens a step (default: G)")
+    p.add_argument("--precisions", nargs="+", choices=EXPORT_PRECISIONS, default=list(EXPORT_PRECISIONS))
     p.add_argument("--repeats", type=int, default=3, help="timed rounds (after a warm-up round)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0, help="weights and prompt")
     args = p.parse_args(argv)
     if not 0 < args.gen < args.length:
         p.error(f"--gen must be between 1 and --length - 1, got {args.gen}")
+    args.block = args.gen if args.block is None else args.block
+    args.steps = args.gen if args.steps is None else args.steps
+    if args.block < 1 or args.steps < 1:
+        p.error(f"--block and --steps must be at least 1, got {args.block} and {args.steps}")
+    if args.gen % args.block or args.steps % (args.gen // args.block) or args.gen % args.steps:
+        p.error(f"--block {args.block} and --steps {args.steps} must split --gen {args.gen} into whole blocks, "
+                "each of whole steps of equally many tokens")
     if args.repeats < 1:
         p.error(f"--repeats must be at least 1, got {args.repeats}")
     if args.threads < 1:
@@ -62,10 +74,10 @@ def parse_args(argv=None):
     return args
 
 
-def exports(hf: Path, folder: Path) -> dict:
+def exports(hf: Path, folder: Path, precisions) -> dict:
     """{precision: export folder with model.onnx and cache.onnx} (vs_llama_cpp.py's, written once)."""
     out = {}
-    for precision in EXPORT_PRECISIONS:
+    for precision in precisions:
         out[precision], note = peer.export_variant(hf, folder, f"{precision}-cache")
         if note:
             raise SystemExit(f"error: {note}")
@@ -80,20 +92,21 @@ def main(argv=None) -> int:
     if not (hf / "config.json").is_file():
         print(f"building the random Dream model in {hf}", flush=True)
         peer.save_dream(hf, args)
-    folders = exports(hf, hf.parent)
+    folders = exports(hf, hf.parent, args.precisions)
     ids = peer.prompt_ids(AutoTokenizer.from_pretrained(hf), args.length - args.gen, args.seed)
-    print(f"model {peer.shape_tag(args)}; L={args.length} (prompt {len(ids)} + G={args.gen}), one block of G, "
-          f"one token a step, {args.threads} threads, repeats={args.repeats}; "
+    print(f"model {peer.shape_tag(args)}; L={args.length} (prompt {len(ids)} + G={args.gen}), blocks of "
+          f"{args.block}, {args.steps} steps, {args.threads} threads, repeats={args.repeats}; "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
-    runs = {variant: [] for variant in VARIANTS}
+    variants = [(precision, kv_cache) for precision, kv_cache in VARIANTS if precision in args.precisions]
+    runs = {variant: [] for variant in variants}
     for _ in range(args.repeats + 1):
-        for precision, kv_cache in VARIANTS:
-            runs[precision, kv_cache].append(peer.tie_lite_decode(folders[precision], ids, args.gen, args.gen,
-                                                                  args.gen, args.threads, kv_cache))
+        for precision, kv_cache in variants:
+            runs[precision, kv_cache].append(peer.tie_lite_decode(folders[precision], ids, args.gen, args.block,
+                                                                  args.steps, args.threads, kv_cache))
     print("\n| tie-lite | decode time | exact / this | generated positions equal to the exact decode's "
           "| peak RSS |")
     print("|---|---|---|---|---|")
-    for precision, kv_cache in VARIANTS:
+    for precision, kv_cache in variants:
         timed = runs[precision, kv_cache][1:]
         exact = runs[precision, None]
         seconds = float(np.median([r.decode_s for r in timed]))

@@ -3,7 +3,8 @@
     python bench/vs_llama_cpp.py --work DIR --build        # first time: builds llama.cpp into DIR (minutes)
     python bench/vs_llama_cpp.py --work DIR                 # Qwen2.5-0.5B's shapes, every precision pair
     python bench/vs_llama_cpp.py --work DIR --small         # a tiny Dream-shaped model: a functional check
-    python bench/vs_llama_cpp.py --work DIR --prompt-tokens 448 --pairs "Q8_0 / int8" "Q8_0 / int8 + K/V cache"
+    python bench/vs_llama_cpp.py --work DIR --prompt-tokens 448 --cache-block 32 \\
+        --pairs "Q8_0 / int8" "Q8_0 / int8 + K/V cache"
     python bench/vs_llama_cpp.py --work DIR --llama-dir BUILD  # an existing llama.cpp CMake build folder
 
 The peer is `llama-diffusion-cli` (llama.cpp's examples/diffusion), built from the llama.cpp that
@@ -32,11 +33,14 @@ the argmax of the logits one position to its left (Dream's shift). Leftmost beca
 greedy needs --top-k 1 (its --temp 0 only drops the temperature stage: the token is still drawn
 from the top-40 / top-p 0.95 candidates), and with one candidate left every position's
 probability, entropy and margin is the same, so its sort's tie-break, the lower position, picks;
-tie-lite's blocks of G/S masks, one step each, commit exactly those. The K/V-cache pair cannot
+tie-lite's blocks of G/S masks, one step each, commit exactly those. The K/V-cache pairs cannot
 match (the cache pays only with several steps per block, where tie-lite ranks by confidence):
-it decodes blocks of --cache-block masks, the same S steps, and its agreement is not comparable.
+they decode blocks of --cache-block masks, the same S steps, with the prefix cache or the dual
+one ("... dual"), and their agreement is not comparable.
 The "(openvino)" pairs run tie-lite with --provider openvino (pip install '.[openvino]'); without
---pairs they run where OpenVINO's plugin offers a device (Intel CPUs).
+--pairs they run where OpenVINO's plugin offers a device (Intel CPUs). They keep the compiled graphs
+in tie-lite's default OpenVINO cache (the user's cache folder; TIE_LITE_OPENVINO_CACHE moves it),
+which the warm-up run fills.
 
 Each decode runs in a fresh process (the model loaded there), llama.cpp and tie-lite alternating,
 a warm-up pair first, then --repeats pairs; the table gives the median ratio of the decode loops'
@@ -92,8 +96,8 @@ def parse_args(argv=None):
     p.add_argument("--prompt-tokens", type=int, default=32, help="prompt length P in tokens")
     p.add_argument("--gen", type=int, default=64, help="generated positions G (the canvas is P + G)")
     p.add_argument("--steps", type=int, default=32, help="forward passes S; G / S tokens a step")
-    p.add_argument("--cache-block", type=int, help="tie-lite's block for the K/V-cache pair (default: 32, or G "
-                   "when smaller)")
+    p.add_argument("--cache-block", type=int, help="tie-lite's block for the K/V-cache pairs (default: 8, or G "
+                   "when smaller; int8 at L = 96 decoded faster with 8 than with 16 or 32: bench/README.md)")
     p.add_argument("--repeats", type=int, default=3, help="timed decodes per side and pair (after a warm-up)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0, help="weights and prompt")
@@ -107,7 +111,7 @@ def parse_args(argv=None):
     for name, value in preset.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    args.cache_block = args.cache_block or min(32, args.gen)
+    args.cache_block = args.cache_block or min(8, args.gen)
     if args.gen % args.steps:
         p.error(f"--gen {args.gen} must be a multiple of --steps {args.steps} (G / S tokens a step)")
     if args.gen % args.cache_block or args.steps % (args.gen // args.cache_block):
@@ -495,6 +499,9 @@ PAIRS = (Pair("f32 / fp32", "f32", "fp32"), Pair("f16 / fp32", "f16", "fp32"), P
          Pair("f32 / fp32 + K/V cache", "f32", "fp32-cache", kv_cache="prefix", matched=False),
          Pair("Q8_0 / int8 + K/V cache", "q8_0", "int8-cache", kv_cache="prefix", matched=False),
          Pair("Q4_0 / int4 + K/V cache", "q4_0", "int4-cache", kv_cache="prefix", matched=False),
+         Pair("f32 / fp32 + K/V cache dual", "f32", "fp32-cache", kv_cache="dual", matched=False),
+         Pair("Q8_0 / int8 + K/V cache dual", "q8_0", "int8-cache", kv_cache="dual", matched=False),
+         Pair("Q4_0 / int4 + K/V cache dual", "q4_0", "int4-cache", kv_cache="dual", matched=False),
          Pair("f32 / fp32 (openvino)", "f32", "fp32", provider="openvino"),
          Pair("Q8_0 / int8 (openvino)", "q8_0", "int8", provider="openvino"),
          Pair("Q4_0 / int4 (openvino)", "q4_0", "int4", provider="openvino"))

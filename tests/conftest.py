@@ -55,6 +55,20 @@ def pytest_collection_modifyitems(config, items):
                                                         "has CUDAExecutionProvider"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def openvino_cache(tmp_path_factory):
+    """The folder every test's OpenVINO sessions keep their compiled graphs in (TIE_LITE_OPENVINO_CACHE, also
+    for the CLI's subprocesses), so that no test writes into the user's cache."""
+    folder = tmp_path_factory.mktemp("openvino-cache")
+    before = os.environ.get("TIE_LITE_OPENVINO_CACHE")
+    os.environ["TIE_LITE_OPENVINO_CACHE"] = str(folder)
+    yield folder
+    if before is None:
+        del os.environ["TIE_LITE_OPENVINO_CACHE"]
+    else:
+        os.environ["TIE_LITE_OPENVINO_CACHE"] = before
+
+
 @pytest.fixture(scope="session")
 def export_extras():
     """Depended on by every fixture that builds or exports models with PyTorch (see the module docstring)."""
