@@ -16,7 +16,8 @@ The model is a random-weight Dream: Qwen2 weights (Qwen2.5-0.5B's shapes by defa
 untied as in Dream's checkpoints) whose config names the architecture `DreamModel` and its
 `mask_token_id`, as Dream's does, so that llama.cpp's convert_hf_to_gguf.py converts it as Dream
 (f32, f16, q8_0; llama-quantize Q4_0 from the f32 file) and `python -m export --family dream`
-exports the same folder (float32, --int8 and --int4, each also with --kv-cache: EXPORT_VARIANTS). Its
+exports the same folder (float32, --int8 and --int4, each also with --kv-cache, and --int4 with
+--int4-block-size 128: EXPORT_VARIANTS). Its
 tokenizer is a byte-level BPE with Qwen2's pre-tokenizer whose tokens, besides the 256 bytes and
 the specials, are a space and lowercase letters, so that llama.cpp's printed text maps back to ids;
 the converter does not know its hash, so a patched copy of the converter in DIR maps it to qwen2
@@ -336,6 +337,7 @@ EXPORT_VARIANTS = {  # tie-lite export variant: (`python -m export` flags, the f
     "fp32": ([], None),
     "int8": (INT8, None),
     "int4": (INT4, "--int4"),
+    "int4-b128": ([*INT4, "--int4-block-size", "128"], "--int4"),  # a scale per 128 weights, not per 32 as Q4_0
     "fp32-cache": (["--kv-cache"], "--kv-cache"),
     "int8-cache": ([*INT8, "--kv-cache"], "--kv-cache"),
     "int4-cache": ([*INT4, "--kv-cache"], "--kv-cache"),
@@ -495,7 +497,7 @@ class Pair:
 
 
 PAIRS = (Pair("f32 / fp32", "f32", "fp32"), Pair("f16 / fp32", "f16", "fp32"), Pair("Q8_0 / int8", "q8_0", "int8"),
-         Pair("Q4_0 / int4", "q4_0", "int4"),
+         Pair("Q4_0 / int4", "q4_0", "int4"), Pair("Q4_0 / int4 block 128", "q4_0", "int4-b128"),
          Pair("f32 / fp32 + K/V cache", "f32", "fp32-cache", kv_cache="prefix", matched=False),
          Pair("Q8_0 / int8 + K/V cache", "q8_0", "int8-cache", kv_cache="prefix", matched=False),
          Pair("Q4_0 / int4 + K/V cache", "q4_0", "int4-cache", kv_cache="prefix", matched=False),
