@@ -6,23 +6,29 @@
 What `--int4` and `--int8` put into a graph, alone: MatMulNBits (4 bits, block sizes 32 and 128,
 accuracy levels 0 and 4, with and without zero points), and `--int8`'s dynamic quantization
 (DynamicQuantizeLinear, MatMulInteger, the rescale), against float32 MatMul by a weight of the
-same shape. Each graph chains --chain matmuls by different weights of one shape, so that the
-weights are read from memory as in a model rather than from the cache. Random weights and
-inputs: these are speeds, not accuracies. Prints, for each shape and row count, each kernel's
-time relative to float32's (below 1 is faster) and its GFLOP/s; variants alternate, best of
---repeats rounds. Needs only numpy, onnx and onnxruntime.
+same shape. Each graph applies one input to a chain of matmuls by different weights of one shape,
+as many as it takes for the smallest weights (4 bits, block 128) to fill --weight-mb (default
+96 MB, three times a 32 MB L3), the same count for every kernel: every kernel reads its weights
+from memory, as in a model, not from the cache. Sessions get tie-lite's options (bench/common.py:
+no spinning). Random weights and inputs: these are speeds, not accuracies. Prints, for each
+shape and row count, each kernel's time relative to float32's (below 1 is faster) and its
+GFLOP/s; each timing runs calls for at least --seconds, kernels alternate, best of --repeats
+rounds. Needs only numpy, onnx and onnxruntime.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-QWEN25_05B_SHAPES = ((896, 4864), (4864, 896), (896, 1152))  # (K, N): MLP gate/up, MLP down, Q+K+V
+from common import session_options
+
+QWEN25_05B_SHAPES = ((896, 4864), (4864, 896), (896, 896))  # (K, N): MLP gate/up, MLP down, query/output
 
 
 def parse_args(argv=None):
@@ -31,8 +37,9 @@ def parse_args(argv=None):
                    help="weight shapes (input x output features)")
     p.add_argument("--rows", nargs="+", type=int, default=[96, 16, 2], help="activation rows M")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--chain", type=int, default=8, help="matmuls per graph, each by its own weight")
-    p.add_argument("--calls", type=int, default=10, help="calls per timing")
+    p.add_argument("--weight-mb", type=float, default=96.0,
+                   help="chain enough matmuls for the 4-bit block-128 weights to exceed this (MB; at least 2)")
+    p.add_argument("--seconds", type=float, default=0.2, help="least time per timing (calls repeat until it passes)")
     p.add_argument("--repeats", type=int, default=3, help="rounds; the best is kept")
     args = p.parse_args(argv)
     shapes = []
@@ -42,11 +49,17 @@ def parse_args(argv=None):
             p.error(f"--shapes wants KxN with positive K and N, got {text!r}")
         shapes.append((int(k), int(n)))
     args.shapes = shapes
-    for name in ("rows", "threads", "chain", "calls", "repeats"):
+    for name in ("rows", "threads", "repeats", "weight_mb", "seconds"):
         value = getattr(args, name)
-        if min(value if isinstance(value, list) else [value]) < 1:
-            p.error(f"--{name} must be positive, got {value}")
+        if min(value if isinstance(value, list) else [value]) <= 0:
+            p.error(f"--{name.replace('_', '-')} must be positive, got {value}")
     return args
+
+
+def chain_length(k: int, n: int, weight_mb: float) -> int:
+    """Matmuls a graph chains: enough for the 4-bit block-128 weights (and their scales) to exceed weight_mb."""
+    nbytes = n * (k // 2 + 4 * -(-k // 128))
+    return max(2, int(weight_mb * 1e6 // nbytes) + 1)
 
 
 def fp32_nodes(k: int, n: int, chain: int, rng) -> tuple[list, list]:
@@ -106,25 +119,26 @@ def session(nodes: list, weights: list, k: int, chain: int, threads: int) -> ort
     model = helper.make_model(helper.make_graph(nodes, "kernels", [x], outputs, weights),
                               opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
     model.ir_version = 9
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"])
 
 
-def seconds_per_call(sess: ort.InferenceSession, x: np.ndarray, calls: int) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
+def seconds_per_call(sess: ort.InferenceSession, x: np.ndarray, least: float) -> float:
+    """Calls until `least` seconds have passed; mean seconds per call."""
+    calls, start = 0, time.perf_counter()
+    while (spent := time.perf_counter() - start) < least or not calls:
         sess.run(None, {"X": x})
-    return (time.perf_counter() - start) / calls
+        calls += 1
+    return spent / calls
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     builders = variants()
-    print(f"onnxruntime {ort.__version__}, {args.threads} threads, {args.chain} matmuls a call, "
-          f"best of {args.repeats} rounds of {args.calls} calls; time relative to float32 MatMul (GFLOP/s)")
+    print(f"onnxruntime {ort.__version__}, {args.threads} threads, best of {args.repeats} rounds of at least "
+          f"{args.seconds} s; time relative to float32 MatMul (GFLOP/s)")
     for k, n in args.shapes:
-        sessions = {label: session(*build(k, n, args.chain, np.random.default_rng(0)), k, args.chain, args.threads)
+        chain = chain_length(k, n, args.weight_mb)
+        sessions = {label: session(*build(k, n, chain, np.random.default_rng(0)), k, chain, args.threads)
                     for label, build in builders.items()}
         inputs = {m: np.random.default_rng(1).standard_normal((m, k), dtype=np.float32) for m in args.rows}
         best = {(label, m): float("inf") for label in sessions for m in args.rows}
@@ -134,18 +148,18 @@ def main(argv=None) -> int:
         for _ in range(args.repeats):
             for m, x in inputs.items():
                 for label, sess in sessions.items():
-                    best[label, m] = min(best[label, m], seconds_per_call(sess, x, args.calls))
-        print(f"\nweight {k} x {n}")
+                    best[label, m] = min(best[label, m], seconds_per_call(sess, x, args.seconds))
+        print(f"\nweight {k} x {n}, {chain} matmuls a call")
         print("| kernel | " + " | ".join(f"M = {m}" for m in args.rows) + " |")
         print("|---|" + "---|" * len(args.rows))
         for label in sessions:
             cells = []
             for m in args.rows:
-                t = best[label, m] / args.chain
+                t = best[label, m] / chain
                 cells.append(f"{best[label, m] / best['float32 MatMul', m]:.2f} ({2 * m * k * n / t / 1e9:.0f})")
             print(f"| {label} | " + " | ".join(cells) + " |")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

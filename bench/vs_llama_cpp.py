@@ -17,9 +17,9 @@ untied as in Dream's checkpoints) whose config names the architecture `DreamMode
 `mask_token_id`, as Dream's does, so that llama.cpp's convert_hf_to_gguf.py converts it as Dream
 (f32, f16, q8_0; llama-quantize Q4_0 from the f32 file) and `python -m export --family dream`
 exports the same folder (float32, --int8 and --int4, each also with --kv-cache, and --int4 with
---int4-block-size 128: EXPORT_VARIANTS). Its
-tokenizer is a byte-level BPE with Qwen2's pre-tokenizer whose tokens, besides the 256 bytes and
-the specials, are a space and lowercase letters, so that llama.cpp's printed text maps back to ids;
+--int4-block-size 128: EXPORT_VARIANTS). Its tokenizer is a byte-level BPE with Qwen2's
+pre-tokenizer whose tokens, besides the 256 bytes and the specials, are a space and lowercase
+letters, so that llama.cpp's printed text maps back to ids;
 the converter does not know its hash, so a patched copy of the converter in DIR maps it to qwen2
 (the script says so).
 Byte and special tokens get an all-zero LM-head row, logit 0, so they are never an argmax (a

@@ -127,16 +127,29 @@ def _export_graphs(loaded: _Loaded, out_dir: Path, options: ExportOptions, log) 
     model, family, top_k, opset = loaded.model, loaded.family, options.top_k, options.opset
     log(f"exporting {model.config.model_type} ({family.name}) with optimum to {out_dir / MODEL_GRAPH}")
     path = export_graph(model, out_dir, family, loaded.is_suppressed, top_k, opset)
+    _merge_siblings(path, options, log)
     log("validating ONNX against PyTorch")
     reports = {"validation": validate(path, *loaded.checks(top_k)).as_dict()}
     graphs = {path: measure}
     if options.kv_cache:
         log(f"exporting the K/V-cache graph to {out_dir / tie_lite.CACHE_GRAPH} and validating it")
         cache_path = export_cache_graph(model, out_dir, family, loaded.is_suppressed, top_k, opset)
+        _merge_siblings(cache_path, options, log)
         reports["cache_validation"] = validate_cache(cache_path, *loaded.checks(top_k)).as_dict()
         reports["cache_layout"] = tie_lite.CACHE_LAYOUT
         graphs[cache_path] = measure_cache
     return graphs, reports
+
+
+def _merge_siblings(path: Path, options: ExportOptions, log) -> None:
+    """Merge the float32 graph's sibling matmuls (export/merge.py) unless --no-merge-matmuls; not in a
+    graph --int8 or --int4 will quantize (export/merge.py says why)."""
+    from .merge import merge_graph_file
+
+    if options.merge_matmuls and not (options.int8 or options.int4):
+        removed = merge_graph_file(path)
+        if removed:
+            log(f"{path.name}: {removed} matmuls merged into their siblings' (one matmul a group, then a Split)")
 
 
 def _quantize_graphs(graphs: dict, loaded: _Loaded, options: ExportOptions, log) -> dict:

@@ -89,8 +89,14 @@ class ExportOptions:
         EXTERNAL_DATA_MIN_BYTES, "a final graph at least this big keeps its weights beside it in GRAPH.data, "
                                  "which onnxruntime maps with a lower peak RSS (bench/ort_levers.py)",
         shown=f"{EXTERNAL_DATA_MIN_BYTES} ({EXTERNAL_DATA_MIN_BYTES >> 20} MiB)", metavar="BYTES")
+    # True: sibling matmuls of a float32 graph run as one (--no-merge-matmuls sets False)
+    merge_matmuls: bool = option(
+        True, "keep a float32 graph's sibling matmuls (query, key, value; gate, up) apart (by default each group "
+              "runs as one matmul by the weights side by side and a Split, which measured faster: export/merge.py)",
+        flag="--no-merge-matmuls")
     kv_cache: bool = option(False, "also write cache.onnx, the block key/value-cache graph of the runtime's "
-                                   "approximate --kv-cache decoding (export/cache.py; ModernBERT, BERT), "
+                                   "approximate --kv-cache decoding (export/cache.py: ModernBERT, BERT and the "
+                                   "decoder families), "
                                    "validated and quantized like model.onnx")
     trust_remote_code: bool = option(False, "run the model repository's own Python code (only for sources you "
                                             "trust); export says which files first")

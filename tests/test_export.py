@@ -344,7 +344,8 @@ def test_int8_keeps_the_first_layer_in_float32(tmp_path):
 
     source = save_tiny(tmp_path / "hf", "bert", seed=11, layers=3)
     fp32 = tmp_path / "fp32"
-    export_model(source, fp32, kv_cache=True, log=lambda m: None)
+    # unmerged, as the graphs --int8 quantizes are (a merged query/key/value weight equals no one Linear's)
+    export_model(source, fp32, kv_cache=True, merge_matmuls=False, log=lambda m: None)
     model = AutoModelForMaskedLM.from_pretrained(source)
     for graph in ("model.onnx", "cache.onnx"):  # the first layer's six are the graph's first weight matmuls
         g = onnx.load(str(fp32 / graph)).graph
@@ -383,7 +384,7 @@ NON_DEFAULT_OPTIONS = {
     "decode_defaults": {"gen_length": 8, "answer_length": 4, "block_size": 4}, "stop_texts": ("[/A]", "END"),
     "family": "dream", "int8": True, "int8_first_layer_fp32": False, "int8_min_agreement": 0.5,
     "int4_block_size": 64, "int4_accuracy_level": 0, "int4_min_agreement": 0.5,
-    "external_data_min_bytes": 0, "kv_cache": True, "trust_remote_code": True,
+    "external_data_min_bytes": 0, "merge_matmuls": False, "kv_cache": True, "trust_remote_code": True,
 }
 EXCLUSIVE_OPTIONS = {"int4": True}  # excludes int8, so checked in place of it
 
@@ -499,3 +500,87 @@ def test_the_last_layer_runs_at_the_gathered_positions_only(tmp_path, case):
     feed = {"input_ids": tokens[None], "attention_mask": np.ones((1, tokens.size), np.int64),
             "positions": positions[None]}
     assert session.run([node.output[0]], feed)[0].shape[:2] == (1, positions.size + 1)
+
+
+def _sibling_graph(opset: int):
+    """X (2, 3, 8) times W0 (8, 5), W1 (8, 3), W2 (8, 4) (siblings, W1's product plus a bias), and
+    times V (6, 7) after a Relu of X's first six columns' product (no sibling: another input)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = {"W0": (8, 5), "W1": (8, 3), "W2": (8, 4), "U": (8, 6), "V": (6, 7)}
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+             for name, shape in weights.items()]
+    inits.append(numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "b1"))
+    nodes = [helper.make_node("MatMul", ["X", "W0"], ["Y0"], name="q"),
+             helper.make_node("MatMul", ["X", "W1"], ["P1"], name="k"),
+             helper.make_node("Add", ["P1", "b1"], ["Y1"]),
+             helper.make_node("Relu", ["X"], ["R"]),
+             helper.make_node("MatMul", ["R", "U"], ["H"], name="lone"),
+             helper.make_node("MatMul", ["H", "V"], ["Y3"], name="after"),
+             helper.make_node("MatMul", ["X", "W2"], ["Y2"], name="v")]
+    outputs = [helper.make_tensor_value_info(f"Y{i}", TensorProto.FLOAT, [2, 3, width])
+               for i, width in enumerate((5, 3, 4, 7))]
+    graph = helper.make_graph(nodes, "siblings", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2, 3, 8])],
+                              outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("opset", [11, 17])
+def test_sibling_matmuls_merge_into_one_with_a_split_and_compute_the_same(opset):
+    """merge_sibling_matmuls: the three products of X become one MatMul by (8, 12) and a Split (sizes as an
+    input from opset 13, as an attribute before); the lone chain stays; every output equals the unmerged
+    graph's within float32 rounding of a dot product of length 8, in either order: (K - 1) * EPS32 relative
+    to the sum of |x_k w_k| (one rounding per addition, two computations), plus one rounding of the
+    result where a bias is added after it."""
+    np = pytest.importorskip("numpy")
+    onnx = pytest.importorskip("onnx")
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from export.merge import merge_sibling_matmuls
+
+    model = _sibling_graph(opset)
+    merged = _sibling_graph(opset)
+    assert merge_sibling_matmuls(merged) == 2
+    onnx.checker.check_model(merged, full_check=True)
+    ops = [n.op_type for n in merged.graph.node]
+    assert ops.count("MatMul") == 3 and ops.count("Split") == 1
+    weights = {t.name: numpy_helper.to_array(t) for t in merged.graph.initializer}
+    product = next(n for n in merged.graph.node if n.name == "q")
+    assert weights[product.input[1]].shape == (8, 12) and not {"W0", "W1", "W2"} & set(weights)
+    x = np.random.default_rng(1).standard_normal((2, 3, 8)).astype(np.float32)
+    before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"X": x})
+    after = ort.InferenceSession(merged.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"X": x})
+    original = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for out, name in zip(range(3), ("W0", "W1", "W2")):
+        eps = np.finfo(np.float32).eps
+        bound = 7 * eps * (np.abs(x) @ np.abs(original[name])) + eps * np.abs(before[out])
+        assert before[out].shape == after[out].shape
+        assert (np.abs(after[out] - before[out]) <= bound).all(), name
+    np.testing.assert_array_equal(after[3], before[3])  # untouched
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+def test_float32_exports_merge_sibling_matmuls_unless_told_not_to(tiny_bert, tmp_path):
+    """BERT's query, key and value matmuls: one matmul a layer in the default export, three with
+    merge_matmuls=False (--no-merge-matmuls); both decode the same greedy tokens."""
+    import onnx
+
+    import tie_lite
+    from export import export_model
+    from export.merge import sibling_groups
+
+    export_model(tiny_bert[0], tmp_path / "apart", merge_matmuls=False, log=lambda m: None)
+    graphs = {name: onnx.load(str(folder / "model.onnx")).graph
+              for name, folder in (("merged", tiny_bert[1]), ("apart", tmp_path / "apart"))}
+    assert sibling_groups(graphs["merged"]) == []
+    assert [len(group) for group in sibling_groups(graphs["apart"])] == [3, 3]  # 2 layers
+    config = tie_lite.DecodeConfig(gen_length=16, block_size=4)
+    merged, apart = (tie_lite.generate(tie_lite.Model.load(folder), "the cat", config)
+                     for folder in (tiny_bert[1], tmp_path / "apart"))
+    assert merged.tokens.tolist() == apart.tokens.tolist()

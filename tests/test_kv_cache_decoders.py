@@ -153,3 +153,20 @@ def test_batched_cached_decodes_equal_each_prompt_alone(three_layers, family, mo
     for got, want in zip(batched, alone):
         assert got.tokens.tolist() == want.tokens.tolist() and got.steps == want.steps
     assert calls == [4] * 16
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sibling_projections_run_as_one_matmul(three_layers, family):
+    """Float32 graphs multiply each layer's normed states once for query, key and value and once for
+    the MLP's gate and up (export/merge.py): a Split after each of those two matmuls, none left with
+    a sibling. The decodes above check that the values stayed the model's."""
+    import onnx
+
+    from export.merge import sibling_groups
+
+    for graph_file in ("model.onnx", tie_lite.CACHE_GRAPH):
+        graph = onnx.load(str(three_layers[family][1] / graph_file)).graph
+        weights = {t.name for t in graph.initializer}
+        splits = {n.input[0] for n in graph.node if n.op_type == "Split"}
+        merged = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights and n.output[0] in splits]
+        assert len(merged) == 2 * 3 and not sibling_groups(graph), (graph_file, [n.name for n in merged])
