@@ -212,7 +212,8 @@ def _manifest(source, loaded: _Loaded, options: ExportOptions, tokenizer_sha256:
 
 
 def quantize_int8(onnx_path: Path, first_layer_of=None, **options) -> list[str]:
-    """Replace the float32 graph at onnx_path by a dynamically quantized int8 one.
+    """Replace the float32 graph at onnx_path by a dynamically quantized int8 one (merged sibling
+    matmuls split apart first: export/merge.py).
 
     first_layer_of: the torch model the graph came from; its first transformer layer's
     matmuls stay float32 (what `--int8` does). Returns the names of the matmuls so kept.
@@ -222,6 +223,9 @@ def quantize_int8(onnx_path: Path, first_layer_of=None, **options) -> list[str]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from .merge import split_graph_file
+
+    split_graph_file(onnx_path)  # a merged float32 graph's matmuls apart again (export/merge.py)
     kept = first_layer_matmuls(onnx_path, first_layer_of) if first_layer_of is not None else []
     options["nodes_to_exclude"] = list(options.get("nodes_to_exclude") or []) + kept
 
@@ -237,7 +241,8 @@ def quantize_int8(onnx_path: Path, first_layer_of=None, **options) -> list[str]:
 def quantize_int4(onnx_path: Path, block_size: int = DEFAULT_INT4_BLOCK_SIZE,
                   accuracy_level: int = DEFAULT_INT4_ACCURACY_LEVEL, *, head: bool = True, embedding: bool = True,
                   nodes_to_exclude=()) -> dict:
-    """Replace the float32 graph at onnx_path by one whose weights are 4-bit (what `--int4` does).
+    """Replace the float32 graph at onnx_path by one whose weights are 4-bit (what `--int4` does; merged
+    sibling matmuls split apart first: export/merge.py).
 
     onnxruntime's MatMulNBitsQuantizer, round to nearest, asymmetric: every `block_size` weights
     along a matmul's input dimension share a float32 scale and a 4-bit zero point (a dimension
@@ -258,7 +263,10 @@ def quantize_int4(onnx_path: Path, block_size: int = DEFAULT_INT4_BLOCK_SIZE,
     from onnx.external_data_helper import load_external_data_for_model
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+    from .merge import split_graph_file
+
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.ERROR)  # a line a node
+    split_graph_file(onnx_path)  # a merged float32 graph's matmuls apart again (export/merge.py)
     model = onnx.load(str(onnx_path), load_external_data=False)  # converted without its weights (> 2 GB)
     tables = _token_embedding_gathers(model.graph) if embedding else []
     if tables and _opset(model) < INT4_OPSET:

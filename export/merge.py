@@ -12,8 +12,11 @@ Export merges the float32 graphs only, where it measured faster: on a random Dre
 Qwen2.5-0.5B's shapes at L = 96, 2 threads, a decode took 0.96-0.97x the time with the same text
 (bench/README.md, merged sibling matmuls). `--int8` quantizes each weight with one scale for the
 whole tensor, which a merged weight would change; `--int4` quantizes by blocks of K per output
-column, which merging leaves as it is, but its merged 4-bit matmuls were no faster (1.02x the
-time) and peaked 27 MB higher. Both keep their matmuls apart.
+column, which merging leaves as it is, but merged 4-bit matmuls were no faster in a trial on
+that model, with a higher peak RSS. Both keep their matmuls apart: export merges only float32 graphs,
+and `quantize_int8` / `quantize_int4`, given a merged float32 graph (a float32 export's, as the
+bench scripts and train/export_defaults.py quantize), split its merged matmuls back first
+(`split_merged_matmuls`), so that they write what --int8 and --int4 write.
 """
 
 from __future__ import annotations
@@ -23,70 +26,148 @@ from collections import defaultdict
 import numpy as np
 
 
+MERGED = "_merged"  # ends the name of a merged weight (and of its MatMul, and its product)
+
+
+def _subgraph_inputs(graph) -> set:
+    """Every name read by a node of a subgraph (If, Loop, Scan bodies) of `graph`, at any depth."""
+    names = set()
+    for node in graph.node:
+        for attribute in node.attribute:
+            for body in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+                names |= {name for inner in body.node for name in inner.input} | _subgraph_inputs(body)
+    return names
+
+
 def sibling_groups(graph) -> list[list]:
     """MatMul nodes of `graph` (a GraphProto) that multiply the same input by 2-D float32
-    initializers of the same row count, each initializer read by that node only; groups of two
-    or more, in graph order."""
+    initializers of the same row count, each initializer read by that node only (not by another
+    node, a subgraph, or as a graph input or output); groups of two or more, in graph order."""
     from onnx import TensorProto
 
-    weights = {t.name: t for t in graph.initializer
-               if len(t.dims) == 2 and t.data_type == TensorProto.FLOAT}
-    readers = defaultdict(int)
-    for node in graph.node:
-        for name in node.input:
-            readers[name] += 1
+    reads = defaultdict(int)
+    for name in [n for node in graph.node for n in node.input] + [o.name for o in graph.output]:
+        reads[name] += 1
+    shared = _subgraph_inputs(graph) | {i.name for i in graph.input}
+    weights = {t.name: t for t in graph.initializer if len(t.dims) == 2 and t.data_type == TensorProto.FLOAT
+               and reads[t.name] == 1 and t.name not in shared}
     groups = defaultdict(list)
     for node in graph.node:
-        if node.op_type == "MatMul" and node.input[1] in weights and readers[node.input[1]] == 1:
+        if node.op_type == "MatMul" and node.input[1] in weights:
             groups[node.input[0], weights[node.input[1]].dims[0]].append(node)
     return [nodes for nodes in groups.values() if len(nodes) > 1]
+
+
+def _unique(graph, stem: str, suffix: str = "") -> str:
+    """stem + suffix, or stem_2 + suffix, stem_3 + suffix, ...: a name no initializer, node, value,
+    input or output of `graph` has."""
+    taken = ({t.name for t in graph.initializer} | {n.name for n in graph.node}
+             | {name for n in graph.node for name in [*n.input, *n.output]} | {i.name for i in graph.input}
+             | {o.name for o in graph.output})
+    name, count = stem + suffix, 1
+    while name in taken:
+        count += 1
+        name = f"{stem}_{count}{suffix}"
+    return name
+
+
+def _split_node(graph, opset: int, product: str, outputs: list, widths: list, name: str):
+    """A Split of `product` along its last axis into `outputs` of `widths` columns (the sizes an
+    initializer from opset 13, an attribute before); returns (node, initializers it needs)."""
+    from onnx import helper, numpy_helper
+
+    if opset < 13:
+        return helper.make_node("Split", [product], outputs, name=name, axis=-1, split=widths), []
+    sizes = numpy_helper.from_array(np.array(widths, np.int64), _unique(graph, product, "_widths"))
+    return helper.make_node("Split", [product, sizes.name], outputs, name=name, axis=-1), [sizes]
+
+
+def _merge_group(graph, opset: int, nodes: list, initializers: dict) -> None:
+    """One MatMul by the group's weights side by side and a Split, in place of `nodes`, at the
+    first one's position (every node of the group reads the same input, so it is ready there)."""
+    from onnx import helper, numpy_helper
+
+    first = nodes[0]
+    parts = [numpy_helper.to_array(initializers[n.input[1]]) for n in nodes]  # (K, N_i) each
+    merged = np.concatenate(parts, axis=1)  # (K, sum N_i)
+    weight = numpy_helper.from_array(merged, _unique(graph, first.input[1], MERGED))
+    product = _unique(graph, first.output[0], MERGED)
+    matmul = helper.make_node("MatMul", [first.input[0], weight.name], [product],
+                              name=_unique(graph, first.name, MERGED))
+    split, sizes = _split_node(graph, opset, product, [n.output[0] for n in nodes], [p.shape[1] for p in parts],
+                               _unique(graph, first.name, MERGED + "_split"))
+    position = list(graph.node).index(first)
+    for node in nodes:
+        graph.node.remove(node)
+        graph.initializer.remove(initializers[node.input[1]])
+    graph.initializer.extend([weight, *sizes])
+    graph.node.insert(position, split)
+    graph.node.insert(position, matmul)
 
 
 def merge_sibling_matmuls(graph_model) -> int:
     """Merge each group of sibling_groups in a loaded graph (weights in memory), in place.
     Returns how many MatMul nodes were removed."""
+    from . import _opset
+
+    graph = graph_model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    groups = sibling_groups(graph)
+    for nodes in groups:
+        _merge_group(graph, _opset(graph_model), nodes, initializers)
+    return sum(len(nodes) - 1 for nodes in groups)
+
+
+def merged_matmuls(graph) -> list:
+    """(MatMul, Split) pairs that merge_sibling_matmuls wrote into `graph` (a GraphProto)."""
+    splits = {n.input[0]: n for n in graph.node if n.op_type == "Split"}
+    weights = {t.name for t in graph.initializer}
+    return [(n, splits[n.output[0]]) for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights
+            and n.input[1].endswith(MERGED) and n.output[0] in splits]
+
+
+def split_merged_matmuls(graph_model) -> int:
+    """Undo merge_sibling_matmuls in a loaded graph (weights in memory), in place: each merged
+    MatMul and its Split become one MatMul per output again, by the weight's column slices. What
+    --int8 and --int4 quantize (a merged weight would get another int8 scale). Returns how many
+    MatMul nodes were added."""
     from onnx import helper, numpy_helper
 
     graph = graph_model.graph
-    opset = next(o.version for o in graph_model.opset_import if o.domain in ("", "ai.onnx"))
     initializers = {t.name: t for t in graph.initializer}
-    removed = 0
-    for nodes in sibling_groups(graph):
-        first = nodes[0]
-        parts = [numpy_helper.to_array(initializers[n.input[1]]) for n in nodes]  # (K, N_i) each
-        merged_name = f"{first.input[1]}_merged"
-        graph.initializer.append(numpy_helper.from_array(np.concatenate(parts, axis=1), merged_name))  # (K, sum N_i)
-        widths = [part.shape[1] for part in parts]
-        product = f"{first.output[0]}_merged"
-        split_outputs = [n.output[0] for n in nodes]
-        if opset >= 13:
-            sizes = f"{merged_name}_widths"
-            graph.initializer.append(numpy_helper.from_array(np.array(widths, np.int64), sizes))
-            split = helper.make_node("Split", [product, sizes], split_outputs, name=f"{first.name}_split", axis=-1)
+    pairs = merged_matmuls(graph)
+    for matmul, split in pairs:
+        weight = numpy_helper.to_array(initializers[matmul.input[1]])  # (K, sum N_i)
+        if len(split.input) > 1:
+            widths = numpy_helper.to_array(initializers[split.input[1]]).tolist()
+            graph.initializer.remove(initializers[split.input[1]])
         else:
-            split = helper.make_node("Split", [product], split_outputs, name=f"{first.name}_split", axis=-1,
-                                     split=widths)
-        matmul = helper.make_node("MatMul", [first.input[0], merged_name], [product], name=first.name)
-        position = list(graph.node).index(first)
-        for node in nodes:
-            graph.node.remove(node)
-            graph.initializer.remove(initializers[node.input[1]])
-        graph.node.insert(position, split)
-        graph.node.insert(position, matmul)
-        removed += len(nodes) - 1
-    return removed
+            widths = next(list(a.ints) for a in split.attribute if a.name == "split")
+        edges = np.cumsum([0, *widths])
+        position = list(graph.node).index(matmul)
+        graph.node.remove(matmul)
+        graph.node.remove(split)
+        graph.initializer.remove(initializers[matmul.input[1]])
+        for i, output in reversed(list(enumerate(split.output))):
+            part = numpy_helper.from_array(np.ascontiguousarray(weight[:, edges[i]:edges[i + 1]]),
+                                           _unique(graph, f"{matmul.input[1]}_{i}"))  # (K, N_i)
+            graph.initializer.append(part)
+            graph.node.insert(position, helper.make_node("MatMul", [matmul.input[0], part.name], [output],
+                                                         name=_unique(graph, f"{matmul.name}_{i}")))
+    return len(pairs)
 
 
-def merge_graph_file(path) -> int:
-    """merge_sibling_matmuls on the graph saved at `path`, written back in its place: with its weights
-    in one data file beside it if it kept them outside before or they no longer fit in one file,
-    whole otherwise; the old data files go. Returns how many MatMul nodes were removed."""
+def _rewrite(path, transform) -> int:
+    """transform(loaded graph) on the graph saved at `path` when it returns nonzero, written back
+    in its place: with its weights in one data file beside it if it kept them outside before or
+    they no longer fit in one file, whole otherwise; the old data files go. Returns transform's
+    count. The weights are all in memory meanwhile (as the K/V-cache export has them)."""
     import onnx
 
     from . import _replace_graph, save_weights_beside, too_large_for_one_file
 
     graph_model = onnx.load(str(path))  # every weight in memory, wherever the graph keeps them
-    removed = merge_sibling_matmuls(graph_model)
+    count = transform(graph_model)
 
     def write(scratch, dest, external: bool) -> None:
         if external or too_large_for_one_file(graph_model):
@@ -94,6 +175,21 @@ def merge_graph_file(path) -> int:
         else:
             onnx.save(graph_model, str(dest))
 
-    if removed:
+    if count:
         _replace_graph(path, write)
-    return removed
+    return count
+
+
+def merge_graph_file(path) -> int:
+    """merge_sibling_matmuls on the graph saved at `path` (_rewrite). Returns the MatMuls removed."""
+    return _rewrite(path, merge_sibling_matmuls)
+
+
+def split_graph_file(path) -> int:
+    """split_merged_matmuls on the graph saved at `path`, read first without its weights to see
+    whether it has any (_rewrite). Returns the MatMuls added."""
+    import onnx
+
+    if not merged_matmuls(onnx.load(str(path), load_external_data=False).graph):
+        return 0
+    return _rewrite(path, split_merged_matmuls)

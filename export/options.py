@@ -27,7 +27,7 @@ DEFAULT_INT4_ACCURACY_LEVEL = 4   # int4 export: MatMulNBits multiplies int8-qua
 INT4_ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits' accuracy_level: 0 unset (float32), 1 float32, 2 float16,
                                         # 3 bfloat16, 4 int8 (where a kernel lacks one, it computes in float32)
 # int4 export: least share of sample positions whose top-1 id equals PyTorch's. The shipped models agree at
-# 91-100% with the default settings (a 98.2, b 100, d 93.8; the d before it 91.1); the short-layout models shipped before them at
+# 93.8-100% with the default settings (a 99.1, b 100, d 93.8; at block 128 a 98.2, d 91.1); the short-layout models shipped before them at
 # 87.5% at worst over block sizes 16-128 (d; export/README.md, int4 settings): 4 bits flip near-ties of a
 # trained model, so int8's 0.9 would refuse d at some settings. The
 # floor catches a graph that is wrong at most positions (a mismatched graph, a wrong family); it is a weak

@@ -134,11 +134,12 @@ def _weight_matmuls(graph) -> list:
 
 @pytest.mark.parametrize("family", ["a2d-qwen3", "dream", "llada"])
 def test_int4_quantizes_every_weight_matmul_of_the_family(families, family, tmp_path):
-    """Each layer's weight matmuls (of the float32 export: q, k and v merged, o, gate and up merged,
-    down; export/merge.py) and the LM head become MatMulNBits, the embedding table
-    GatherBlockQuantized; the runtime decodes the graph."""
+    """Each layer's q, k, v, o, gate, up and down projections and the LM head become MatMulNBits (the
+    float32 export's merged q/k/v and gate/up matmuls split apart first, as --int4 has them), the
+    embedding table GatherBlockQuantized; the runtime decodes the graph."""
     folder, done, graph = _quantized_int4_copy(families[family][1], tmp_path)
-    assert done == {"matmuls": 2 * 4 + 1, "embedding": True} and not _weight_matmuls(graph)
+    assert done == {"matmuls": 2 * 7 + 1, "embedding": True} and not _weight_matmuls(graph)
+    assert not [n for n in graph.node if n.op_type == "Split"]
     result = tie_lite.generate(tie_lite.Model.load(folder), "what is two plus three ?",
                                tie_lite.DecodeConfig(gen_length=16))
     assert result.steps == 16
@@ -198,8 +199,8 @@ def test_int4_converts_an_older_opset_for_the_int4_embedding_table(llada_code, t
 
     assert onnx.load(str(llada_code[1] / "model.onnx")).opset_import[0].version < 18
     folder, done, graph = _quantized_int4_copy(llada_code[1], tmp_path)
-    # 2 layers x (q + k + v merged, attn_out, ff_proj + up_proj merged, ff_out) + the head
-    assert done == {"matmuls": 2 * 4 + 1, "embedding": True} and not _weight_matmuls(graph)
+    # 2 layers x (q, k, v, attn_out, ff_proj, up_proj, ff_out) + the head
+    assert done == {"matmuls": 2 * 7 + 1, "embedding": True} and not _weight_matmuls(graph)
     assert {(o.domain, o.version) for o in onnx.load(str(folder / "model.onnx")).opset_import} >= {("", 21)}
     result = tie_lite.generate(tie_lite.Model.load(folder), "what is two plus three ?",
                                tie_lite.DecodeConfig(gen_length=16))
