@@ -9,8 +9,9 @@ Every output element is the same dot product over the same K inputs as before, s
 are the same up to the summation order the kernel picks for a wider matrix (float32 rounding).
 
 Export merges the float32 graphs only, where it measured faster: on a random Dream of
-Qwen2.5-0.5B's shapes at L = 96, 2 threads, a decode took 0.96-0.97x the time with the same text
-(bench/README.md, merged sibling matmuls). `--int8` quantizes each weight with one scale for the
+Qwen2.5-0.5B's shapes at L = 96, 2 threads, a decode took 0.96-0.97x the time with the same text,
+0.97x with the dual K/V cache and 1.02x with the prefix one (bench/README.md, merged sibling
+matmuls). `--int8` quantizes each weight with one scale for the
 whole tensor, which a merged weight would change; `--int4` quantizes by blocks of K per output
 column, which merging leaves as it is, but merged 4-bit matmuls were no faster in a trial on
 that model, with a higher peak RSS. Both keep their matmuls apart: export merges only float32 graphs,
