@@ -34,7 +34,9 @@ _INT4 = re.compile(r"int4-b(\d+)-a(\d)((?:-fp32(?:head|emb|first))*)$")
 def quantize(graph: Path, variant: str, model) -> None:
     """Quantize the float32 graph in place as the variant says, through export's functions."""
     from export import first_layer_matmuls, quantize_int4, quantize_int8
+    from export.merge import split_graph_file
 
+    split_graph_file(graph)  # a merged float32 export's matmuls apart, as --int4 has them, before names are read
     if variant == "int8":
         quantize_int8(graph, first_layer_of=model)
         return

@@ -29,7 +29,9 @@ def quantize(graph: Path, variant: str, model) -> None:
     import onnx
 
     from export import quantize_int8
+    from export.merge import split_graph_file
 
+    split_graph_file(graph)  # a merged float32 export's matmuls apart, as --int8 has them, before names are read
     options = {}
     if variant == "default":
         options["first_layer_of"] = model

@@ -10,7 +10,7 @@ folders interleaved so that machine noise hits them alike. Every decode makes th
 calls (one per step), so the ratio is also that of one call. --prompt-tokens N builds a prompt of N
 tokens from the vocabulary (a random model's words), as bench/vs_pytorch.py does. The decode is one
 block of --gen masks, one token a step, or with --block and --steps blocks of B masks, G / S tokens a
-step; --kv-cache decodes every folder with its block K/V cache (cache.onnx, counted in the graph bytes).
+step; --kv-cache decodes every folder with its block K/V cache (cache.onnx, whose bytes are then counted).
 """
 
 from __future__ import annotations
@@ -39,14 +39,21 @@ def parse_args():
     p.add_argument("--steps", type=int, help="steps in all (default: --gen, one token a step)")
     p.add_argument("--kv-cache", choices=("prefix", "dual"), help="decode with the block K/V cache")
     args = p.parse_args()
-    if (args.block or args.steps) and args.gen is None:
+    if (args.block is not None or args.steps is not None) and args.gen is None:
         p.error("--block and --steps need --gen")
+    for name in ("gen", "block", "steps", "repeats", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name} must be positive, got {getattr(args, name)}")
+    block, steps = args.block or args.gen, args.steps or args.gen
+    if args.gen is not None and (args.gen % block or steps % (args.gen // block)):
+        p.error(f"--block {block} must divide --gen {args.gen} into blocks that divide --steps {steps}")
     return args
 
 
 def graph_bytes(folder: Path, kv_cache) -> int:
-    graphs = ("model.onnx", "cache.onnx") if kv_cache else ("model.onnx",)
-    return sum(p.stat().st_size for p in folder.iterdir() if p.name.startswith(graphs))
+    """The bytes of the graph a decode runs (cache.onnx with the cache: the model then opens only it)."""
+    graph = "cache.onnx" if kv_cache else "model.onnx"
+    return sum(p.stat().st_size for p in folder.iterdir() if p.name.startswith(graph))
 
 
 def config(gen, block=None, steps=None):
@@ -54,7 +61,8 @@ def config(gen, block=None, steps=None):
 
     if gen is None:
         return tie_lite.DecodeConfig()
-    return tie_lite.DecodeConfig(gen_length=gen, block_size=block or gen, steps=steps or gen)
+    return tie_lite.DecodeConfig(gen_length=gen, block_size=gen if block is None else block,
+                                 steps=gen if steps is None else steps)
 
 
 def peak_rss_mb(folder: Path, prompt: str, args) -> float:

@@ -8,10 +8,10 @@ concatenated along the output axis, whose output a Split cuts back into the grou
 Every output element is the same dot product over the same K inputs as before, so the values
 are the same up to the summation order the kernel picks for a wider matrix (float32 rounding).
 
-Export merges the float32 graphs only, where it measured faster: on a random Dream of
-Qwen2.5-0.5B's shapes at L = 96, 2 threads, a decode took 0.96-0.97x the time with the same text,
-0.97x with the dual K/V cache and 1.02x with the prefix one (bench/README.md, merged sibling
-matmuls). `--int8` quantizes each weight with one scale for the
+Export merges the float32 graphs only: on a random Dream of Qwen2.5-0.5B's shapes at L = 96,
+2 threads, an exact decode took 0.96-0.97x the time with the same text, a decode with the dual
+K/V cache 0.97x, one with the prefix cache 1.02x (no gain within the noise; bench/README.md,
+merged sibling matmuls). `--int8` quantizes each weight with one scale for the
 whole tensor, which a merged weight would change; `--int4` quantizes by blocks of K per output
 column, which merging leaves as it is, but merged 4-bit matmuls were no faster in a trial on
 that model, with a higher peak RSS. Both keep their matmuls apart: export merges only float32 graphs,
@@ -22,12 +22,14 @@ bench scripts and train/export_defaults.py quantize), split its merged matmuls b
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 
 import numpy as np
 
 
 MERGED = "_merged"  # ends the name of a merged weight (and of its MatMul, and its product)
+RECORD = "tie-lite merged: "  # starts a merged MatMul's doc_string, then JSON [[node name, weight name], ...]
 
 
 def _subgraph_inputs(graph) -> set:
@@ -94,7 +96,8 @@ def _merge_group(graph, opset: int, nodes: list, initializers: dict) -> None:
     weight = numpy_helper.from_array(merged, _unique(graph, first.input[1], MERGED))
     product = _unique(graph, first.output[0], MERGED)
     matmul = helper.make_node("MatMul", [first.input[0], weight.name], [product],
-                              name=_unique(graph, first.name, MERGED))
+                              name=_unique(graph, first.name, MERGED),
+                              doc_string=RECORD + json.dumps([[n.name, n.input[1]] for n in nodes]))
     split, sizes = _split_node(graph, opset, product, [n.output[0] for n in nodes], [p.shape[1] for p in parts],
                                _unique(graph, first.name, MERGED + "_split"))
     position = list(graph.node).index(first)
@@ -119,12 +122,26 @@ def merge_sibling_matmuls(graph_model) -> int:
     return sum(len(nodes) - 1 for nodes in groups)
 
 
+def _record(matmul) -> list | None:
+    """The [[node name, weight name], ...] a merged MatMul's doc_string records; None for any other node."""
+    if matmul.op_type != "MatMul" or not matmul.doc_string.startswith(RECORD):
+        return None
+    return json.loads(matmul.doc_string[len(RECORD):])
+
+
 def merged_matmuls(graph) -> list:
-    """(MatMul, Split) pairs that merge_sibling_matmuls wrote into `graph` (a GraphProto)."""
-    splits = {n.input[0]: n for n in graph.node if n.op_type == "Split"}
-    weights = {t.name for t in graph.initializer}
-    return [(n, splits[n.output[0]]) for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights
-            and n.input[1].endswith(MERGED) and n.output[0] in splits]
+    """(MatMul, Split) pairs that merge_sibling_matmuls wrote into `graph` (a GraphProto): a MatMul
+    carrying its record whose product only a Split with one output per merged matmul reads."""
+    readers = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            readers[name].append(node)
+    pairs = []
+    for node in graph.node:
+        record, users = _record(node), readers[node.output[0]]
+        if record and len(users) == 1 and users[0].op_type == "Split" and len(users[0].output) == len(record):
+            pairs.append((node, users[0]))
+    return pairs
 
 
 def split_merged_matmuls(graph_model) -> int:
@@ -139,23 +156,27 @@ def split_merged_matmuls(graph_model) -> int:
     pairs = merged_matmuls(graph)
     for matmul, split in pairs:
         weight = numpy_helper.to_array(initializers[matmul.input[1]])  # (K, sum N_i)
-        if len(split.input) > 1:
-            widths = numpy_helper.to_array(initializers[split.input[1]]).tolist()
-            graph.initializer.remove(initializers[split.input[1]])
+        sizes = [initializers[split.input[1]]] if len(split.input) > 1 else []
+        if sizes:
+            widths = numpy_helper.to_array(sizes[0]).tolist()
         else:
             widths = next(list(a.ints) for a in split.attribute if a.name == "split")
         edges = np.cumsum([0, *widths])
+        if edges[-1] != weight.shape[1]:
+            raise ValueError(f"merged MatMul {matmul.name!r}: its Split's widths {widths} do not add up to "
+                             f"its weight's {weight.shape[1]} columns")
         position = list(graph.node).index(matmul)
         graph.node.remove(matmul)
         graph.node.remove(split)
-        graph.initializer.remove(initializers[matmul.input[1]])
-        for i, output in reversed(list(enumerate(split.output))):
+        for tensor in [initializers[matmul.input[1]], *sizes]:
+            graph.initializer.remove(tensor)
+        for i, (name, weight_name) in reversed(list(enumerate(_record(matmul)))):  # the original names
             part = numpy_helper.from_array(np.ascontiguousarray(weight[:, edges[i]:edges[i + 1]]),
-                                           _unique(graph, f"{matmul.input[1]}_{i}"))  # (K, N_i)
+                                           _unique(graph, weight_name))  # (K, N_i)
             graph.initializer.append(part)
-            graph.node.insert(position, helper.make_node("MatMul", [matmul.input[0], part.name], [output],
-                                                         name=_unique(graph, f"{matmul.name}_{i}")))
-    return len(pairs)
+            graph.node.insert(position, helper.make_node("MatMul", [matmul.input[0], part.name], [split.output[i]],
+                                                         name=_unique(graph, name)))
+    return sum(len(split.output) - 1 for _, split in pairs)
 
 
 def _rewrite(path, transform) -> int:

@@ -269,8 +269,11 @@ def test_int4_refuses_int8_and_what_matmulnbits_cannot_take(tmp_path, capsys):
 @pytest.mark.torch
 def test_graphs_stored_as_external_data_export_quantize_and_load(tmp_path, monkeypatch):
     """What a model over 2 GB gets (forced here on a tiny one through optimum's switch)."""
+    import shutil
+
     import tie_lite
-    from export import export_model
+    from export import export_model, quantize_int8
+    from export.merge import split_graph_file
     from tiny import save_tiny
 
     monkeypatch.setenv("FORCE_ONNX_EXTERNAL_DATA", "1")
@@ -283,6 +286,14 @@ def test_graphs_stored_as_external_data_export_quantize_and_load(tmp_path, monke
         assert any(name != "model.onnx" and name.startswith("model.onnx") for name in files), files
         result = tie_lite.generate(tie_lite.Model.load(out), "the cat", tie_lite.DecodeConfig(gen_length=16))
         assert result.steps == 16
+    # the float32 export's merged matmuls, split apart with the weights in the data file, then quantized
+    copy = shutil.copytree(tmp_path / "onnx-", tmp_path / "split")
+    assert split_graph_file(copy / "model.onnx") == 2 * 2  # 2 layers, query/key/value: 2 more MatMuls each
+    quantize_int8(copy / "model.onnx")
+    assert sorted(p.name for p in copy.iterdir() if p.name.startswith("model.onnx")) == ["model.onnx",
+                                                                                        "model.onnx.data"]
+    result = tie_lite.generate(tie_lite.Model.load(copy), "the cat", tie_lite.DecodeConfig(gen_length=16))
+    assert result.steps == 16
 
 
 @pytest.mark.slow
@@ -543,9 +554,9 @@ def test_sibling_matmuls_merge_into_one_with_a_split_and_compute_the_same(opset)
     """merge_sibling_matmuls: the three products of X become one MatMul by (8, 12) and a Split (sizes as an
     input from opset 13, as an attribute before); the lone chain stays; every output equals the unmerged
     graph's within float32 rounding of a dot product of length K = 8, in either order: each side off by
-    at most gamma_K = K * EPS32 / 2 relative to the sum of |x_k w_k| (Higham, Accuracy and Stability of
-    Numerical Algorithms, 3.1; products and sums rounded), so the two by K * EPS32, plus one rounding of
-    the result where a bias is added after it. split_merged_matmuls restores the three matmuls, their
+    at most gamma_K = K u / (1 - K u), u = EPS32 / 2, relative to the sum of |x_k w_k| (Higham, Accuracy
+    and Stability of Numerical Algorithms, 3.1; products and sums rounded), so the two by 2 gamma_K, plus
+    one rounding of the result where a bias is added after it. split_merged_matmuls restores the three matmuls, their
     weights and the outputs exactly."""
     np = pytest.importorskip("numpy")
     onnx = pytest.importorskip("onnx")
@@ -571,13 +582,16 @@ def test_sibling_matmuls_merge_into_one_with_a_split_and_compute_the_same(opset)
     original = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     eps = np.finfo(np.float32).eps
     for out, name in enumerate(("W0", "W1", "W2")):
-        bound = 8 * eps * (np.abs(x) @ np.abs(original[name])) + eps * np.abs(before[out])
+        gamma = 8 * (eps / 2) / (1 - 8 * (eps / 2))  # K = 8
+        bound = 2 * gamma * (np.abs(x) @ np.abs(original[name])) + eps * np.abs(before[out])
         assert before[out].shape == after[out].shape
         assert (np.abs(after[out] - before[out]) <= bound).all(), name
     np.testing.assert_array_equal(after[3], before[3])  # untouched
-    assert split_merged_matmuls(merged) == 1
+    assert split_merged_matmuls(merged) == 2
     onnx.checker.check_model(merged, full_check=True)
     restored = {t.name: numpy_helper.to_array(t) for t in merged.graph.initializer}
+    assert sorted(n.name for n in merged.graph.node) == sorted(n.name for n in model.graph.node)  # as written
+    assert sorted(restored) == sorted(original)
     assert [n.op_type for n in merged.graph.node].count("MatMul") == 5 and "Split" not in [
         n.op_type for n in merged.graph.node]
     assert sorted(map(str, (w.tolist() for w in restored.values()))) == sorted(
