@@ -11,13 +11,14 @@ are the same up to the summation order the kernel picks for a wider matrix (floa
 Export merges the float32 graphs only: on a random Dream of Qwen2.5-0.5B's shapes at L = 96,
 2 threads, an exact decode took 0.96-0.97x the time with the same text, a decode with the dual
 K/V cache 0.97x, one with the prefix cache 1.02x (no gain within the noise; bench/README.md,
-merged sibling matmuls). `--int8` quantizes each weight with one scale for the
-whole tensor, which a merged weight would change; `--int4` quantizes by blocks of K per output
-column, which merging leaves as it is, but merged 4-bit matmuls were no faster in a trial on
-that model, with a higher peak RSS. Both keep their matmuls apart: export merges only float32 graphs,
-and `quantize_int8` / `quantize_int4`, given a merged float32 graph (a float32 export's, as the
-bench scripts and train/export_defaults.py quantize), split its merged matmuls back first
-(`split_merged_matmuls`), so that they write what --int8 and --int4 write.
+merged sibling matmuls). `--int8` quantizes each weight with one scale for the whole tensor,
+which a merged weight would change; `--int4` quantizes by blocks of K per output column, which
+merging leaves as it is, but merged 4-bit matmuls were no faster in a trial on that model, with
+a higher peak RSS. Both keep their matmuls apart: export merges only float32 graphs, and
+`quantize_int8` / `quantize_int4`, given a merged float32 graph (a float32 export's, as the bench
+scripts and train/export_defaults.py quantize), split its merged matmuls back first
+(`split_merged_matmuls`, original names restored from the merged MatMul's doc_string), so that
+they write what --int8 and --int4 write.
 """
 
 from __future__ import annotations
