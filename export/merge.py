@@ -43,18 +43,25 @@ def _subgraph_inputs(graph) -> set:
     return names
 
 
+def _readers(graph) -> dict:
+    """{value name: the nodes of `graph` that read it, in graph order}."""
+    readers = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            readers[name].append(node)
+    return readers
+
+
 def sibling_groups(graph) -> list[list]:
     """MatMul nodes of `graph` (a GraphProto) that multiply the same input by 2-D float32
     initializers of the same row count, each initializer read by that node only (not by another
     node, a subgraph, or as a graph input or output); groups of two or more, in graph order."""
     from onnx import TensorProto
 
-    reads = defaultdict(int)
-    for name in [n for node in graph.node for n in node.input] + [o.name for o in graph.output]:
-        reads[name] += 1
-    shared = _subgraph_inputs(graph) | {i.name for i in graph.input}
+    readers = _readers(graph)
+    shared = _subgraph_inputs(graph) | {i.name for i in graph.input} | {o.name for o in graph.output}
     weights = {t.name: t for t in graph.initializer if len(t.dims) == 2 and t.data_type == TensorProto.FLOAT
-               and reads[t.name] == 1 and t.name not in shared}
+               and len(readers[t.name]) == 1 and t.name not in shared}
     groups = defaultdict(list)
     for node in graph.node:
         if node.op_type == "MatMul" and node.input[1] in weights:
@@ -115,11 +122,11 @@ def merge_sibling_matmuls(graph_model) -> int:
     Returns how many MatMul nodes were removed."""
     from . import _opset
 
-    graph = graph_model.graph
+    graph, opset = graph_model.graph, _opset(graph_model)
     initializers = {t.name: t for t in graph.initializer}
     groups = sibling_groups(graph)
     for nodes in groups:
-        _merge_group(graph, _opset(graph_model), nodes, initializers)
+        _merge_group(graph, opset, nodes, initializers)
     return sum(len(nodes) - 1 for nodes in groups)
 
 
@@ -133,10 +140,7 @@ def _record(matmul) -> list | None:
 def merged_matmuls(graph) -> list:
     """(MatMul, Split) pairs that merge_sibling_matmuls wrote into `graph` (a GraphProto): a MatMul
     carrying its record whose product only a Split with one output per merged matmul reads."""
-    readers = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            readers[name].append(node)
+    readers = _readers(graph)
     pairs = []
     for node in graph.node:
         record, users = _record(node), readers[node.output[0]]
