@@ -127,6 +127,7 @@ def _export_graphs(loaded: _Loaded, out_dir: Path, options: ExportOptions, log) 
     model, family, top_k, opset = loaded.model, loaded.family, options.top_k, options.opset
     log(f"exporting {model.config.model_type} ({family.name}) with optimum to {out_dir / MODEL_GRAPH}")
     path = export_graph(model, out_dir, family, loaded.is_suppressed, top_k, opset)
+    _static_shapes(path, log)
     _merge_siblings(path, options, log)
     log("validating ONNX against PyTorch")
     reports = {"validation": validate(path, *loaded.checks(top_k)).as_dict()}
@@ -134,11 +135,26 @@ def _export_graphs(loaded: _Loaded, out_dir: Path, options: ExportOptions, log) 
     if options.kv_cache:
         log(f"exporting the K/V-cache graph to {out_dir / tie_lite.CACHE_GRAPH} and validating it")
         cache_path = export_cache_graph(model, out_dir, family, loaded.is_suppressed, top_k, opset)
+        _static_shapes(cache_path, log)
         _merge_siblings(cache_path, options, log)
         reports["cache_validation"] = validate_cache(cache_path, *loaded.checks(top_k)).as_dict()
         reports["cache_layout"] = tie_lite.CACHE_LAYOUT
         graphs[cache_path] = measure_cache
     return graphs, reports
+
+
+def _static_shapes(path: Path, log) -> None:
+    """Replace the graph's shape arithmetic by constants where its shapes are known (export/shapes.py);
+    where onnxruntime's symbolic shape inference cannot infer every shape, the graph stays as it is."""
+    from .shapes import ShapesUnknown, static_shapes_file
+
+    try:
+        removed = static_shapes_file(path)
+    except ShapesUnknown as reason:
+        log(f"{path.name}: shape arithmetic left in the graph ({reason})")
+        return
+    if removed:
+        log(f"{path.name}: {removed} shape operators replaced by constants")
 
 
 def _merge_siblings(path: Path, options: ExportOptions, log) -> None:

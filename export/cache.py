@@ -99,7 +99,8 @@ def attend(query: Tensor, key: Tensor, value: Tensor, past_key: Tensor | None, p
     scores = torch.matmul(grouped, key.transpose(-1, -2))  # (B, g, h/g * R, Q)
     if kept:
         scores = torch.cat([scores, torch.matmul(grouped, past_key.transpose(-1, -2))], -1)  # (B, g, h/g * R, Q + P)
-    scores = scores.reshape(batch, heads, count, -1)  # (B, h, R, Q [+ P])
+    columns = scores.shape[-1]  # Q [+ P], named rather than -1, so that shape inference keeps it (export/shapes.py)
+    scores = scores.reshape(batch, heads, count, columns)  # (B, h, R, Q [+ P])
     if extra_fresh is not None:
         scores = scores + (torch.cat([extra_fresh, extra_past], -1) if kept else extra_fresh) * scale
     allowed = torch.cat([allowed_fresh, allowed_past], -1) if kept else allowed_fresh  # (B, 1, 1|R, Q [+ P])
@@ -108,7 +109,7 @@ def attend(query: Tensor, key: Tensor, value: Tensor, past_key: Tensor | None, p
     # 4.0% after (python bench/op_profile.py DIR --gathered 16)
     bias = torch.where(allowed, 0.0, torch.finfo(scores.dtype).min)  # (B, 1, 1|R, Q [+ P])
     probs = torch.softmax(scores + bias, dim=-1)  # (B, h, R, Q [+ P])
-    probs = probs.reshape(batch, groups, heads // groups * count, -1)  # (B, g, h/g * R, Q [+ P])
+    probs = probs.reshape(batch, groups, heads // groups * count, columns)  # (B, g, h/g * R, Q [+ P])
     if kept:
         context = torch.matmul(probs[..., :fresh], value) + torch.matmul(probs[..., fresh:], past_value)
     else:

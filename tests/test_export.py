@@ -620,3 +620,124 @@ def test_float32_exports_merge_sibling_matmuls_unless_told_not_to(tiny_bert, tmp
     merged, apart = (tie_lite.generate(tie_lite.Model.load(folder), "the cat", config)
                      for folder in (tiny_bert[1], tmp_path / "apart"))
     assert merged.tokens.tolist() == apart.tokens.tolist()
+
+
+def test_reshape_targets_copy_known_and_equal_dimensions():
+    """export/shapes.py's constant Reshape targets: numbers kept, a dimension equal to the input's at the
+    same axis copied (0), one other left to -1; none when two are unknown or one is not inferred."""
+    pytest.importorskip("onnxruntime")
+    from export.shapes import reshape_target
+
+    assert reshape_target(["B", "L", 896], ["B", "L", 14, 64]) == [0, 0, 14, 64]
+    assert reshape_target(["B", 14, "L", 64], ["B", 2, "7*L", 64]) == [0, 2, -1, 64]
+    assert reshape_target(["B", 2, "7*L", "L"], ["B", 14, "L", "L"]) == [0, 14, -1, 0]
+    assert reshape_target(["B", "L", 14, 64], ["L", "B", 896]) is None  # two dimensions moved
+    assert reshape_target(["B", "L"], ["B", None]) is None
+
+
+def _raw_and_static(hf, folder: Path, monkeypatch, **options) -> tuple[Path, Path]:
+    """An export of hf with its shape arithmetic as the exporter wrote it (raw), and a copy of it that
+    static_shapes_file rewrote."""
+    import shutil
+
+    import export
+    from export.shapes import static_shapes_file
+
+    with monkeypatch.context() as patched:
+        patched.setattr(export, "_static_shapes", lambda path, log: None)
+        export.export_model(hf, folder / "raw", log=lambda m: None, **options)
+    shutil.copytree(folder / "raw", folder / "static")
+    for graph in ("model.onnx", "cache.onnx"):
+        assert static_shapes_file(folder / "static" / graph) > 0
+    return folder / "raw", folder / "static"
+
+
+def _graph_feeds(vocab: int) -> list[dict]:
+    """model.onnx inputs: one canvas, and three of length 9 with the last one left-padded by 4."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    one = dict(input_ids=rng.integers(0, vocab, (1, 12)), attention_mask=np.ones((1, 12), np.int64),
+               positions=np.array([[4, 7, 11]]))                                 # (1, 12), (1, 12), (1, 3)
+    mask = np.ones((3, 9), np.int64)
+    mask[2, :4] = 0                                                              # (3, 9)
+    three = dict(input_ids=rng.integers(0, vocab, (3, 9)), attention_mask=mask,
+                 positions=np.array([[5, 6], [7, 8], [6, 8]]))                   # (3, 9), (3, 9), (3, 2)
+    return [one, three]
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["dream", "a2d-qwen3", "llada", "modernbert"])
+def test_shape_arithmetic_becomes_constants_that_compute_the_same_bits(family, tmp_path, monkeypatch):
+    """Export replaces the graphs' Shape -> Gather -> ... -> Reshape chains by constant targets
+    (export/shapes.py): fewer operators, and every output of model.onnx equal bit for bit on one canvas
+    and on a padded batch (no float arithmetic changes); decodes through cache.onnx the same."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    import tie_lite
+    from tiny import save_llada_like, save_qwen_family, save_tiny
+
+    if family == "modernbert":
+        hf = save_tiny(tmp_path / "hf", "modernbert", seed=2)
+    elif family == "llada":
+        hf = save_llada_like(tmp_path / "hf", seed=7, num_attention_heads=4, num_key_value_heads=2)
+    else:
+        hf = save_qwen_family(tmp_path / "hf", family, seed=7, num_attention_heads=4, num_key_value_heads=2)
+    raw, static = _raw_and_static(hf, tmp_path, monkeypatch, kv_cache=True,
+                                  family=family if family in ("dream", "llada") else None)
+    for graph in ("model.onnx", "cache.onnx"):
+        ops = {name: [n.op_type for n in onnx.load(str(name / graph)).graph.node] for name in (raw, static)}
+        assert len(ops[static]) < len(ops[raw]) and ops[static].count("Shape") < ops[raw].count("Shape")
+    sessions = [ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+                for folder in (raw, static)]
+    for feed in _graph_feeds(tie_lite.Model.load(raw).manifest.vocab_size):
+        for ours, theirs in zip(*(session.run(None, feed) for session in sessions)):
+            assert np.array_equal(ours, theirs)
+    config = tie_lite.DecodeConfig(gen_length=16, block_size=4)
+    prompts = ["the cat", "what is two plus three ?"]
+    for mode in tie_lite.KV_CACHE_MODES:
+        decodes = [tie_lite.generate(tie_lite.Model.load(folder, kv_cache=mode), prompts, config)
+                   for folder in (raw, static)]
+        assert [r.tokens.tolist() for r in decodes[0]] == [r.tokens.tolist() for r in decodes[1]]
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_export_leaves_shapes_it_cannot_infer_and_says_so(tiny_bert, tmp_path):
+    """BERT slices its position ids to min(maximum length, L) and adds them at L: symbolic shape inference
+    stops there, so export keeps the graph's shape arithmetic and logs why (the graph still validates)."""
+    import onnx
+
+    from export import export_model
+
+    said = []
+    export_model(tiny_bert[0], tmp_path / "onnx", log=said.append)
+    assert any("shape arithmetic left in the graph" in line and "Min(" in line for line in said), said
+    assert "Shape" in [n.op_type for n in onnx.load(str(tmp_path / "onnx" / "model.onnx")).graph.node]
+
+
+@pytest.mark.torch
+def test_export_shapes_command_rewrites_folders_and_refuses_one_without_a_graph(tmp_path, capsys, monkeypatch):
+    """python -m export.shapes FOLDER...: shipped b's graphs are left as they are (their shapes cannot be
+    inferred: the line says why), and nothing is written where it runs (onnxruntime's inference saves the
+    graph into the working folder where it stops); a folder without model.onnx is one error line and exit
+    status 2."""
+    import shutil
+
+    from export.shapes import main
+
+    shutil.copytree(ROOT / "models" / "b" / "onnx", tmp_path / "b")
+    before = (tmp_path / "b" / "model.onnx").read_bytes()
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    assert main([str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and all("left as it is" in line and "Min(" in line for line in out), out
+    assert (tmp_path / "b" / "model.onnx").read_bytes() == before
+    assert list((tmp_path / "work").iterdir()) == []
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'empty'} holds no model.onnx"
