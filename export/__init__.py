@@ -154,7 +154,7 @@ def _static_shapes(path: Path, log) -> None:
         log(f"{path.name}: shape arithmetic left in the graph ({reason})")
         return
     if removed:
-        log(f"{path.name}: {removed} shape operators replaced by constants")
+        log(f"{path.name}: shape arithmetic made constant, {removed} operators fewer")
 
 
 def _merge_siblings(path: Path, options: ExportOptions, log) -> None:

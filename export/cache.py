@@ -99,7 +99,8 @@ def attend(query: Tensor, key: Tensor, value: Tensor, past_key: Tensor | None, p
     scores = torch.matmul(grouped, key.transpose(-1, -2))  # (B, g, h/g * R, Q)
     if kept:
         scores = torch.cat([scores, torch.matmul(grouped, past_key.transpose(-1, -2))], -1)  # (B, g, h/g * R, Q + P)
-    columns = scores.shape[-1]  # Q [+ P], named rather than -1, so that shape inference keeps it (export/shapes.py)
+    columns = scores.shape[-1]  # Q [+ P]; as -1 below, symbolic shape inference (export/shapes.py) left it an
+    # unsimplified quotient, floor(L * (2K + 2) / (2 * (K + 1))), in a tiny Dream's graph
     scores = scores.reshape(batch, heads, count, columns)  # (B, h, R, Q [+ P])
     if extra_fresh is not None:
         scores = scores + (torch.cat([extra_fresh, extra_past], -1) if kept else extra_fresh) * scale
@@ -136,7 +137,10 @@ def visible(rows: Tensor, attention_mask: Tensor, kept: int | None) -> tuple[Ten
         return None, fresh
     canvas = torch.arange(kept, device=rows.device)  # (P,)
     replaced = (rows[:, :, None] == canvas[None, None, :]).any(dim=1)  # (B, P)
-    return attention_mask[:, :kept].bool() & ~replaced, fresh
+    # the mask's first P columns, gathered rather than sliced: a slice's width is min(P, L), which
+    # shape inference (export/shapes.py) could only assume to be P
+    kept_mask = attention_mask.gather(1, canvas[None, :].expand(rows.shape[0], kept))  # (B, P)
+    return kept_mask.bool() & ~replaced, fresh
 
 
 def _kept(past_keys: list) -> int | None:
@@ -470,12 +474,13 @@ def _onnx_compatible_ops():
 
 
 def _dynamic_axes(past: list, fresh: list) -> dict:
-    """cache.onnx's named axes: batch, rows (Q), length (L, or P kept), gathered (K)."""
+    """cache.onnx's named axes: batch, rows (Q), length (L), kept (P), gathered (K). Named apart, as
+    export/shapes.py's shape inference takes two axes of one name to be equal (a full pass has P = 0)."""
     input_ids, rows, attention_mask, gather = CACHE_INPUTS
     return {input_ids: {0: "batch", 1: "rows"}, rows: {0: "batch", 1: "rows"},
             attention_mask: {0: "batch", 1: "length"}, gather: {0: "batch", 1: "gathered"},
             **{name: {0: "batch", 1: "gathered"} for name in CACHE_OUTPUTS},
-            **{name: {0: "batch", 2: "length"} for name in past}, **{name: {0: "batch", 2: "rows"} for name in fresh}}
+            **{name: {0: "batch", 2: "kept"} for name in past}, **{name: {0: "batch", 2: "rows"} for name in fresh}}
 
 
 def _tie_shared_weights(graph) -> None:

@@ -4,19 +4,26 @@ torch's exporter writes every `view` or `reshape` whose sizes it read off a tens
 small operators: Shape, Gather of one dimension, Unsqueeze, Concat, then the Reshape; rotary
 embeddings' `x.shape[-1] // 2` as Shape, Gather, Div, Cast, Unsqueeze before a Slice. onnxruntime
 runs each of them on every call, on one thread, between the matrix products: about 1000 of the
-2000 operators of a 24-layer Dream graph, and most of the operators of a small model's.
+2000 operators of a 24-layer Dream graph, and a third of a small model's.
 
 `static_shapes` infers every value's shape with onnxruntime's symbolic shape inference (the graph
-inputs' dynamic axes as symbols, every other dimension a number or an expression of them; symbols
-are never merged, so two dimensions count as equal only where the graph proves it), then
+inputs' dynamic axes as symbols, every other dimension a number or an expression of them), then
 
 - gives each Reshape a constant target: a number where the output dimension is one, 0 (ONNX's "copy
   the input's dimension") where it equals the input's at the same axis, and -1 for at most one other;
 - replaces each Gather of a Shape whose picked dimensions are numbers by those numbers (what follows,
   e.g. the Div, onnxruntime folds when it loads the graph);
 
-and drops the operators and initializers nothing reads any more. No arithmetic on the model's values
-changes: the graph computes the same numbers, bit for bit.
+and drops the operators and initializers nothing reads any more. The inference takes every symbol to
+be positive and two axes of one name to be equal (export names its dynamic axes apart, e.g. the
+kept positions P of cache.onnx apart from the canvas length L), never merges two symbols, and where
+it would have to assume anything else (it logs a warning) or cannot infer a shape, the graph stays
+as it is (ShapesUnknown).
+
+No operator on the model's values changes: run with onnxruntime's basic optimizations the graph
+returns the same bits. With its full optimizations onnxruntime may fuse differently once shapes are
+known (in the ModernBERT a's cache graph it fuses four more transposed matmuls into FusedMatMul),
+which can move the last bits of a product, as any other kernel choice does.
 """
 
 from __future__ import annotations
@@ -25,36 +32,44 @@ import numpy as np
 
 
 class ShapesUnknown(Exception):
-    """Symbolic shape inference could not infer every shape of the graph (the reason as message)."""
+    """The graph's shapes could not all be inferred without assumptions (the reason as message)."""
 
 
-def _symbolic_dims(graph_model) -> dict:
-    """{value name: its dimensions, each an int or a symbol / expression string (None: unknown)}.
-    Raises ShapesUnknown where the inference stops (e.g. a dimension it would have to merge with
-    another: BERT's position ids sliced to min(maximum length, L) and added at L)."""
+def _inferred_graph(graph_model):
+    """graph_model with every value's shape inferred (onnxruntime's SymbolicShapeInference.infer_shapes,
+    run step by step: where it stops, that function saves the whole graph, weights included, into the
+    working folder). Raises ShapesUnknown where it stops or logs a warning (an assumption it made, e.g.
+    "Unable to determine if ... treat as equal")."""
     import logging
-    import os
-    import tempfile
 
     from onnxruntime.tools import symbolic_shape_infer
 
-    logger = logging.getLogger(symbolic_shape_infer.__name__)  # it logs why it stops, as warnings
+    logger = logging.getLogger(symbolic_shape_infer.__name__)
     warnings = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = lambda record: warnings.append(record.getMessage())
-    logger.addHandler(handler)
-    propagate, logger.propagate = logger.propagate, False
-    here = os.getcwd()
-    with tempfile.TemporaryDirectory() as scratch:
-        os.chdir(scratch)  # where it stops, it saves the graph into the working folder
-        try:
-            inferred = symbolic_shape_infer.SymbolicShapeInference.infer_shapes(graph_model, auto_merge=False)
-        except Exception as error:  # it raises a bare Exception
-            raise ShapesUnknown("; ".join([*warnings, str(error)])) from None
-        finally:
-            os.chdir(here)
-            logger.removeHandler(handler)
-            logger.propagate = propagate
+    propagate = logger.propagate
+    try:
+        logger.addHandler(handler)
+        logger.propagate = False
+        inference = symbolic_shape_infer.SymbolicShapeInference(2 ** 31 - 1, False, False, 0)  # no auto-merge
+        inference._preprocess(graph_model)
+        complete = False
+        while inference.run_:
+            complete = inference._infer_impl()
+        inference._update_output_from_vi()
+    except Exception as error:  # it raises bare Exceptions and AssertionErrors
+        raise ShapesUnknown("; ".join([*warnings, repr(error)])) from None
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+    if warnings or not complete:
+        raise ShapesUnknown("; ".join(warnings) or "shapes left unknown")
+    return inference.out_mp_
+
+
+def _dimensions(inferred) -> dict:
+    """{value name: its dimensions, each an int or a symbol / expression string, None if unknown}."""
     graph = inferred.graph
     dims = {}
     for info in [*graph.value_info, *graph.input, *graph.output]:
@@ -66,11 +81,13 @@ def _symbolic_dims(graph_model) -> dict:
 
 
 def _int_constants(graph) -> dict:
-    """{name: array} of the int64 initializers and Constant outputs of rank 0 or 1."""
+    """{name: array} of the int64 initializers (not graph inputs, which a caller may override) and
+    Constant outputs of rank 0 or 1."""
     from onnx import TensorProto, numpy_helper
 
+    inputs = {value.name for value in graph.input}
     found = {t.name: numpy_helper.to_array(t) for t in graph.initializer
-             if t.data_type == TensorProto.INT64 and len(t.dims) <= 1}
+             if t.data_type == TensorProto.INT64 and len(t.dims) <= 1 and t.name not in inputs}
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             tensor = node.attribute[0].t
@@ -95,57 +112,77 @@ def reshape_target(in_dims: list, out_dims: list) -> list | None:
     return target if target.count(-1) <= 1 else None
 
 
-def _allows_zero(node) -> bool:
-    return any(a.name == "allowzero" and a.i for a in node.attribute)
+def _constant_targets(graph, dims: dict, constants: dict) -> None:
+    """Point every Reshape whose target is computed (and whose allowzero is off: 0 must mean "copy")
+    at a constant one, a new initializer, where reshape_target finds it."""
+    from onnx import numpy_helper
+
+    from .merge import _unique
+
+    for node in graph.node:
+        if node.op_type != "Reshape" or node.input[1] in constants or any(
+                a.name == "allowzero" and a.i for a in node.attribute):
+            continue
+        target = reshape_target(dims.get(node.input[0]) or [None], dims.get(node.output[0]) or [None])
+        if target is not None:
+            name = _unique(graph, node.output[0], "_target")
+            graph.initializer.append(numpy_helper.from_array(np.array(target, np.int64), name))  # (rank,)
+            node.input[1] = name
+
+
+def _fold_static_dimensions(graph, dims: dict, constants: dict) -> tuple[set, list]:
+    """Gathers of a Shape (the whole shape: no start / end) that pick dimensions which are numbers:
+    (their outputs' names, the nodes to drop; initializers of their values, under those names)."""
+    from onnx import numpy_helper
+
+    producer = {name: node for node in graph.node for name in node.output}
+    folded, added = set(), []
+    for node in graph.node:
+        shape = producer.get(node.input[0]) if node.op_type == "Gather" else None
+        if shape is None or shape.op_type != "Shape" or shape.attribute or node.input[1] not in constants:
+            continue
+        source, index = dims.get(shape.input[0]), constants[node.input[1]]  # index () or (n,)
+        if source is None or not all(-len(source) <= int(i) < len(source) for i in index.reshape(-1)):
+            continue
+        picked = [source[int(i)] for i in index.reshape(-1)]
+        if all(isinstance(d, int) and d > 0 for d in picked):
+            value = np.array(picked, np.int64).reshape(index.shape)  # index's shape: () or (n,)
+            added.append(numpy_helper.from_array(value, node.output[0]))
+            folded.add(node.output[0])
+    return folded, added
 
 
 def static_shapes(graph_model) -> int:
     """Rewrite graph_model (a ModelProto, weights loaded) in place as the module docstring says.
-    Returns the operators it removed."""
-    from onnx import numpy_helper
-
+    Returns the nodes it removed (Constant nodes among them). Raises ShapesUnknown, the graph untouched,
+    where the shapes cannot all be inferred."""
     graph = graph_model.graph
-    dims, constants = _symbolic_dims(graph_model), _int_constants(graph)
-    producer = {name: node for node in graph.node for name in node.output}
-    folded, added = set(), []
-    for node in graph.node:
-        if node.op_type == "Reshape" and node.input[1] not in constants and not _allows_zero(node):
-            target = reshape_target(dims.get(node.input[0]) or [None], dims.get(node.output[0]) or [None])
-            if target is not None:
-                name = node.output[0] + "_target"
-                added.append(numpy_helper.from_array(np.array(target, np.int64), name))
-                node.input[1] = name
-        elif node.op_type == "Gather" and node.input[1] in constants:
-            shape = producer.get(node.input[0])
-            if shape is None or shape.op_type != "Shape" or shape.attribute:  # Shape's start / end: left alone
-                continue
-            source, index = dims.get(shape.input[0]), constants[node.input[1]]
-            picked = None if source is None else [source[int(i)] for i in index.reshape(-1)]
-            if picked and all(isinstance(d, int) and d > 0 for d in picked):
-                added.append(numpy_helper.from_array(np.array(picked, np.int64).reshape(index.shape),
-                                                     node.output[0]))
-                folded.add(id(node))
-    kept = [node for node in graph.node if id(node) not in folded]
+    dims, constants = _dimensions(_inferred_graph(graph_model)), _int_constants(graph)
+    folded, values = _fold_static_dimensions(graph, dims, constants)
+    _constant_targets(graph, dims, constants)
+    kept = [node for node in graph.node if node.op_type != "Gather" or node.output[0] not in folded]
     del graph.node[:]
     graph.node.extend(kept)
-    graph.initializer.extend(added)
+    graph.initializer.extend(values)
     return len(folded) + _drop_unread(graph)
 
 
 def _drop_unread(graph) -> int:
-    """Remove the nodes none of whose outputs is read (by a node, a subgraph or as a graph output),
-    repeatedly, then the initializers nothing reads. Returns the nodes removed."""
+    """Remove the nodes none of whose outputs is read (by a later node, a subgraph or as a graph
+    output), in one pass from the end (graph order is topological), then the initializers nothing reads
+    (but those that are graph inputs). Returns the nodes removed."""
     from .merge import _subgraph_inputs
 
     before = len(graph.node)
     needed = {output.name for output in graph.output} | _subgraph_inputs(graph)
     alive = []
-    for node in reversed(list(graph.node)):  # graph order is topological: readers come after
+    for node in reversed(list(graph.node)):
         if any(name in needed for name in node.output):
             alive.append(node)
             needed.update(name for name in node.input if name)
     del graph.node[:]
     graph.node.extend(reversed(alive))
+    needed |= {value.name for value in graph.input}
     unread = [t for t in graph.initializer if t.name not in needed]
     for tensor in unread:
         graph.initializer.remove(tensor)
@@ -172,14 +209,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export.shapes", description=main.__doc__.split(": ", 1)[1])
     parser.add_argument("folders", nargs="+", type=Path, help="export folders (model.onnx, and cache.onnx if any)")
     args = parser.parse_args(argv)
+    missing = [folder for folder in args.folders if not (folder / MODEL_GRAPH).is_file()]
+    if missing:
+        print(f"error: {missing[0]} holds no {MODEL_GRAPH}", file=sys.stderr)
+        return 2
     for folder in args.folders:
-        graphs = [folder / name for name in (MODEL_GRAPH, tie_lite.CACHE_GRAPH) if (folder / name).is_file()]
-        if not graphs:
-            print(f"error: {folder} holds no {MODEL_GRAPH}", file=sys.stderr)
-            return 2
-        for path in graphs:
+        for path in (folder / name for name in (MODEL_GRAPH, tie_lite.CACHE_GRAPH)):
+            if not path.is_file():
+                continue
             try:
-                print(f"{path}: {static_shapes_file(path)} operators removed")
+                print(f"{path}: {static_shapes_file(path)} nodes removed")
             except ShapesUnknown as reason:
                 print(f"{path}: left as it is ({reason})")
     return 0
