@@ -47,7 +47,11 @@ Each decode runs in a fresh process (the model loaded there), llama.cpp and tie-
 a warm-up pair first, then --repeats pairs; the table gives the median ratio of the decode loops'
 own times (llama.cpp's printed `total time`, tie-lite's decode()), of whole processes (load
 included), the share of generated positions where the two agree, and peak RSS (VmHWM, read from
-/proc every 10 ms while the process runs). Needs torch (building and converting). Never run in CI.
+/proc every 10 ms while the process runs). For the exact float32 pair the rounds also time the S
+passes' weight matmuls alone through onnxruntime (matmul_floor; its graph is written into DIR once),
+and the script prints llama.cpp's time over theirs: the most a float32 tie-lite on onnxruntime's
+kernels could gain here, whatever it did around them. Needs torch (building and converting). Never
+run in CI.
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -484,6 +488,101 @@ def tie_lite_decode(onnx: Path, ids: list, gen: int, block: int, steps: int, thr
     return Run(tuple(result["ids"]), result["seconds"], seconds, peak)
 
 
+# ---------------------------------------------------------------------------- the matmul floor
+
+def floor_graph(args) -> Path:
+    """A graph of one forward pass's weight matmuls and nothing else, written once into --work (random
+    weights of the model's shapes, scaled by 1/sqrt(k) so that values stay near 1; external data):
+    x (L, hidden) through every layer's query/key/value projection (as one matmul: tie-lite's float32
+    graphs merge them), output projection, gate/up (one matmul, merged) and down projection, chained
+    by column slices (the attention output and the MLP's product are as wide as the slices); the last
+    layer's maps after its key/value projection at the b = G / S rows a pass reads, as in tie-lite's
+    graph; then the LM head at those rows. Attention's own matmuls and every other operator left out."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    h, inter, length, read = args.hidden, args.intermediate, args.prompt_tokens + args.gen, args.gen // args.steps
+    kv = args.kv_heads * h // args.heads
+    path = args.work / "models" / shape_tag(args) / f"matmul-floor-L{length}-b{read}" / "floor.onnx"
+    if path.is_file():
+        return path
+    rng = np.random.default_rng(args.seed)
+    weights, nodes = [], []
+
+    def matmul(x: str, k: int, n: int, name: str) -> str:
+        weights.append(numpy_helper.from_array(
+            rng.standard_normal((k, n), dtype=np.float32) / np.float32(np.sqrt(k)), name))  # (k, n)
+        nodes.append(helper.make_node("MatMul", [x, name], [name + "_out"]))
+        return name + "_out"
+
+    def first(x: str, axis: int, count: int, name: str) -> str:
+        """x's first `count` entries along `axis` (a Slice)."""
+        for value, suffix in ((0, "start"), (count, "end"), (axis, "axis")):
+            weights.append(numpy_helper.from_array(np.array([value], np.int64), f"{name}_{suffix}"))
+        nodes.append(helper.make_node("Slice", [x, f"{name}_start", f"{name}_end", f"{name}_axis"], [name]))
+        return name
+
+    x = "x"
+    for i in range(args.layers):
+        qkv = matmul(x, h, h + 2 * kv, f"qkv{i}")                            # (L, h + 2 kv)
+        if i == args.layers - 1:
+            qkv = first(qkv, 0, read, "read_rows")                           # (b, h + 2 kv)
+        out = matmul(first(qkv, 1, h, f"attention{i}"), h, h, f"o{i}")        # (rows, h)
+        gate_up = matmul(out, h, 2 * inter, f"gate_up{i}")                   # (rows, 2 I)
+        x = matmul(first(gate_up, 1, inter, f"mlp{i}"), inter, h, f"down{i}")  # (rows, h)
+    logits = matmul(x, h, args.vocab, "lm_head")                             # (b, V)
+    graph = helper.make_graph(nodes, "matmul_floor",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [length, h])],
+                              [helper.make_tensor_value_info(logits, TensorProto.FLOAT, [read, args.vocab])],
+                              weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path, save_as_external_data=True, location="floor.onnx.data")
+    return path
+
+
+def floor_gflop(args) -> float:
+    """floor_graph's float ops, a pass (2 a multiply-add)."""
+    h, inter, length, read = args.hidden, args.intermediate, args.prompt_tokens + args.gen, args.gen // args.steps
+    kv = args.kv_heads * h // args.heads
+    per_row = 2 * h * h + 2 * 3 * h * inter  # output projection and MLP
+    qkv = 2 * h * (h + 2 * kv)
+    return (args.layers * length * qkv + ((args.layers - 1) * length + read) * per_row
+            + read * 2 * h * args.vocab) / 1e9
+
+
+FLOOR_CHILD = """
+import json, sys, time
+import numpy as np
+import onnxruntime as ort
+sys.path.insert(0, "bench")
+from common import session_options
+job = json.load(sys.stdin)
+session = ort.InferenceSession(job["graph"], session_options(job["threads"]), providers=["CPUExecutionProvider"])
+x = np.random.default_rng(0).standard_normal((job["length"], job["hidden"]), dtype=np.float32)  # (L, hidden)
+session.run(None, {"x": x})
+t0 = time.perf_counter()
+for _ in range(job["steps"]):
+    session.run(None, {"x": x})
+print(json.dumps({"seconds": time.perf_counter() - t0}))
+"""
+
+
+def matmul_floor(args) -> Callable[[], Run]:
+    """S passes of floor_graph through onnxruntime, tie-lite's session options and --threads threads,
+    in a fresh process (loading not timed): the time an exact float32 decode whose matmuls ran at
+    the rate of onnxruntime's kernels, and whose other operators took no time, would need at least.
+    Timed beside the decodes, llama.cpp's float32 time over it is the most a float32 tie-lite built
+    on these kernels could gain on llama.cpp here."""
+    job = json.dumps(dict(graph=str(floor_graph(args)), threads=args.threads, steps=args.steps,
+                          length=args.prompt_tokens + args.gen, hidden=args.hidden))
+
+    def run_floor() -> Run:
+        text, seconds, peak = measured([sys.executable, "-c", FLOOR_CHILD], job, cwd=ROOT)
+        return Run((), json.loads(text.strip().splitlines()[-1])["seconds"], seconds, peak)
+    return run_floor
+
+
 # ---------------------------------------------------------------------------- pairs and the table
 
 @dataclass(frozen=True)
@@ -528,16 +627,20 @@ def openvino_offered() -> bool:
         return False
 
 
-def time_pair(pair: Pair, llama, lite, repeats: int) -> dict:
-    """A warm-up decode of each side, then `repeats` alternating (llama.cpp first); the row's numbers."""
-    runs = {"llama": [], "lite": []}
+def time_pair(pair: Pair, llama, lite, repeats: int, floor=None) -> dict:
+    """A warm-up decode of each side, then `repeats` alternating (llama.cpp first); the row's numbers.
+    Given `floor` (matmul_floor's), it runs third in each round, and the row has the exact ceiling."""
+    runs = {"llama": [], "lite": [], "floor": []}
     for _ in range(repeats + 1):
         runs["llama"].append(llama())
         runs["lite"].append(lite())
+        if floor:
+            runs["floor"].append(floor())
     a, b = runs["llama"], runs["lite"]
     stable = len({r.ids for r in a}) == 1 and len({r.ids for r in b}) == 1
     median = lambda side, field: float(np.median([getattr(r, field) for r in side[1:]]))  # noqa: E731
-    return dict(pair=pair, decode=median(a, "decode_s") / median(b, "decode_s"),
+    ceiling = dict(floor_s=median(runs["floor"], "decode_s")) if floor else {}
+    return dict(pair=pair, decode=median(a, "decode_s") / median(b, "decode_s"), **ceiling,
                 process=median(a, "process_s") / median(b, "process_s"),
                 equal=float(np.mean(np.array(a[0].ids) == np.array(b[0].ids))), stable=stable,
                 llama_s=median(a, "decode_s"), lite_s=median(b, "decode_s"),
@@ -555,6 +658,16 @@ def print_table(rows: list, sizes: dict) -> None:
         print(f"| {pair.label} | {row['decode']:.2f}x ({row['llama_s']:.2f} s / {row['lite_s']:.2f} s) | "
               f"{row['process']:.2f}x | {equal} | {row['llama_mb']:.0f} MB | {row['lite_mb']:.0f} MB | "
               f"{sizes[pair.gguf]:.0f} / {sizes[pair.onnx]:.0f} MB |")
+
+
+def print_ceilings(rows: list, gflop: float) -> None:
+    """For the exact float32 pairs: llama.cpp's time over the matmul floor's, and the pair's share of it."""
+    for row in (row for row in rows if "floor_s" in row):
+        ceiling = row["llama_s"] / row["floor_s"]
+        print(f"matmul ceiling, {row['pair'].label}: llama.cpp / the forward passes' weight matmuls alone through "
+              f"onnxruntime ({gflop:.1f} GFLOP, {gflop / row['floor_s']:.0f} GFLOP/s, {row['floor_s']:.2f} s) "
+              f"{ceiling:.2f}x; tie-lite's {row['decode']:.2f}x is {row['decode'] / ceiling:.0%} of it "
+              f"(its decode: {gflop / row['lite_s']:.0f} GFLOP/s of those products)")
 
 
 # ---------------------------------------------------------------------------- main
@@ -620,11 +733,13 @@ def measure(args) -> int:
         if not pair.matched:
             print(f"{pair.label}: tie-lite DecodeConfig(gen_length={args.gen}, block_size={block}, "
                   f"steps={args.steps}), confidence order: not the same algorithm as llama.cpp's", flush=True)
-        rows.append(time_pair(pair, llama, lite, args.repeats))
+        exact_fp32 = pair.onnx == "fp32" and pair.matched and pair.provider == "cpu"
+        rows.append(time_pair(pair, llama, lite, args.repeats, matmul_floor(args) if exact_fp32 else None))
         print(f"{pair.label}: llama.cpp / tie-lite {rows[-1]['decode']:.2f}x, {rows[-1]['equal']:.0%} equal",
               flush=True)
     sizes = {**{k: size_mb(v) for k, v in ggufs.items()}, **{k: size_mb(v) for k, v in onnx.items()}}
     print_table(rows, sizes)
+    print_ceilings(rows, args.steps * floor_gflop(args))
     for note in notes:
         print(f"note: {note}")
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
