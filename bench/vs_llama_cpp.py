@@ -47,10 +47,10 @@ Each decode runs in a fresh process (the model loaded there), llama.cpp and tie-
 a warm-up pair first, then --repeats pairs; the table gives the median ratio of the decode loops'
 own times (llama.cpp's printed `total time`, tie-lite's decode()), of whole processes (load
 included), the share of generated positions where the two agree, and peak RSS (VmHWM, read from
-/proc every 10 ms while the process runs). For the exact float32 pair the rounds also time the S
-passes' weight matmuls alone through onnxruntime (matmul_floor; its graph is written into DIR once),
-and the script prints llama.cpp's time over theirs: the most a float32 tie-lite on onnxruntime's
-kernels could gain here, whatever it did around them. Needs torch (building and converting). Never
+/proc every 10 ms while the process runs). For the pairs whose tie-lite side is the exact float32
+graph the rounds also time the S passes' weight matmuls alone through onnxruntime (matmul_floor; its
+graph is written into DIR once), and the script prints llama.cpp's time over theirs: the most a
+float32 tie-lite on onnxruntime's kernels could gain here, whatever it did around them. Needs torch (building and converting). Never
 run in CI.
 """
 
@@ -497,7 +497,8 @@ def floor_graph(args) -> Path:
     graphs merge them), output projection, gate/up (one matmul, merged) and down projection, chained
     by column slices (the attention output and the MLP's product are as wide as the slices); the last
     layer's maps after its key/value projection at the b = G / S rows a pass reads, as in tie-lite's
-    graph; then the LM head at those rows. Attention's own matmuls and every other operator left out."""
+    graph (which adds one spare row there: 0.04% of the work); then the LM head at those rows.
+    Attention's own matmuls and every other operator left out."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 

@@ -370,7 +370,7 @@ class CachedStep(torch.nn.Module):
         self.register_buffer("is_suppressed", is_suppressed, persistent=False)
 
     def forward(self, input_ids, rows, attention_mask, gather, *past):
-        """past: N layers' keys then N layers' values, (B, h, L, d) each. Returns the statistics and
+        """past: N layers' keys then N layers' values, (B, g, P, d) each. Returns the statistics and
         logits at the gathered rows, then the rows' keys and values per layer (B, h, Q, d)."""
         layers = len(past) // 2
         hidden, keys, values = self.layers(self.model, input_ids, rows, list(past[:layers]), list(past[layers:]),

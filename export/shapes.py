@@ -14,15 +14,16 @@ inputs' dynamic axes as symbols, every other dimension a number or an expression
 - replaces each Gather of a Shape whose picked dimensions are numbers by those numbers (what follows,
   e.g. the Div, onnxruntime folds when it loads the graph);
 
-and drops the operators and initializers nothing reads any more. The inference takes every symbol to
-be positive and two axes of one name to be equal (export names its dynamic axes apart, e.g. the
-kept positions P of cache.onnx apart from the canvas length L), never merges two symbols, and where
-it would have to assume anything else (it logs a warning) or cannot infer a shape, the graph stays
-as it is (ShapesUnknown).
+and drops the operators and initializers nothing reads any more. The inference takes two axes of one
+name to be equal (export names its dynamic axes apart; in a cache graph exported before it named the
+kept positions P apart from the canvas length L, `static_shapes` renames them first), never merges
+two symbols, and where it would have to assume anything more (it logs a warning) or cannot infer a
+shape, the graph stays as it is (ShapesUnknown). It also takes every symbol to be at least 1, while
+a cache graph's P is 0 on a full pass: the decode tests run such calls through rewritten graphs.
 
 No operator on the model's values changes: run with onnxruntime's basic optimizations the graph
 returns the same bits. With its full optimizations onnxruntime may fuse differently once shapes are
-known (in the ModernBERT a's cache graph it fuses four more transposed matmuls into FusedMatMul),
+known (in one ModernBERT cache graph it fused four more transposed matmuls into FusedMatMul),
 which can move the last bits of a product, as any other kernel choice does.
 """
 
@@ -48,10 +49,12 @@ def _inferred_graph(graph_model):
     warnings = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = lambda record: warnings.append(record.getMessage())
-    propagate = logger.propagate
+    propagate, level, disabled = logger.propagate, logger.level, logging.root.manager.disable
     try:
         logger.addHandler(handler)
         logger.propagate = False
+        logger.setLevel(logging.WARNING)  # its warnings reach the handler whatever the logging setup
+        logging.disable(logging.NOTSET)
         inference = symbolic_shape_infer.SymbolicShapeInference(2 ** 31 - 1, False, False, 0)  # no auto-merge
         inference._preprocess(graph_model)
         complete = False
@@ -63,6 +66,8 @@ def _inferred_graph(graph_model):
     finally:
         logger.removeHandler(handler)
         logger.propagate = propagate
+        logger.setLevel(level)
+        logging.disable(disabled)
     if warnings or not complete:
         raise ShapesUnknown("; ".join(warnings) or "shapes left unknown")
     return inference.out_mp_
@@ -152,11 +157,29 @@ def _fold_static_dimensions(graph, dims: dict, constants: dict) -> tuple[set, li
     return folded, added
 
 
+def _name_kept_axis_apart(graph) -> None:
+    """A cache graph's kept keys and values (past_keys_i, past_values_i: (B, g, P, d)) with their P axis
+    named "kept" where an earlier export named it as the attention mask's L ("length")."""
+    from tie_lite import CACHE_INPUTS
+
+    inputs = {value.name: value for value in graph.input}
+    mask = inputs.get(CACHE_INPUTS[2])
+    if mask is None or len(mask.type.tensor_type.shape.dim) < 2:
+        return
+    length = mask.type.tensor_type.shape.dim[1].dim_param
+    for name, value in inputs.items():
+        dims = value.type.tensor_type.shape.dim
+        if name.startswith(("past_keys", "past_values")) and len(dims) == 4 and length and (
+                dims[2].dim_param == length):
+            dims[2].dim_param = "kept"
+
+
 def static_shapes(graph_model) -> int:
     """Rewrite graph_model (a ModelProto, weights loaded) in place as the module docstring says.
-    Returns the nodes it removed (Constant nodes among them). Raises ShapesUnknown, the graph untouched,
-    where the shapes cannot all be inferred."""
+    Returns the nodes it removed (Constant nodes among them). Raises ShapesUnknown, the graph untouched
+    but for that axis name, where the shapes cannot all be inferred."""
     graph = graph_model.graph
+    _name_kept_axis_apart(graph)
     dims, constants = _dimensions(_inferred_graph(graph_model)), _int_constants(graph)
     folded, values = _fold_static_dimensions(graph, dims, constants)
     _constant_targets(graph, dims, constants)

@@ -746,28 +746,34 @@ def test_export_leaves_shapes_it_cannot_infer_and_says_so(tiny_bert, tmp_path):
 @pytest.mark.slow
 def test_export_shapes_command_rewrites_folders_and_refuses_one_without_a_graph(tmp_path, capsys, monkeypatch):
     """python -m export.shapes FOLDER...: an export's graphs from before export made shapes constant are
-    rewritten; shipped b's are left as they are (their shapes cannot be inferred: the line says why); nothing
-    is written where it runs; a folder without model.onnx is one error line and exit status 2, before any
+    rewritten; shipped b's are left as they are (their shapes cannot be inferred: the line says why), and so
+    is shipped d's cache graph (its kept axis named as the canvas length: once named apart, the mask's slice
+    to P columns could only be assumed P wide), its model.onnx already rewritten (0 nodes); nothing is
+    written where it runs; a folder without model.onnx is one error line and exit status 2, before any
     folder is touched."""
     import shutil
 
     from export.shapes import main
     from tiny import save_qwen_family
 
-    raw = _raw_export(save_qwen_family(tmp_path / "hf", "dream", seed=7), tmp_path / "d", monkeypatch,
+    raw = _raw_export(save_qwen_family(tmp_path / "hf", "dream", seed=7), tmp_path / "raw", monkeypatch,
                       family="dream", kv_cache=True)
-    shutil.copytree(ROOT / "models" / "b" / "onnx", tmp_path / "b")
-    before = {path: path.read_bytes() for path in (raw / "model.onnx", tmp_path / "b" / "model.onnx")}
+    for name in ("b", "d"):
+        shutil.copytree(ROOT / "models" / name / "onnx", tmp_path / name)
+    before = {path: path.read_bytes() for path in (raw / "model.onnx", tmp_path / "b" / "model.onnx",
+                                                   tmp_path / "d" / "cache.onnx")}
     (tmp_path / "empty").mkdir()
     assert main([str(raw), str(tmp_path / "empty")]) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'empty'} holds no model.onnx"
     assert (raw / "model.onnx").read_bytes() == before[raw / "model.onnx"]
     (tmp_path / "work").mkdir()
     monkeypatch.chdir(tmp_path / "work")
-    assert main([str(raw), str(tmp_path / "b")]) == 0
+    assert main([str(raw), str(tmp_path / "b"), str(tmp_path / "d")]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 4 and all(line.endswith(" nodes removed") for line in out[:2]), out
-    assert all("left as it is (" in line for line in out[2:]), out
+    assert len(out) == 6 and all(line.endswith(" nodes removed") for line in out[:2]), out
+    assert all("left as it is (" in line for line in out[2:4]), out
+    assert out[4].endswith("model.onnx: 0 nodes removed") and "left as it is (" in out[5], out
     assert (raw / "model.onnx").read_bytes() != before[raw / "model.onnx"]
-    assert (tmp_path / "b" / "model.onnx").read_bytes() == before[tmp_path / "b" / "model.onnx"]
+    for path in (tmp_path / "b" / "model.onnx", tmp_path / "d" / "cache.onnx"):
+        assert path.read_bytes() == before[path]
     assert list((tmp_path / "work").iterdir()) == []
