@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import numpy as np
 
+WEIGHT_ELEMENTS = 1024  # an initializer this large, of no index type, is a weight: its values are never shapes
+
 
 class ShapesUnknown(Exception):
     """The graph's shapes could not all be inferred without assumptions (the reason as message)."""
@@ -56,7 +58,7 @@ def _inferred_graph(graph_model):
         logger.setLevel(logging.WARNING)  # its warnings reach the handler whatever the logging setup
         logging.disable(logging.NOTSET)
         inference = symbolic_shape_infer.SymbolicShapeInference(2 ** 31 - 1, False, False, 0)  # no auto-merge
-        inference._preprocess(graph_model)
+        inference._preprocess(_without_weights(graph_model))
         complete = False
         while inference.run_:
             complete = inference._infer_impl()
@@ -71,6 +73,37 @@ def _inferred_graph(graph_model):
     if warnings or not complete:
         raise ShapesUnknown("; ".join(warnings) or "shapes left unknown")
     return inference.out_mp_
+
+
+def _without_weights(graph_model):
+    """A copy of graph_model whose weights (initializers of WEIGHT_ELEMENTS or more that are not
+    int32 / int64) keep their name, type and dimensions but no values: what the inference reads of
+    them. It would fail (ShapesUnknown) if it read a weight's values; it never needs to. The weights
+    are never copied: a model's are held once."""
+    from onnx import ModelProto, TensorProto
+
+    light = ModelProto()
+    _copy_fields(graph_model, light, skip="graph")
+    _copy_fields(graph_model.graph, light.graph, skip="initializer")
+    for tensor in graph_model.graph.initializer:
+        if tensor.data_type in (TensorProto.INT32, TensorProto.INT64) or np.prod(tensor.dims) < WEIGHT_ELEMENTS:
+            light.graph.initializer.append(tensor)
+        else:
+            light.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+    return light
+
+
+def _copy_fields(source, into, skip: str) -> None:
+    """Every field set in the protobuf message source but `skip`, copied into the empty one `into`."""
+    for field, value in source.ListFields():
+        if field.name == skip:
+            continue
+        if hasattr(value, "extend"):  # a repeated field
+            getattr(into, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(into, field.name).CopyFrom(value)
+        else:
+            setattr(into, field.name, value)
 
 
 def _dimensions(inferred) -> dict:

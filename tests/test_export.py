@@ -634,6 +634,31 @@ def test_reshape_targets_copy_known_and_equal_dimensions():
     assert reshape_target(["B", "L"], ["B", None]) is None
 
 
+def test_shape_inference_reads_no_weights_and_infers_what_it_would_with_them(monkeypatch):
+    """export/shapes.py's inference gets the graph's weights as names, types and dimensions only (an
+    8B model's weights are not held twice), and infers the same shape for every value of shipped d's
+    model.onnx as it does with their values."""
+    import onnx
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    from export import shapes
+
+    graph_model = onnx.load(str(ROOT / "models" / "d" / "onnx" / "model.onnx"))
+    weights = [t for t in graph_model.graph.initializer if len(onnx.numpy_helper.to_array(t).reshape(-1))
+               >= shapes.WEIGHT_ELEMENTS and t.data_type == onnx.TensorProto.FLOAT]
+    assert len(weights) > 10
+    seen = []
+    preprocess = SymbolicShapeInference._preprocess
+    monkeypatch.setattr(SymbolicShapeInference, "_preprocess",
+                        lambda self, model: seen.append(model) or preprocess(self, model))
+    light = shapes._dimensions(shapes._inferred_graph(graph_model))
+    given = {t.name: t for t in seen[0].graph.initializer}
+    assert all(given[t.name].dims == t.dims and not given[t.name].raw_data and not given[t.name].float_data
+               for t in weights)
+    monkeypatch.setattr(shapes, "_without_weights", lambda model: model)
+    assert light == shapes._dimensions(shapes._inferred_graph(graph_model))
+
+
 def _raw_export(hf, folder: Path, monkeypatch, **options) -> Path:
     """An export of hf into folder with its shape arithmetic as the exporter wrote it."""
     import export
