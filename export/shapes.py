@@ -77,19 +77,20 @@ def _inferred_graph(graph_model):
 
 def _without_weights(graph_model):
     """A copy of graph_model whose weights (initializers of WEIGHT_ELEMENTS or more that are not
-    int32 / int64) keep their name, type and dimensions but no values: what the inference reads of
-    them. It would fail (ShapesUnknown) if it read a weight's values; it never needs to. The weights
-    are never copied: a model's are held once."""
-    from onnx import ModelProto, TensorProto
+    int32 / int64) are graph inputs of their type and dimensions: all the inference needs of them
+    (it would otherwise read the values of every initializer an Add or Mul takes, and gain nothing:
+    a weight's values are never a shape). The weights are never copied: a model's are held once."""
+    from onnx import ModelProto, TensorProto, helper
 
     light = ModelProto()
     _copy_fields(graph_model, light, skip="graph")
     _copy_fields(graph_model.graph, light.graph, skip="initializer")
+    inputs = {value.name for value in light.graph.input}
     for tensor in graph_model.graph.initializer:
         if tensor.data_type in (TensorProto.INT32, TensorProto.INT64) or np.prod(tensor.dims) < WEIGHT_ELEMENTS:
             light.graph.initializer.append(tensor)
-        else:
-            light.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+        elif tensor.name not in inputs:
+            light.graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
     return light
 
 
