@@ -29,6 +29,7 @@ import textwrap
 import threading
 import time
 import warnings
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,7 @@ OPENVINO_CACHE_ENV = "TIE_LITE_OPENVINO_CACHE"  # where OpenVINO's compiled grap
 COMPILED_GRAPH = "compiled.onnx"  # an OpenVINO cache entry's graph: one EPContext node, its blob beside it
 COMPILED_SOURCE = "source.json"   # what an OpenVINO cache entry was compiled from (the entry's key hashes it)
 KV_CACHE_MODES = ("prefix", "dual")  # rows a cached step recomputes: block and all after it / block only
+SUPPRESSED_LOGIT = np.finfo(np.float32).min  # a column no token is drawn from (mask, padding) in the logits output
 
 
 def option(default, help: str, flag: Optional[str] = None, shown: Optional[str] = None, **argparse_extras):
@@ -469,9 +471,14 @@ def eoser_factor(step: int, total_steps: int, g_min: float, g_max: float) -> flo
 
 
 def sample_positions(confidence: np.ndarray, k: int, alg_temp: float, rng: np.random.Generator) -> np.ndarray:
-    """k indices drawn without replacement from softmax(confidence / alg_temp) (Dream's alg_temp)."""
-    probs = softmax(confidence / alg_temp)
-    return rng.choice(confidence.size, size=k, replace=False, p=probs)
+    """k indices drawn without replacement from softmax(confidence / alg_temp) (Dream's alg_temp), by
+    Gumbel-top-k: the same law as drawing them one at a time, in log space, so that no alg_temp > 0
+    overflows; positions whose probability underflows to 0 come after the others, most confident first
+    (the order alg_temp -> 0 tends to)."""
+    with np.errstate(over="ignore"):
+        scaled = (confidence.astype(np.float64) - confidence.max()) / alg_temp  # (c,) <= 0, -inf where it underflows
+    keys = scaled + gumbel_noise(confidence.shape, rng)  # (c,)
+    return np.lexsort((-confidence, -keys))[:k]  # by key, ties (-inf) by confidence
 
 
 def confidence_of(kind: str, proposed_prob: np.ndarray, top_probs: np.ndarray, entropy: np.ndarray) -> np.ndarray:
@@ -510,15 +517,23 @@ def policy_features(top_probs: np.ndarray, entropy: np.ndarray, is_masked: np.nd
     return np.stack(columns, axis=1).astype(np.float32)  # (b, F)
 
 
+def gumbel_noise(shape: tuple, rng: np.random.Generator) -> np.ndarray:
+    """Standard Gumbel draws of `shape`, float64."""
+    noise = rng.random(shape)  # float64 in [0, 1)
+    return -np.log(-np.log(np.clip(noise, 1e-300, None)))
+
+
 def gumbel_argmax(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
     """Sample one token per row of logits (K, V) from softmax(logits / T) by the Gumbel-max trick.
 
     Same distribution as LLaDA's `exp(logits) / (-log u) ** T` argmax, written in log space
-    so large logits cannot overflow.
+    so large logits cannot overflow: logits + T * gumbel for T <= 1, logits / T + gumbel above
+    (the same argmax). A suppressed column (SUPPRESSED_LOGIT) is never drawn, however hot T.
     """
-    noise = rng.random(logits.shape)  # (K, V) float64 in [0, 1)
-    gumbel = -np.log(-np.log(np.clip(noise, 1e-300, None)))
-    return np.argmax(logits.astype(np.float64) + temperature * gumbel, axis=-1)
+    gumbel = gumbel_noise(logits.shape, rng)  # (K, V)
+    wide = logits.astype(np.float64)
+    scores = wide + temperature * gumbel if temperature <= 1 else wide / temperature + gumbel
+    return np.argmax(np.where(logits <= SUPPRESSED_LOGIT, -np.inf, scores), axis=-1)
 
 
 def first_index(tokens: np.ndarray, ids: Sequence[int]) -> int:
@@ -2454,7 +2469,7 @@ def generate_batches(models: Sequence[Model], prompts: Sequence[str], config: De
     try:
         while True:
             active += [start_job(models, i, prompt, config, ensemble, record_history)
-                       for i, prompt in itertools.islice(pending, batch_size - len(active))]
+                       for i, prompt in itertools.islice(pending, min(batch_size, len(prompts)) - len(active))]
             if not active:
                 return
             step_jobs(active, models, config, ensemble, on_step, pool)
@@ -2511,9 +2526,8 @@ def generate(models, prompt: str | Sequence[str], config: DecodeConfig = DecodeC
     and the pll final pick; pll's groups go together in one call) and a learned policy step
     one prompt at a time; a given answer needs a single prompt.
     """
-    models = [models] if isinstance(models, Model) else list(models)
-    if not models:
-        raise ConfigError("no model given")
+    models = model_list(models)
+    check_batch_size(batch_size)
     config = resolve_config(models, config)
     if isinstance(prompt, (list, tuple)):
         return generate_list(models, list(prompt), config, ensemble, on_step, record_history, answer, batch_size)
@@ -2524,6 +2538,23 @@ def generate(models, prompt: str | Sequence[str], config: DecodeConfig = DecodeC
     if len(models) == 1:
         return generate_one(models[0], prompt, config, on_step, record_history)
     return generate_tie(models, prompt, config, ensemble, on_step, record_history)
+
+
+def model_list(models) -> list:
+    """generate()'s `models`, one Model or a sequence of them, as a list; ConfigError naming anything else."""
+    if isinstance(models, Model):
+        return [models]
+    if isinstance(models, (str, bytes, os.PathLike)) or not isinstance(models, Iterable):
+        raise ConfigError(f"models must be a Model or a sequence of Models (Model.load(folder) loads one), "
+                          f"got {type(models).__name__} {models!r:.60}")
+    listed = list(models)
+    if not listed:
+        raise ConfigError("no model given")
+    for i, model in enumerate(listed):
+        if not isinstance(model, Model):
+            raise ConfigError(f"models[{i}] is {type(model).__name__} {model!r:.60}, not a Model "
+                              "(Model.load(folder) loads one)")
+    return listed
 
 
 def generate_list(models: Sequence[Model], prompts: list, config: DecodeConfig, ensemble: EnsembleConfig,
@@ -2610,16 +2641,23 @@ def config_from_args(args: argparse.Namespace, config_class):
     return config_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)})
 
 
+def _path_arg(text: str) -> Path:
+    """A path flag's value; an empty one is refused (Path("") would be the working folder)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path")
+    return Path(text)
+
+
 def _add_prompt_options(p: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="the user's text; - reads it from standard input")
-    source.add_argument("--prompt-file", type=Path, metavar="PATH", help="read the prompt from this UTF-8 file")
-    source.add_argument("--prompts-file", type=Path, metavar="PATH",
+    source.add_argument("--prompt-file", type=_path_arg, metavar="PATH", help="read the prompt from this UTF-8 file")
+    source.add_argument("--prompts-file", type=_path_arg, metavar="PATH",
                         help="decode many prompts together: one a line, or JSON lines with a \"prompt\" field "
                              "(- reads standard input); prints a JSON line per prompt, in their order")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--model", type=Path, help="one exported model folder (python -m export)")
-    which.add_argument("--models", type=Path, nargs="+", help="two or more model folders, ensembled with TIE")
+    which.add_argument("--model", type=_path_arg, help="one exported model folder (python -m export)")
+    which.add_argument("--models", type=_path_arg, nargs="+", help="two or more model folders, ensembled with TIE")
 
 
 def _add_runtime_options(p: argparse.ArgumentParser) -> None:
@@ -2651,8 +2689,9 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--version", action="version", version=f"tie-lite {__version__}")
 
 
-def _refuse_repeats(argv: Sequence[str], p: argparse.ArgumentParser) -> None:
-    """An option given twice is an error (argparse would keep the last one silently)."""
+def _refuse_repeats(argv: Sequence[str], p: argparse.ArgumentParser) -> set:
+    """An option given twice is an error (argparse would keep the last one silently). Returns the
+    options given."""
     seen = set()
     for arg in argv:
         if arg == "--":
@@ -2662,6 +2701,30 @@ def _refuse_repeats(argv: Sequence[str], p: argparse.ArgumentParser) -> None:
             if name in seen:
                 raise ConfigError(f"{name} is given twice")
             seen.add(name)
+    return seen
+
+
+STRATEGY_OPTIONS = {"--threshold": "threshold", "--tokens-per-step": "topk", "--entropy-budget": "med",
+                    "--eps": "dream", "--ass-blocks": "ass"}  # an option that one strategy alone reads
+
+
+def _refuse_inapplicable(given: set, args: argparse.Namespace, p: argparse.ArgumentParser) -> None:
+    """An option that nothing would read, given the others, is an error, not silently ignored: a strategy's
+    own option under another strategy, ensembling options with one --model, OpenVINO's cache options
+    without --provider openvino."""
+    strategy = args.strategy or ("policy" if args.policy is not None else "schedule")
+    for flag, owner in STRATEGY_OPTIONS.items():
+        if flag in given and strategy != owner:
+            p.error(f"{flag} applies to --strategy {owner}, not {strategy}")
+    if args.model is not None:
+        ensembling = [f.metadata["flag"] or "--" + f.name.replace("_", "-") for f in dataclasses.fields(EnsembleConfig)]
+        for flag in (*ensembling, "--trace"):
+            if flag in given:
+                p.error(f"{flag} applies to an ensemble (--models, or the default pair), not to one --model")
+    if "openvino" not in args.provider.split(","):
+        for flag in ("--openvino-cache", "--no-openvino-cache"):
+            if flag in given:
+                p.error(f"{flag} applies to --provider openvino, not {args.provider}")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -2678,8 +2741,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     add_config_options(ensembling, EnsembleConfig)
     ensembling.add_argument("--trace", action="store_true", help="print each relay's scores and leader to stderr")
     _add_runtime_options(p)
-    _refuse_repeats(argv, p)
+    given = _refuse_repeats(argv, p)
     args = p.parse_args(argv)
+    _refuse_inapplicable(given, args, p)
     if args.history and not args.json and args.prompts_file is None:
         p.error("--history needs --json")
     _check_batch_args(args, p)
@@ -2709,32 +2773,47 @@ def read_prompt(args: argparse.Namespace, stdin=None) -> str:
     stdin = stdin or sys.stdin
     if stdin is None or stdin.isatty():
         raise ConfigError("--prompt - reads the prompt from standard input, which is a terminal: pipe it in")
-    try:
-        return _without_final_newline(stdin.read())
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"standard input is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    return _without_final_newline(_read_stream(stdin, "--prompt -"))
 
 
 def _without_final_newline(text: str) -> str:
     return text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
 
 
+BYTE_ORDER_MARK = "\ufeff"  # what some editors write first in a UTF-8 file: no part of its text
+
+
 def _read_text(path: Path, what: str) -> str:
-    if not path.is_file():
-        raise ConfigError(f"{what}: " + ("not a file" if path.exists() else "no such file"))
+    """The UTF-8 text of a file (or a pipe), as it stands: line endings untouched, as on standard input,
+    a leading byte-order mark dropped."""
+    if path.is_dir() or not path.exists():
+        raise ConfigError(f"{what}: " + ("a folder, not a file" if path.is_dir() else "no such file"))
     try:
-        return path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8", newline="") as file:
+            return file.read().removeprefix(BYTE_ORDER_MARK)
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{what} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     except OSError as exc:
         raise ConfigError(f"{what}: cannot read it: {exc.strerror}") from None
 
 
+def _read_stream(stdin, what: str) -> str:
+    """Standard input's UTF-8 text, a leading byte-order mark dropped; its bytes decoded here where it has
+    them (a text stream's own decoding may let undecodable bytes through as surrogates)."""
+    try:
+        raw = getattr(stdin, "buffer", None)
+        text = raw.read().decode("utf-8") if raw is not None else stdin.read()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what}: standard input is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    return text.removeprefix(BYTE_ORDER_MARK)
+
+
 def read_prompts(args: argparse.Namespace, stdin=None) -> list:
     """--prompts-file's prompts, in order. A file whose first line is a JSON object is JSON lines: each
     line an object whose "prompt" is the prompt (other fields ignored); otherwise each line is a prompt as
-    it stands. Lines end at \\n (a \\r before it is dropped, as is the file's final line ending). An empty
-    or blank line is an error naming it, as is a bad JSON line: output line N is input line N."""
+    it stands. A first line that starts as a JSON object ({") but does not parse is an error. Lines end at
+    \\n (a \\r before it is dropped, as is the file's final line ending; a leading byte-order mark goes). An
+    empty or blank line is an error naming it, as is a bad JSON line: output line N is input line N."""
     what = f"--prompts-file {args.prompts_file}"
     if str(args.prompts_file) == "-":
         text = _read_stdin(stdin or sys.stdin, what)
@@ -2745,17 +2824,21 @@ def read_prompts(args: argparse.Namespace, stdin=None) -> list:
         lines.pop()  # the final line ending
     if not lines:
         raise ConfigError(f"{what} holds no prompts")
-    as_json = isinstance(_json_or_none(lines[0].removesuffix("\r")), dict)
+    first = lines[0].removesuffix("\r")
+    as_json = isinstance(_json_or_none(first), dict)
+    if not as_json and first.lstrip().startswith('{"'):
+        try:
+            json.loads(first)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{what} line 1 starts as a JSON object but is not valid JSON ({exc.msg}, column "
+                              f"{exc.colno}): mend it, or write the prompts one a line without JSON") from None
     return [_prompt_line(line.removesuffix("\r"), f"{what} line {n}", as_json) for n, line in enumerate(lines, 1)]
 
 
 def _read_stdin(stdin, what: str) -> str:
     if stdin is None or stdin.isatty():
         raise ConfigError(f"{what} reads the prompts from standard input, which is a terminal: pipe them in")
-    try:
-        return stdin.read()
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"standard input is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    return _read_stream(stdin, what)
 
 
 def _json_or_none(line: str):

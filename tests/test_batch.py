@@ -347,6 +347,41 @@ def test_cli_prompts_file_line_errors(tiny_bert, tmp_path):
         assert_one_line_error(run_cli(*base), message)
 
 
+def test_prompts_file_text_as_it_stands(tmp_path):
+    """--prompts-file reads its bytes as standard input would: a lone \\r stays inside its line (as in a
+    file; universal newlines would split it), a leading byte-order mark goes, and a pipe reads like a file."""
+    import os
+    import threading
+
+    text = '\ufeff{"prompt": "the cat\\rsat"}\r\n{"prompt": "the dog"}\n'
+    (tmp_path / "prompts.jsonl").write_text(text, encoding="utf-8", newline="")
+    (tmp_path / "plain.txt").write_bytes(b"\xef\xbb\xbfthe cat\rsat\nthe dog\n")
+    expected = ["the cat\rsat", "the dog"]
+    for name in ("prompts.jsonl", "plain.txt"):
+        args = tie_lite.parse_args(["--prompts-file", str(tmp_path / name)])
+        assert tie_lite.read_prompts(args) == expected
+        piped = io.TextIOWrapper(io.BytesIO((tmp_path / name).read_bytes()), encoding="utf-8", errors="surrogateescape")
+        assert tie_lite.read_prompts(tie_lite.parse_args(["--prompts-file", "-"]), stdin=piped) == expected
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "fifo")
+        writer = threading.Thread(target=lambda: (tmp_path / "fifo").write_bytes((tmp_path / "plain.txt").read_bytes()))
+        writer.start()
+        assert tie_lite.read_prompts(tie_lite.parse_args(["--prompts-file", str(tmp_path / "fifo")])) == expected
+        writer.join()
+
+
+def test_generate_refuses_what_is_no_model_and_a_bad_batch_size(bert):
+    """generate()'s models and batch_size are checked whatever the prompt: a TieLiteError naming them."""
+    for models, named in [("models/b/onnx", "got str 'models/b/onnx'"), (None, "got NoneType"),
+                          ([bert, "models/a/onnx"], "models[1] is str 'models/a/onnx', not a Model"), ([], "no model")]:
+        with pytest.raises(tie_lite.TieLiteError, match=named.replace("[", r"\[").replace("]", r"\]")):
+            tie_lite.generate(models, "the cat", INFILL)
+    with pytest.raises(tie_lite.TieLiteError, match="batch_size must be a positive integer, got 0"):
+        tie_lite.generate(bert, "the cat", INFILL, batch_size=0)
+    huge = tie_lite.generate(bert, PROMPTS[:2], INFILL, batch_size=2 ** 70)
+    assert [r.tokens.tolist() for r in huge] == [r.tokens.tolist() for r in tie_lite.generate(bert, PROMPTS[:2], INFILL)]
+
+
 def test_prompts_start_shortest_first_within_a_window(bert, monkeypatch):
     monkeypatch.setattr(tie_lite, "START_WINDOW", 2)
     config = INFILL.for_model(bert)

@@ -67,6 +67,16 @@ def test_gumbel_argmax_temperature_flattens():
     assert hot > 0.25  # at T=4, p(1) = 0.1**0.25 / (0.9**0.25 + 0.1**0.25) ~ 0.37, sigma 0.0076 over 4000 draws
 
 
+def test_gumbel_argmax_never_draws_a_suppressed_column():
+    """A column at the graph's suppression value (the mask, padding) is never drawn, however hot T: at
+    T = 1e39, T * gumbel would outweigh the float32 minimum."""
+    rng = np.random.default_rng(4)
+    logits = np.array([[2.0, tie_lite.SUPPRESSED_LOGIT, 0.5, tie_lite.SUPPRESSED_LOGIT]], np.float32)  # (1, 4)
+    for temperature in (1.0, 1e30, 1e39, 1e300):
+        draws = {int(tie_lite.gumbel_argmax(logits, temperature, rng)[0]) for _ in range(200)}
+        assert draws <= {0, 2} and (temperature == 1.0 or draws == {0, 2})
+
+
 def test_first_index():
     assert tie_lite.first_index(np.array([5, 6, 3, 3]), [3]) == 2
     assert tie_lite.first_index(np.array([5, 6]), [3, 9]) == 2
@@ -214,6 +224,21 @@ def test_sample_positions_draws_distinct_indices_by_confidence():
     assert len(set(picks.tolist())) == 3
     cold = [tie_lite.sample_positions(confidence, 1, 0.01, rng)[0] for _ in range(50)]
     assert set(cold) == {0}  # a cold alg_temp is top-k
+    for frozen in (1e-6, 1e-320):  # probabilities underflow to one-hot, 1 / alg_temp overflows: still top-k
+        assert tie_lite.sample_positions(confidence, 3, frozen, rng).tolist() == [0, 2, 3]
+
+
+def test_sample_positions_draws_from_the_softmax_without_replacement():
+    """The first index drawn follows softmax(confidence / alg_temp); the second, the rest renormalised."""
+    rng = np.random.default_rng(3)
+    confidence = np.log(np.array([0.6, 0.3, 0.1]))
+    draws = np.array([tie_lite.sample_positions(confidence, 2, 1.0, rng) for _ in range(6000)])  # (6000, 2)
+    first = np.bincount(draws[:, 0], minlength=3) / len(draws)
+    second_after_0 = np.bincount(draws[draws[:, 0] == 0, 1], minlength=3) / np.sum(draws[:, 0] == 0)
+    # sampling tolerances: sd sqrt(p (1 - p) / n) <= 0.0065 over 6000 draws and <= 0.0083 over the ~3600
+    # that start with 0, so atol 0.035 is >= 4 sigma for each (seeded: no flakiness)
+    assert np.allclose(first, [0.6, 0.3, 0.1], atol=0.035)
+    assert np.allclose(second_after_0, [0.0, 0.75, 0.25], atol=0.035)
 
 
 @pytest.mark.parametrize("kwargs,named", [
