@@ -472,13 +472,14 @@ def eoser_factor(step: int, total_steps: int, g_min: float, g_max: float) -> flo
 
 def sample_positions(confidence: np.ndarray, k: int, alg_temp: float, rng: np.random.Generator) -> np.ndarray:
     """k indices drawn without replacement from softmax(confidence / alg_temp) (Dream's alg_temp), by
-    Gumbel-top-k: the same law as drawing them one at a time, in log space, so that no alg_temp > 0
-    overflows; positions whose probability underflows to 0 come after the others, most confident first
-    (the order alg_temp -> 0 tends to)."""
-    with np.errstate(over="ignore"):
-        scaled = (confidence.astype(np.float64) - confidence.max()) / alg_temp  # (c,) <= 0, -inf where it underflows
-    keys = scaled + gumbel_noise(confidence.shape, rng)  # (c,)
-    return np.lexsort((-confidence, -keys))[:k]  # by key, ties (-inf) by confidence
+    Gumbel-top-k: the same law as drawing them one at a time. Keys confidence + T * gumbel for T <= 1,
+    confidence / T + gumbel above (the same order), so that no T > 0 overflows; keys that round equal
+    (T * gumbel below a confidence's last bit) go by their noise, so equal confidences stay an even draw
+    at the coldest T."""
+    centred = confidence.astype(np.float64) - confidence.max()  # (c,) <= 0
+    gumbel = gumbel_noise(confidence.shape, rng)  # (c,)
+    keys = centred + alg_temp * gumbel if alg_temp <= 1 else centred / alg_temp + gumbel
+    return np.lexsort((-gumbel, -keys))[:k]  # by key, then by noise
 
 
 def confidence_of(kind: str, proposed_prob: np.ndarray, top_probs: np.ndarray, entropy: np.ndarray) -> np.ndarray:
@@ -2788,6 +2789,8 @@ def _read_text(path: Path, what: str) -> str:
     a leading byte-order mark dropped."""
     if path.is_dir() or not path.exists():
         raise ConfigError(f"{what}: " + ("a folder, not a file" if path.is_dir() else "no such file"))
+    if not (path.is_file() or path.is_fifo()):
+        raise ConfigError(f"{what}: neither a file nor a pipe")  # e.g. /dev/zero, which never ends
     try:
         with open(path, encoding="utf-8", newline="") as file:
             return file.read().removeprefix(BYTE_ORDER_MARK)
@@ -2798,13 +2801,16 @@ def _read_text(path: Path, what: str) -> str:
 
 
 def _read_stream(stdin, what: str) -> str:
-    """Standard input's UTF-8 text, a leading byte-order mark dropped; its bytes decoded here where it has
-    them (a text stream's own decoding may let undecodable bytes through as surrogates)."""
+    """Standard input's UTF-8 text, a leading byte-order mark dropped. Where the stream lets undecodable
+    bytes through as surrogates (Python's stdin under a C locale), they are refused as not UTF-8 too."""
     try:
-        raw = getattr(stdin, "buffer", None)
-        text = raw.read().decode("utf-8") if raw is not None else stdin.read()
+        text = stdin.read()
+        text.encode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{what}: standard input is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    except UnicodeEncodeError as exc:
+        raise ConfigError(f"{what}: standard input is not UTF-8 text: an undecodable byte at character "
+                          f"{exc.start}") from None
     return text.removeprefix(BYTE_ORDER_MARK)
 
 
@@ -2831,7 +2837,8 @@ def read_prompts(args: argparse.Namespace, stdin=None) -> list:
             json.loads(first)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{what} line 1 starts as a JSON object but is not valid JSON ({exc.msg}, column "
-                              f"{exc.colno}): mend it, or write the prompts one a line without JSON") from None
+                              f"{exc.colno}): mend it, or, if it is a prompt, write the file as JSON lines, "
+                              '{"prompt": ...} a line') from None
     return [_prompt_line(line.removesuffix("\r"), f"{what} line {n}", as_json) for n, line in enumerate(lines, 1)]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -360,8 +361,15 @@ def test_prompts_file_text_as_it_stands(tmp_path):
     for name in ("prompts.jsonl", "plain.txt"):
         args = tie_lite.parse_args(["--prompts-file", str(tmp_path / name)])
         assert tie_lite.read_prompts(args) == expected
-        piped = io.TextIOWrapper(io.BytesIO((tmp_path / name).read_bytes()), encoding="utf-8", errors="surrogateescape")
+        piped = io.TextIOWrapper(io.BytesIO((tmp_path / name).read_bytes()), encoding="utf-8", newline="\n")  # as POSIX stdin
         assert tie_lite.read_prompts(tie_lite.parse_args(["--prompts-file", "-"]), stdin=piped) == expected
+    undecodable = io.TextIOWrapper(io.BytesIO(b"the cat\ncaf\xe9\n"), encoding="utf-8", errors="surrogateescape",
+                                   newline="\n")  # as stdin under a C locale
+    with pytest.raises(tie_lite.ConfigError, match="not UTF-8 text: an undecodable byte at character 11"):
+        tie_lite.read_prompts(tie_lite.parse_args(["--prompts-file", "-"]), stdin=undecodable)
+    if Path("/dev/zero").exists():  # a device that never ends is refused, not read until memory runs out
+        with pytest.raises(tie_lite.ConfigError, match="neither a file nor a pipe"):
+            tie_lite.read_prompts(tie_lite.parse_args(["--prompts-file", "/dev/zero"]))
     if hasattr(os, "mkfifo"):
         os.mkfifo(tmp_path / "fifo")
         writer = threading.Thread(target=lambda: (tmp_path / "fifo").write_bytes((tmp_path / "plain.txt").read_bytes()))
