@@ -159,6 +159,8 @@ class DecodeConfig:
             object.__setattr__(self, "eos_gamma", tuple(self.eos_gamma))
         lengths = [name for name in DECODE_OPTIONS if getattr(self, name) is not None]
         _require_ints(self, (*lengths, "tokens_per_step", "seed"))
+        _require_reals(self, ("threshold", "entropy_budget", "eps", "alg_temp", "temperature")
+                       + (("exit_threshold",) if self.exit_threshold is not None else ()))
         _require(self.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         _require((self.strategy == "policy") == (self.policy is not None),
                  f"strategy 'policy' and a policy folder go together, got strategy {self.strategy!r} "
@@ -234,7 +236,7 @@ class DecodeConfig:
                  f"alg_temp applies to strategies {COUNTED}, not {self.strategy!r}")
         if self.eos_gamma is not None:
             ok = (isinstance(self.eos_gamma, (tuple, list)) and len(self.eos_gamma) == 2
-                  and all(isinstance(g, (int, float)) and 0 < g <= 1 for g in self.eos_gamma))
+                  and all(is_real(g) and 0 < g <= 1 for g in self.eos_gamma))
             _require(ok and self.eos_gamma[0] <= self.eos_gamma[1],
                      f"eos_gamma must be (g_min, g_max) with 0 < g_min <= g_max <= 1, got {self.eos_gamma!r}")
             _require(self.confidence == "top1", f"eos_gamma (EOSER) scales top1 confidence, not "
@@ -293,9 +295,31 @@ def is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
+def is_real(value) -> bool:
+    """A number option's value: a Python or numpy int or float, never a bool."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def says_stop(answer) -> bool:
+    """Whether an on_step callback's return value stops the decode: False (numpy's too); None goes on."""
+    return answer is False or (isinstance(answer, np.bool_) and not answer)
+
+
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def _require_reals(config, names: Sequence[str]) -> None:
+    for name in names:
+        value = getattr(config, name)
+        _require(is_real(value), f"{name} must be a number, got {value!r}")
+
+
+def _require_bools(config, names: Sequence[str]) -> None:
+    for name in names:
+        value = getattr(config, name)
+        _require(isinstance(value, (bool, np.bool_)), f"{name} must be True or False, got {value!r}")
 
 
 def _require_ints(config, names: Sequence[str]) -> None:
@@ -337,6 +361,8 @@ class EnsembleConfig:
 
     def __post_init__(self):
         _require_ints(self, ("interval", "pll_groups") + (("first_k",) if self.first_k is not None else ()))
+        _require_bools(self, ("cross_model", "parallel"))
+        _require(isinstance(self.select, str), f"select must be one of {SELECTIONS}, got {self.select!r}")
         _require(self.pll_groups > 0, f"pll_groups must be positive, got {self.pll_groups}")
         _require(self.interval > 0, f"interval must be positive, got {self.interval}")
         _require(self.interval_unit in INTERVAL_UNITS,
@@ -587,7 +613,7 @@ def token_change_count(window: Sequence[AnswerSignals]) -> float:
 def interleaved_groups(n: int, groups: int) -> list:
     """Indices 0..n-1 dealt into `groups` interleaved groups (index i goes to group i % groups),
     empty groups left out: each a (n_g,) int64 array."""
-    return [g for g in (np.arange(start, n, groups) for start in range(groups)) if g.size]
+    return [np.arange(start, n, groups) for start in range(min(groups, n))]  # the others would be empty
 
 
 def log_probs_at(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -839,6 +865,8 @@ class Model:
         graph's files, onnxruntime, the plugin, the CPU and the settings (threads) are the ones it was
         compiled with; compiling a changed graph removes the entries of its earlier files.
         """
+        if not isinstance(folder, (str, os.PathLike)):
+            raise ConfigError(f"folder must be a path, got {type(folder).__name__} {folder!r:.60}")
         parse_provider(provider)
         _check_kv_options(kv_cache, kv_window)
         check_threads(threads)
@@ -1173,6 +1201,8 @@ def _load_tokenizer(folder: Path, manifest: Manifest):
 def parse_provider(provider: str) -> tuple[str, dict]:
     """("CPUExecutionProvider", {}), ("CUDAExecutionProvider", {"device_id": N}) or
     ("OpenVINOExecutionProvider", {}) from "cpu" / "cuda[:N]" / "openvino"."""
+    if not isinstance(provider, str):
+        raise ConfigError(f"provider must be cpu, cuda, cuda:N or openvino, got {provider!r}")
     name, _, device = provider.partition(":")
     if name not in PROVIDERS or (device and not (name == "cuda" and device.isdigit())):
         raise ConfigError(f"provider must be cpu, cuda, cuda:N or openvino, got {provider!r}")
@@ -1842,7 +1872,7 @@ def decode(model: Model, state: DecodeState, config: DecodeConfig, max_steps: Op
         if event is None:
             break
         taken += 1
-        if on_step is not None and on_step(event) is False:
+        if on_step is not None and says_stop(on_step(event)):
             return False
     return True
 
@@ -2240,7 +2270,7 @@ def step_hook(on_step: Optional[OnStep], stop: threading.Event) -> Callable:
         if on_step is not None:
             with lock:
                 try:
-                    if on_step(event) is False:
+                    if says_stop(on_step(event)):
                         stop.set()
                 except BaseException:
                     stop.set()
@@ -2277,7 +2307,7 @@ def run_intervals(runs: Sequence[Run], prompt: str, config: DecodeConfig, ensemb
             if any(finished(r) for r in runs) or len(relays) >= relay_budget(config, ensemble):
                 continue
             relays.append(relay(runs, prompt, config, ensemble, relays[-1] if relays else None))
-            if hook(relays[-1]) is False:
+            if says_stop(hook(relays[-1])):
                 break
     except BaseException:  # Ctrl-C or a raising callback: let the other workers stop after their step
         stop.set()
@@ -2404,7 +2434,7 @@ def take_event(job: Job, m: int, event: StepEvent, ensemble: EnsembleConfig, on_
         job.progress[m] += event.committed_idx.size if ensemble.interval_unit == "positions" else 1
     if run.history is not None:
         run.history.append(event)
-    if on_step is not None and on_step(event) is False:
+    if on_step is not None and says_stop(on_step(event)):
         job.stopped = True
 
 
@@ -2440,7 +2470,7 @@ def settle_job(job: Job, config: DecodeConfig, ensemble: EnsembleConfig, on_step
     previous = job.relays[-1] if job.relays else None
     job.relays.append(dataclasses.replace(relay(job.runs, job.prompt, config, ensemble, previous), prompt=job.index))
     job.progress = [0] * len(job.runs)
-    if on_step is not None and on_step(job.relays[-1]) is False:
+    if on_step is not None and says_stop(on_step(job.relays[-1])):
         job.stopped = True
     return job.stopped
 
@@ -2529,6 +2559,7 @@ def generate(models, prompt: str | Sequence[str], config: DecodeConfig = DecodeC
     """
     models = model_list(models)
     check_batch_size(batch_size)
+    _require(on_step is None or callable(on_step), f"on_step must be a callable or None, got {on_step!r:.60}")
     config = resolve_config(models, config)
     if isinstance(prompt, (list, tuple)):
         return generate_list(models, list(prompt), config, ensemble, on_step, record_history, answer, batch_size)
@@ -2690,9 +2721,9 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--version", action="version", version=f"tie-lite {__version__}")
 
 
-def _refuse_repeats(argv: Sequence[str], p: argparse.ArgumentParser) -> set:
-    """An option given twice is an error (argparse would keep the last one silently). Returns the
-    options given."""
+def refuse_repeats(argv: Sequence[str], p: argparse.ArgumentParser, error=None) -> set:
+    """An option given twice is an error (argparse would keep the last one silently): `error` (default
+    ConfigError) naming it. Returns the options given."""
     seen = set()
     for arg in argv:
         if arg == "--":
@@ -2700,7 +2731,7 @@ def _refuse_repeats(argv: Sequence[str], p: argparse.ArgumentParser) -> set:
         name = arg.split("=", 1)[0]
         if name in p._option_string_actions:
             if name in seen:
-                raise ConfigError(f"{name} is given twice")
+                raise (error or ConfigError)(f"{name} is given twice")
             seen.add(name)
     return seen
 
@@ -2742,7 +2773,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     add_config_options(ensembling, EnsembleConfig)
     ensembling.add_argument("--trace", action="store_true", help="print each relay's scores and leader to stderr")
     _add_runtime_options(p)
-    given = _refuse_repeats(argv, p)
+    given = refuse_repeats(argv, p)
     args = p.parse_args(argv)
     _refuse_inapplicable(given, args, p)
     if args.history and not args.json and args.prompts_file is None:

@@ -53,8 +53,10 @@ def export_model(source: str | Path, out_dir: str | Path, options: Optional[Expo
     out_dir = Path(out_dir)
     if options.trust_remote_code:
         log(remote_code_notice(source))
+    _check_out_dir(source, out_dir)
     log(f"loading {source}")
     loaded = _load_source(source, options)
+    _check_lengths(loaded, options)
     _prepare_folder(out_dir)
     graphs, reports = _export_graphs(loaded, out_dir, options, log)
     extra = {"source": recorded_source(source, out_dir), **reports}
@@ -106,6 +108,26 @@ def _load_source(source, options: ExportOptions) -> _Loaded:
     vocab_size = min(len(tokenizer), graph_vocab)
     return _Loaded(model, family, tokenizer, ids, graph_vocab, vocab_size,
                    suppressed_columns(graph_vocab, vocab_size, [ids["mask_id"]]), family.max_length(config))
+
+
+def _check_out_dir(source, out_dir: Path) -> None:
+    """ExportError for an output folder that is a file, or the source folder itself (whose tokenizer files
+    export would overwrite)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"the output folder {out_dir} is a file")
+    if out_dir.is_dir() and Path(str(source)).is_dir() and out_dir.resolve() == Path(str(source)).resolve():
+        raise ExportError(f"the output folder {out_dir} is the source folder: export into another one")
+
+
+def _check_lengths(loaded: _Loaded, options: ExportOptions) -> None:
+    """ExportError, before anything is written, for a top_k over the vocabulary or a recommended generation
+    length that leaves no room for a prompt in the model's max length."""
+    if options.top_k > loaded.graph_vocab:
+        raise ExportError(f"top_k {options.top_k} exceeds the model's vocabulary of {loaded.graph_vocab}")
+    gen_length = (options.decode_defaults or {}).get("gen_length")
+    if gen_length is not None and gen_length >= loaded.max_length:
+        raise ExportError(f"gen_length {gen_length} leaves no room for a prompt in the model's max length "
+                          f"{loaded.max_length}")
 
 
 def _prepare_folder(out_dir: Path) -> None:

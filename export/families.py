@@ -130,6 +130,7 @@ class Family:
     mask_token: Optional[str] = None  # the mask token's text, when the tokenizer does not name one
     stop_tokens: tuple = ()        # texts of end-of-turn tokens that also end generation
     optimum_task: str = "fill-mask"  # the task optimum knows the architecture under (its config is replaced)
+    also_takes: tuple = ()         # model_type values beyond model_types that --family NAME exports (same layout)
 
     def max_length(self, config) -> int:
         """Longest canvas the model accepts (LLaDA's config calls it max_sequence_length)."""
@@ -159,10 +160,10 @@ FAMILIES = (
     Family("a2d-qwen", ("a2d-qwen2", "a2d-qwen3"), _decoder_hidden, _lm_head, _decoder_full_logits, _load_a2d,
            mask_token="<|mask|>", stop_tokens=("<|im_end|>",), optimum_task="feature-extraction"),
     Family("dream", ("Dream", "dream"), _decoder_hidden, _lm_head, _decoder_full_logits, _load_causal_lm,
-           logits_shift=1, stop_tokens=("<|im_end|>",), optimum_task="feature-extraction"),
+           logits_shift=1, stop_tokens=("<|im_end|>",), optimum_task="feature-extraction", also_takes=("qwen2",)),
     Family("llada", ("llada",), _llada_hidden, _llada_head, _llada_full_logits, _load_llada,
            mask_token="<|mdm_mask|>", stop_tokens=("<|eot_id|>", "<|endoftext|>"),
-           optimum_task="feature-extraction"),
+           optimum_task="feature-extraction", also_takes=("llama",)),
 )
 REFUSED = {  # model types export knows and refuses, with the reason
     "bd3lm": "BD3LM needs a block-causal attention mask between blocks; tie-lite's graph is fully "
@@ -172,7 +173,13 @@ REFUSED = {  # model types export knows and refuses, with the reason
 
 def read_config(source) -> dict:
     """config.json of a local folder, or of a Hub repository (through huggingface_hub)."""
-    path = Path(str(source)) / "config.json"
+    folder = Path(str(source)).expanduser()
+    if folder.exists() or str(source).startswith(("/", "./", "../", "~", ".\\", "..\\")):  # a local path, not a Hub id
+        if not folder.is_dir():
+            raise ValueError("not a folder" if folder.exists() else "no such folder")
+        if not (folder / "config.json").is_file():
+            raise ValueError("the folder holds no config.json: not a transformers checkpoint")
+    path = folder / "config.json"
     if not path.is_file():
         from huggingface_hub import hf_hub_download
 
@@ -185,6 +192,9 @@ def family_for(model_type: str, name: Optional[str] = None) -> Family:
     if model_type in REFUSED and name is None:
         raise ValueError(f"model_type {model_type!r} is not supported: {REFUSED[model_type]}")
     for family in FAMILIES:
+        if family.name == name and model_type not in (*family.model_types, *family.also_takes):
+            taken = ", ".join((*family.model_types, *family.also_takes))
+            raise ValueError(f"family {name!r} does not export model_type {model_type!r} (it takes {taken})")
         if family.name == name or (name is None and model_type in family.model_types):
             return family
     supported = ", ".join(t for f in FAMILIES for t in f.model_types)

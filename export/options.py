@@ -35,6 +35,7 @@ INT4_ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits' accuracy_level: 0 unset (
 # predict, and on model a a graph with every block's scales reversed still agrees at 93%. Random-weight
 # models, whose distributions are flat, agree at 40-90% and need a lower --int4-min-agreement.
 DEFAULT_INT4_MIN_AGREEMENT = 0.8
+TORCH_OPSETS = (7, 20)  # the ONNX opsets torch's TorchScript exporter (the one optimum drives) writes, first and last
 EXTERNAL_DATA_MIN_BYTES = 64 * 2 ** 20  # graphs at least this big keep their weights in model.onnx.data:
                                         # onnxruntime then maps them instead of parsing a copy (peak RSS)
 
@@ -104,11 +105,20 @@ class ExportOptions:
     def __post_init__(self):
         from . import ExportError
 
-        if self.top_k < 2:
-            raise ExportError(f"top_k must be >= 2, got {self.top_k}")
+        if not (tie_lite.is_int(self.top_k) and self.top_k >= 2):
+            raise ExportError(f"top_k must be an integer >= 2, got {self.top_k!r}")
+        if self.opset is not None and not (tie_lite.is_int(self.opset) and TORCH_OPSETS[0] <= self.opset <= TORCH_OPSETS[1]):
+            raise ExportError(f"opset must be an integer in [{TORCH_OPSETS[0]}, {TORCH_OPSETS[1]}] (the opsets torch's "
+                              f"exporter writes), got {self.opset!r}")
+        self._check_types()
         if isinstance(self.stop_texts, str):
             raise ExportError(f"stop_texts must be a sequence of texts, got one text {self.stop_texts!r}")
         object.__setattr__(self, "stop_texts", tuple(self.stop_texts))
+        if not all(isinstance(text, str) and text for text in self.stop_texts):
+            raise ExportError(f"stop_texts must be non-empty texts, got {self.stop_texts!r}")
+        if self.prompt_format is not None and (not isinstance(self.prompt_format, str)
+                                               or self.prompt_format.count(tie_lite.PROMPT_SLOT) != 1):
+            raise ExportError(f"prompt_format must contain {tie_lite.PROMPT_SLOT} exactly once, got {self.prompt_format!r}")
         unknown = sorted(set(self.decode_defaults or {}) - set(tie_lite.DECODE_OPTIONS))
         if unknown:
             raise ExportError(f"decode_defaults has unknown keys {', '.join(map(repr, unknown))}; "
@@ -117,10 +127,24 @@ class ExportOptions:
             tie_lite.DecodeConfig().with_defaults(self.decode_defaults)
         except tie_lite.ConfigError as exc:
             raise ExportError(f"decode_defaults {self.decode_defaults!r} are invalid: {exc}") from None
+        object.__setattr__(self, "decode_defaults", self.decode_defaults and {
+            name: int(value) for name, value in self.decode_defaults.items()})  # numpy ints as JSON writes them
         for name in ("int8_min_agreement", "int4_min_agreement"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ExportError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+            if not (tie_lite.is_real(getattr(self, name)) and 0 <= getattr(self, name) <= 1):
+                raise ExportError(f"{name} must be a number in [0, 1], got {getattr(self, name)!r}")
+        if not (tie_lite.is_int(self.external_data_min_bytes) and self.external_data_min_bytes >= 0):
+            raise ExportError(f"external_data_min_bytes must be an integer >= 0, got {self.external_data_min_bytes!r}")
         self._check_int4()
+
+    def _check_types(self) -> None:
+        from . import ExportError
+
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type == "bool" and not isinstance(value, bool):
+                raise ExportError(f"{f.name} must be True or False, got {value!r}")
+            if f.type in ("str", "Optional[str]") and not (isinstance(value, str) or (value is None and f.type != "str")):
+                raise ExportError(f"{f.name} must be a text{' or None' if f.type != 'str' else ''}, got {value!r}")
 
     def _check_int4(self) -> None:
         from . import ExportError
@@ -130,7 +154,7 @@ class ExportOptions:
         size = self.int4_block_size
         if not (tie_lite.is_int(size) and size >= 16 and size & (size - 1) == 0):  # MatMulNBits' own rule
             raise ExportError(f"int4_block_size must be a power of two >= 16 (onnxruntime's MatMulNBits), got {size!r}")
-        if self.int4_accuracy_level not in INT4_ACCURACY_LEVELS:
+        if not tie_lite.is_int(self.int4_accuracy_level) or self.int4_accuracy_level not in INT4_ACCURACY_LEVELS:
             raise ExportError(f"int4_accuracy_level must be one of {INT4_ACCURACY_LEVELS}, "
                               f"got {self.int4_accuracy_level!r}")
 

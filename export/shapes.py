@@ -259,6 +259,8 @@ def main(argv=None) -> int:
     import sys
     from pathlib import Path
 
+    from google.protobuf.message import DecodeError
+
     import tie_lite
 
     from . import MODEL_GRAPH
@@ -278,6 +280,9 @@ def main(argv=None) -> int:
                 print(f"{path}: {static_shapes_file(path)} nodes removed")
             except ShapesUnknown as reason:
                 print(f"{path}: left as it is ({reason})")
+            except (OSError, DecodeError) as exc:  # unreadable, not ONNX, or not writable
+                print(f"error: {path}: cannot rewrite it: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+                return 2
     return 0
 
 

@@ -386,6 +386,15 @@ def test_generate_refuses_what_is_no_model_and_a_bad_batch_size(bert):
             tie_lite.generate(models, "the cat", INFILL)
     with pytest.raises(tie_lite.TieLiteError, match="batch_size must be a positive integer, got 0"):
         tie_lite.generate(bert, "the cat", INFILL, batch_size=0)
+    with pytest.raises(tie_lite.TieLiteError, match="on_step must be a callable or None, got 5"):
+        tie_lite.generate(bert, "the cat", INFILL, on_step=5)
+    for folder, provider, named in [(None, "cpu", "folder must be a path, got NoneType"),
+                                    ("models/b/onnx", None, "provider must be cpu, cuda, cuda:N or openvino, got None")]:
+        with pytest.raises(tie_lite.TieLiteError, match=named):
+            tie_lite.Model.load(folder, provider=provider)
+    steps = []
+    tie_lite.generate(bert, "the cat", INFILL, on_step=lambda event: steps.append(event) and None or np.False_)
+    assert len(steps) == 1  # numpy's False stops the decode as False does
     huge = tie_lite.generate(bert, PROMPTS[:2], INFILL, batch_size=2 ** 70)
     assert [r.tokens.tolist() for r in huge] == [r.tokens.tolist() for r in tie_lite.generate(bert, PROMPTS[:2], INFILL)]
 

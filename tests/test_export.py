@@ -164,6 +164,78 @@ def test_export_cli_missing_source(tmp_path, capsys):
     assert "error: " in result.stderr
 
 
+EXPORT_BAD_INPUTS = [  # (what, extra arguments after SOURCE OUT, the error line's text); SOURCE is shipped a's hf
+    ("unknown option", ["--top-kk", "3"], "unrecognized arguments: --top-kk"),
+    ("abbreviated option", ["--int4-b", "64"], "unrecognized arguments: --int4-b"),
+    ("option given twice", ["--top-k", "3", "--top-k", "5"], "--top-k is given twice"),
+    ("top-k not an integer", ["--top-k", "1.5"], "argument --top-k: invalid int value: '1.5'"),
+    ("int4 option without --int4", ["--int4-block-size", "64"], "--int4-block-size applies with --int4"),
+    ("int8 option without --int8", ["--int8-all-layers"], "--int8-all-layers applies with --int8"),
+    ("opset torch cannot write", ["--opset", "99"], "opset must be an integer in [7, 20]"),
+    ("negative external data size", ["--external-data-min-bytes", "-1"], "external_data_min_bytes must be"),
+    ("empty stop text", ["--stop-text", ""], "stop_texts must be non-empty texts"),
+    ("prompt format without its slot", ["--prompt-format", "no slot"], "prompt_format must contain {prompt}"),
+    ("top-k over the vocabulary", ["--top-k", "100000"], "top_k 100000 exceeds the model's vocabulary"),
+    ("gen length past the model", ["--gen-length", "1000000"], "gen_length 1000000 leaves no room"),
+    ("family of another layout", ["--family", "dream"], "family 'dream' does not export model_type 'modernbert'"),
+]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("what,extra,message", EXPORT_BAD_INPUTS, ids=[row[0] for row in EXPORT_BAD_INPUTS])
+def test_export_bad_input_gets_one_clear_error_line(what, extra, message, tmp_path, capsys):
+    """python -m export: one error line and exit status 2, and nothing written, for each bad input."""
+    result = run_export(capsys, str(ROOT / "models" / "a" / "hf"), str(tmp_path / "out"), *extra)
+    assert_error_after_progress(result, message)
+    assert not (tmp_path / "out").exists()
+
+
+def assert_error_after_progress(result, message) -> None:
+    """Exit status 2, no traceback, one error line, the last, naming the problem (export's progress lines,
+    e.g. "loading SOURCE", may come before it)."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert [line for line in lines if line.startswith("error: ")] == lines[-1:], result.stderr
+    assert message in lines[-1], lines[-1]
+
+
+@pytest.mark.torch
+def test_export_refuses_bad_folders_in_one_line(tmp_path, capsys):
+    """A source path that is missing, a file or holds no config.json, an output folder that is a file or the
+    source itself: one error line, exit status 2."""
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "empty").mkdir()
+    source = str(ROOT / "models" / "a" / "hf")
+    for args, message in [([str(tmp_path / "missing"), str(tmp_path / "out")], "no such folder"),
+                          ([str(tmp_path / "file"), str(tmp_path / "out")], "not a folder"),
+                          ([str(tmp_path / "empty"), str(tmp_path / "out")], "holds no config.json"),
+                          ([source, str(tmp_path / "file")], f"the output folder {tmp_path / 'file'} is a file"),
+                          ([source, source], "is the source folder")]:
+        assert_error_after_progress(run_export(capsys, *args), message)
+
+
+def test_export_interrupted_says_so_in_one_line(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during an export: one line saying the folder holds no finished export, exit status 130."""
+    import export.__main__ as cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "export_model", interrupted)
+    assert cli.main(["SOURCE", str(tmp_path / "out")]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: interrupted; {tmp_path / 'out'} holds no finished export (no tie_lite.json)"]
+
+
+def test_export_shapes_command_refuses_a_graph_that_is_not_onnx(tmp_path, capsys):
+    from export.shapes import main
+
+    (tmp_path / "model.onnx").write_bytes(b"\x00 not a graph \xff" * 10)
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {tmp_path / 'model.onnx'}: cannot rewrite it: "), err
+
+
 @pytest.mark.torch
 def test_roberta_max_length_excludes_its_position_offset(tiny_roberta):
     manifest = json.loads((tiny_roberta[1] / "tie_lite.json").read_text())

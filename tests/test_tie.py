@@ -67,6 +67,7 @@ def test_mean_over_tracked_is_nan_for_an_empty_set():
 def test_interleaved_groups_deal_every_index_once():
     assert [g.tolist() for g in tie_lite.interleaved_groups(5, 2)] == [[0, 2, 4], [1, 3]]
     assert [g.tolist() for g in tie_lite.interleaved_groups(2, 4)] == [[0], [1]]  # no empty groups
+    assert [g.tolist() for g in tie_lite.interleaved_groups(2, 10 ** 12)] == [[0], [1]]  # at once, not 10^12 turns
     assert tie_lite.interleaved_groups(0, 4) == []
 
 
@@ -137,6 +138,9 @@ def test_leader_change_rate():
 
 @pytest.mark.parametrize("kwargs,named", [
     (dict(interval=0), "interval"),
+    (dict(parallel="False"), "parallel must be True or False, got 'False'"),
+    (dict(cross_model=None), "cross_model must be True or False, got None"),
+    (dict(select=None), "select must be one of"),
     (dict(score="vibes"), "vibes"),
     (dict(select="best-model:"), "best-model:"),
     (dict(select="loudest"), "loudest"),
