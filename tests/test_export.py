@@ -465,7 +465,7 @@ def test_export_model_rejects_an_unknown_option_by_name(tmp_path):
         export_model(tmp_path / "missing", tmp_path / "out", ExportOptions(int8=True), topk=3)
     with pytest.raises(ExportError, match="'gen_len'"):
         export_model(tmp_path / "missing", tmp_path / "out", decode_defaults={"gen_len": 8})
-    with pytest.raises(ExportError, match="top_k must be >= 2"):
+    with pytest.raises(ExportError, match="top_k must be an integer >= 2, got 1"):
         ExportOptions(top_k=1)
     assert not (tmp_path / "out").exists()
 
