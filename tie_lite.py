@@ -314,6 +314,7 @@ def _require_reals(config, names: Sequence[str]) -> None:
     for name in names:
         value = getattr(config, name)
         _require(is_real(value), f"{name} must be a number, got {value!r}")
+        _require(abs(value) < 2 ** 1024, f"{name} must be a number a float holds, got {value!r:.40}")
 
 
 def _require_bools(config, names: Sequence[str]) -> None:
@@ -2723,14 +2724,14 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
 
 def refuse_repeats(argv: Sequence[str], p: argparse.ArgumentParser, error=None) -> set:
     """An option given twice is an error (argparse would keep the last one silently): `error` (default
-    ConfigError) naming it. Returns the options given."""
+    ConfigError) naming it; a repeatable one (action "append") may come again. Returns the options given."""
     seen = set()
     for arg in argv:
         if arg == "--":
             break
         name = arg.split("=", 1)[0]
         if name in p._option_string_actions:
-            if name in seen:
+            if name in seen and not isinstance(p._option_string_actions[name], argparse._AppendAction):
                 raise (error or ConfigError)(f"{name} is given twice")
             seen.add(name)
     return seen

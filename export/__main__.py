@@ -54,8 +54,8 @@ def main(argv=None) -> int:
         print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        where = args.out_dir if args else "the output folder"
-        print(f"error: interrupted; {where} holds no finished export (no {tie_lite.MANIFEST_NAME})", file=sys.stderr)
+        where = f" into {args.out_dir}" if args else ""
+        print(f"error: interrupted: the export{where} did not finish", file=sys.stderr)
         return 130
     except ModuleNotFoundError as exc:  # the runtime alone is installed
         print(f'error: python -m export needs the export extras, and {exc.name} is not installed: '

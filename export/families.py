@@ -160,7 +160,8 @@ FAMILIES = (
     Family("a2d-qwen", ("a2d-qwen2", "a2d-qwen3"), _decoder_hidden, _lm_head, _decoder_full_logits, _load_a2d,
            mask_token="<|mask|>", stop_tokens=("<|im_end|>",), optimum_task="feature-extraction"),
     Family("dream", ("Dream", "dream"), _decoder_hidden, _lm_head, _decoder_full_logits, _load_causal_lm,
-           logits_shift=1, stop_tokens=("<|im_end|>",), optimum_task="feature-extraction", also_takes=("qwen2",)),
+           logits_shift=1, stop_tokens=("<|im_end|>",), optimum_task="feature-extraction",
+           also_takes=("qwen2", "qwen3")),
     Family("llada", ("llada",), _llada_hidden, _llada_head, _llada_full_logits, _load_llada,
            mask_token="<|mdm_mask|>", stop_tokens=("<|eot_id|>", "<|endoftext|>"),
            optimum_task="feature-extraction", also_takes=("llama",)),
@@ -171,10 +172,17 @@ REFUSED = {  # model types export knows and refuses, with the reason
 }
 
 
+def _local_path(source: str) -> bool:
+    """Whether a source that does not exist is meant as a local path, not a Hub id ("org/name": one "/",
+    no backslash, not absolute, no leading "." or "~")."""
+    return (Path(source).is_absolute() or source.startswith((".", "~")) or "\\" in source
+            or source.count("/") > 1 or bool(Path(source).drive))
+
+
 def read_config(source) -> dict:
     """config.json of a local folder, or of a Hub repository (through huggingface_hub)."""
-    folder = Path(str(source)).expanduser()
-    if folder.exists() or str(source).startswith(("/", "./", "../", "~", ".\\", "..\\")):  # a local path, not a Hub id
+    folder = Path(str(source))
+    if folder.exists() or _local_path(str(source)):
         if not folder.is_dir():
             raise ValueError("not a folder" if folder.exists() else "no such folder")
         if not (folder / "config.json").is_file():
@@ -189,7 +197,7 @@ def read_config(source) -> dict:
 
 def family_for(model_type: str, name: Optional[str] = None) -> Family:
     """The family named `name`, else the one covering `model_type`; ValueError listing the supported ones."""
-    if model_type in REFUSED and name is None:
+    if model_type in REFUSED:
         raise ValueError(f"model_type {model_type!r} is not supported: {REFUSED[model_type]}")
     for family in FAMILIES:
         if family.name == name and model_type not in (*family.model_types, *family.also_takes):

@@ -16,6 +16,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
+import numpy as np
+
 import tie_lite
 from tie_lite import ARG_TYPES, option  # a field that is also a CLI flag, as tie_lite's configs are
 
@@ -35,7 +37,8 @@ INT4_ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits' accuracy_level: 0 unset (
 # predict, and on model a a graph with every block's scales reversed still agrees at 93%. Random-weight
 # models, whose distributions are flat, agree at 40-90% and need a lower --int4-min-agreement.
 DEFAULT_INT4_MIN_AGREEMENT = 0.8
-TORCH_OPSETS = (7, 20)  # the ONNX opsets torch's TorchScript exporter (the one optimum drives) writes, first and last
+TORCH_OPSETS = (14, 20)  # ONNX opsets these graphs export in: optimum's minimum for them (torch's exporter fails
+                        # on their slices at 7-9), to the last its TorchScript exporter (the one optimum drives) writes
 EXTERNAL_DATA_MIN_BYTES = 64 * 2 ** 20  # graphs at least this big keep their weights in model.onnx.data:
                                         # onnxruntime then maps them instead of parsing a copy (peak RSS)
 
@@ -109,16 +112,18 @@ class ExportOptions:
             raise ExportError(f"top_k must be an integer >= 2, got {self.top_k!r}")
         if self.opset is not None and not (tie_lite.is_int(self.opset) and TORCH_OPSETS[0] <= self.opset <= TORCH_OPSETS[1]):
             raise ExportError(f"opset must be an integer in [{TORCH_OPSETS[0]}, {TORCH_OPSETS[1]}] (the opsets torch's "
-                              f"exporter writes), got {self.opset!r}")
+                              f"exporter writes for these models), got {self.opset!r}")
         self._check_types()
-        if isinstance(self.stop_texts, str):
-            raise ExportError(f"stop_texts must be a sequence of texts, got one text {self.stop_texts!r}")
+        if not isinstance(self.stop_texts, (list, tuple)):
+            raise ExportError(f"stop_texts must be a list of texts, got {self.stop_texts!r}")
         object.__setattr__(self, "stop_texts", tuple(self.stop_texts))
         if not all(isinstance(text, str) and text for text in self.stop_texts):
             raise ExportError(f"stop_texts must be non-empty texts, got {self.stop_texts!r}")
         if self.prompt_format is not None and (not isinstance(self.prompt_format, str)
                                                or self.prompt_format.count(tie_lite.PROMPT_SLOT) != 1):
             raise ExportError(f"prompt_format must contain {tie_lite.PROMPT_SLOT} exactly once, got {self.prompt_format!r}")
+        if not all(tie_lite.is_int(value) for value in (self.decode_defaults or {}).values()):
+            raise ExportError(f"decode_defaults' lengths must be integers, got {self.decode_defaults!r}")
         unknown = sorted(set(self.decode_defaults or {}) - set(tie_lite.DECODE_OPTIONS))
         if unknown:
             raise ExportError(f"decode_defaults has unknown keys {', '.join(map(repr, unknown))}; "
@@ -141,7 +146,7 @@ class ExportOptions:
 
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.type == "bool" and not isinstance(value, bool):
+            if f.type == "bool" and not isinstance(value, (bool, np.bool_)):
                 raise ExportError(f"{f.name} must be True or False, got {value!r}")
             if f.type in ("str", "Optional[str]") and not (isinstance(value, str) or (value is None and f.type != "str")):
                 raise ExportError(f"{f.name} must be a text{' or None' if f.type != 'str' else ''}, got {value!r}")

@@ -260,6 +260,7 @@ def main(argv=None) -> int:
     from pathlib import Path
 
     from google.protobuf.message import DecodeError
+    from onnx.checker import ValidationError
 
     import tie_lite
 
@@ -277,10 +278,12 @@ def main(argv=None) -> int:
             if not path.is_file():
                 continue
             try:
+                if path.stat().st_size == 0:
+                    raise OSError(0, "an empty file, not an ONNX graph")
                 print(f"{path}: {static_shapes_file(path)} nodes removed")
             except ShapesUnknown as reason:
                 print(f"{path}: left as it is ({reason})")
-            except (OSError, DecodeError) as exc:  # unreadable, not ONNX, or not writable
+            except (OSError, DecodeError, ValidationError) as exc:  # unreadable, not ONNX, data missing, not writable
                 print(f"error: {path}: cannot rewrite it: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
                 return 2
     return 0

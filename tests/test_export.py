@@ -9,10 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import ROOT, assert_one_line_error, run_cli, run_export
@@ -171,7 +173,8 @@ EXPORT_BAD_INPUTS = [  # (what, extra arguments after SOURCE OUT, the error line
     ("top-k not an integer", ["--top-k", "1.5"], "argument --top-k: invalid int value: '1.5'"),
     ("int4 option without --int4", ["--int4-block-size", "64"], "--int4-block-size applies with --int4"),
     ("int8 option without --int8", ["--int8-all-layers"], "--int8-all-layers applies with --int8"),
-    ("opset torch cannot write", ["--opset", "99"], "opset must be an integer in [7, 20]"),
+    ("opset torch cannot write", ["--opset", "99"], "opset must be an integer in [14, 20]"),
+    ("opset too old for these graphs", ["--opset", "9"], "opset must be an integer in [14, 20]"),
     ("negative external data size", ["--external-data-min-bytes", "-1"], "external_data_min_bytes must be"),
     ("empty stop text", ["--stop-text", ""], "stop_texts must be non-empty texts"),
     ("prompt format without its slot", ["--prompt-format", "no slot"], "prompt_format must contain {prompt}"),
@@ -211,12 +214,37 @@ def test_export_refuses_bad_folders_in_one_line(tmp_path, capsys):
                           ([str(tmp_path / "file"), str(tmp_path / "out")], "not a folder"),
                           ([str(tmp_path / "empty"), str(tmp_path / "out")], "holds no config.json"),
                           ([source, str(tmp_path / "file")], f"the output folder {tmp_path / 'file'} is a file"),
-                          ([source, source], "is the source folder")]:
+                          ([source, source], "is the source folder"),
+                          (["no/such/folder", str(tmp_path / "out")], "no such folder")]:  # not read as a Hub id
         assert_error_after_progress(run_export(capsys, *args), message)
 
 
+@pytest.mark.parametrize("options,named", [
+    (dict(decode_defaults={"gen_length": None}), "decode_defaults' lengths must be integers"),
+    (dict(stop_texts=None), "stop_texts must be a list of texts, got None"),
+    (dict(int8="yes"), "int8 must be True or False, got 'yes'"),
+    (dict(name=5), "name must be a text or None, got 5"),
+    (dict(opset=13), "opset must be an integer in [14, 20]"),
+])
+def test_export_options_refuse_values_of_the_wrong_type(options, named):
+    from export import ExportError, ExportOptions
+
+    with pytest.raises(ExportError, match=re.escape(named)):
+        ExportOptions(**options)
+    assert ExportOptions(decode_defaults={"gen_length": np.int64(64)}).decode_defaults == {"gen_length": 64}
+
+
+def test_export_cli_takes_repeatable_options_again():
+    """--stop-text is repeatable (action append): given twice it is two stop texts, not an error."""
+    from export.__main__ import parse_args
+    from export.options import options_from_args
+
+    args = parse_args(["SOURCE", "OUT", "--stop-text", "[/A]", "--stop-text", "[/B]"])
+    assert options_from_args(args).stop_texts == ("[/A]", "[/B]")
+
+
 def test_export_interrupted_says_so_in_one_line(tmp_path, capsys, monkeypatch):
-    """Ctrl-C during an export: one line saying the folder holds no finished export, exit status 130."""
+    """Ctrl-C during an export: one line saying it did not finish, exit status 130."""
     import export.__main__ as cli
 
     def interrupted(*args, **kwargs):
@@ -224,16 +252,17 @@ def test_export_interrupted_says_so_in_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(cli, "export_model", interrupted)
     assert cli.main(["SOURCE", str(tmp_path / "out")]) == 130
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"error: interrupted; {tmp_path / 'out'} holds no finished export (no tie_lite.json)"]
+        f"error: interrupted: the export into {tmp_path / 'out'} did not finish"]
 
 
 def test_export_shapes_command_refuses_a_graph_that_is_not_onnx(tmp_path, capsys):
     from export.shapes import main
 
-    (tmp_path / "model.onnx").write_bytes(b"\x00 not a graph \xff" * 10)
-    assert main([str(tmp_path)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"error: {tmp_path / 'model.onnx'}: cannot rewrite it: "), err
+    for content in (b"\x00 not a graph \xff" * 10, b""):
+        (tmp_path / "model.onnx").write_bytes(content)
+        assert main([str(tmp_path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {tmp_path / 'model.onnx'}: cannot rewrite it: "), err
 
 
 @pytest.mark.torch

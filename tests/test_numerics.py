@@ -249,6 +249,7 @@ def test_sample_positions_draws_from_the_softmax_without_replacement():
     (dict(confidence="vibes"), "vibes"),
     (dict(threshold="0.5"), "threshold must be a number, got '0.5'"),
     (dict(temperature=True), "temperature must be a number, got True"),
+    (dict(temperature=10 ** 400), "temperature must be a number a float holds"),
     (dict(alg_temp=None), "alg_temp must be a number, got None"),
     (dict(exit_threshold="0.9", answer_length=16), "exit_threshold must be a number"),
     (dict(entropy_budget=0.0), "entropy_budget"),
