@@ -372,10 +372,11 @@ def test_prompts_file_text_as_it_stands(tmp_path):
             tie_lite.read_prompts(tie_lite.parse_args(["--prompts-file", "/dev/zero"]))
     if hasattr(os, "mkfifo"):
         os.mkfifo(tmp_path / "fifo")
-        writer = threading.Thread(target=lambda: (tmp_path / "fifo").write_bytes((tmp_path / "plain.txt").read_bytes()))
+        writer = threading.Thread(target=lambda: (tmp_path / "fifo").write_bytes((tmp_path / "plain.txt").read_bytes()),
+                                  daemon=True)  # blocked for good if the pipe were refused unread: no hang at exit
         writer.start()
         assert tie_lite.read_prompts(tie_lite.parse_args(["--prompts-file", str(tmp_path / "fifo")])) == expected
-        writer.join()
+        writer.join(timeout=10)
 
 
 def test_generate_refuses_what_is_no_model_and_a_bad_batch_size(bert):
